@@ -1,1 +1,17 @@
+//! turnout changes the shape of a live table without downtime: a YAML plan is stepped
+//! through prepare → dual-write → backfill → verify → cutover → cleanup, with a
+//! checkpoint after every phase and batch, so it can be resumed and rolled back.
+//!
+//! The tree follows the architecture: [`plan`] reads and checks plans, [`engine`] decides
+//! which phase comes next and what is persisted, [`db`] holds one module per database
+//! answering the engine's questions in its own SQL, and [`cli`] is the thin command line.
 
+pub mod cli;
+pub mod db;
+pub mod engine;
+pub mod error;
+pub mod fault;
+pub mod plan;
+pub mod schema;
+
+pub use error::{Error, Result};

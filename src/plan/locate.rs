@@ -150,6 +150,6 @@ mod tests {
 
     #[test]
     fn finds_keys_inside_flow_maps() {
-        assert_eq!(at("changes[1].rename_column.to"), (8, 38));
+        assert_eq!(at("changes[1].rename_column.to"), (8, 33));
     }
 }

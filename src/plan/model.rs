@@ -19,6 +19,8 @@ pub struct PlanFile {
     /// The live table's name exactly as the catalog stores it.
     pub table: String,
     /// Changes applied in order to the live table's current shape.
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<Change>")]
     pub changes: Vec<Change>,
     #[serde(default)]
     pub backfill: Backfill,

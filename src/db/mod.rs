@@ -1,0 +1,246 @@
+//! The boundary between the engine and the databases. The engine asks the questions of
+//! [`Backend`] (what does the table look like, copy the next batch, swap the names) and
+//! each database answers them in its own SQL in its own module. No SQL crosses this
+//! boundary except the user's own expressions, carried inside [`crate::schema::Migration`].
+
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::schema::{Migration, TableShape};
+
+/// One row of `turnout_state`, as the database stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    pub name: String,
+    pub plan_hash: String,
+    pub phase: String,
+    /// The engine's state as JSON; opaque to the database modules.
+    pub body: String,
+}
+
+/// Where keyset pagination stands: the last primary key done, in a form the database
+/// module chose (it alone reads it back). Stored in the state row.
+pub type Cursor = serde_json::Value;
+
+/// What one committed backfill batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchDone {
+    /// Rows read from the live table in this batch (0: the table is exhausted).
+    pub rows: u64,
+    /// The key of the last row read; the next batch starts after it.
+    pub last: Option<Cursor>,
+}
+
+/// How to compare the live table with its shadow.
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    /// Rows per chunk compared by hash.
+    pub chunk_rows: u64,
+    /// `Some(rate)`: compare only a random sample of about this fraction of chunks.
+    pub sample_rate: Option<f64>,
+    /// Stop narrowing after this many differing rows.
+    pub max_diffs: u64,
+}
+
+/// A row that differs: its primary key and the two row images (JSON objects, `None`
+/// where the row is missing on that side), as the mapped live row and the shadow row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowDiff {
+    pub key: String,
+    pub expected: Option<String>,
+    pub shadow: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub rows: u64,
+    pub chunks: u64,
+    pub chunks_skipped: u64,
+    pub diffs: Vec<RowDiff>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutoverOutcome {
+    Swapped,
+    /// The lock was not granted within the timeout; nothing changed.
+    LockTimeout,
+}
+
+/// SQL of each phase, for `turnout plan`.
+#[derive(Debug, Clone)]
+pub struct PhaseSql {
+    pub phase: &'static str,
+    pub statements: Vec<String>,
+}
+
+/// The questions the engine asks of a database. Every mutating method must be safe to
+/// call again after a crash at any instant: it looks at the catalog and does only what is
+/// missing. `save` is the state row to persist once the step's effect is durable; where
+/// the database allows it, in the same transaction as the step itself.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// `postgres`, `mysql` or `sqlite`.
+    fn dialect(&self) -> &'static str;
+
+    /// Quotes an identifier: the one function every name goes through.
+    fn quote(&self, ident: &str) -> String;
+
+    /// The connection's default schema or database, used when the plan names none.
+    async fn default_schema(&self) -> Result<Option<String>>;
+
+    async fn ensure_state_table(&self) -> Result<()>;
+    async fn load_state(&self, name: &str) -> Result<Option<StateRow>>;
+    async fn list_states(&self) -> Result<Vec<StateRow>>;
+    async fn save_state(&self, row: &StateRow) -> Result<()>;
+
+    /// Takes the migration's exclusive lock for as long as this backend lives, or
+    /// fails with [`Error::LockHeld`] naming the holder.
+    async fn lock(&self, migration: &str) -> Result<()>;
+    async fn unlock(&self, migration: &str) -> Result<()>;
+
+    /// The table's shape, or `None` when there is no such table.
+    async fn describe(&self, schema: Option<&str>, table: &str) -> Result<Option<TableShape>>;
+
+    /// What stops this migration on this database, without changing anything: every
+    /// expression compiles against the live table, the shadow and old names are free,
+    /// types exist, the key is usable. Each problem names the table and column.
+    async fn preflight(&self, m: &Migration) -> Result<Vec<String>>;
+
+    /// The SQL of every phase, changing nothing.
+    fn preview(&self, m: &Migration) -> Vec<PhaseSql>;
+
+    /// Creates the shadow table in the new shape, with its keys and indexes.
+    async fn prepare(&self, m: &Migration, save: &StateRow) -> Result<()>;
+
+    /// Installs the forward triggers live → shadow.
+    async fn start_dual_write(&self, m: &Migration, save: &StateRow) -> Result<()>;
+
+    /// Rows in the live table, estimated cheaply (for progress and ETA).
+    async fn estimate_rows(&self, m: &Migration) -> Result<u64>;
+
+    /// Copies the next `limit` live rows after `after` (by primary key) into the shadow
+    /// through the forward mapping, and commits them with the state row `checkpoint`
+    /// builds from the batch's result, in one transaction where the database allows.
+    async fn copy_batch(
+        &self,
+        m: &Migration,
+        after: Option<&Cursor>,
+        limit: u64,
+        checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
+    ) -> Result<BatchDone>;
+
+    /// Work after the last batch (statistics, deferred indexes).
+    async fn finish_backfill(&self, m: &Migration) -> Result<()>;
+
+    /// Compares the mapped live rows with the shadow rows in one consistent snapshot.
+    /// `progress` is told the rows checked so far; `stop` is asked between chunks.
+    async fn verify(
+        &self,
+        m: &Migration,
+        req: &VerifyRequest,
+        progress: &(dyn Fn(u64) + Sync),
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<VerifyReport>;
+
+    /// Analyzes the shadow, then in one transaction bounded by `lock_timeout` swaps the
+    /// names and turns dual-write around (new → old through the reverse mapping).
+    async fn cutover(&self, m: &Migration, lock_timeout: Duration, save: &StateRow) -> Result<CutoverOutcome>;
+
+    /// Drops the reverse triggers and, unless `keep_old`, the old table.
+    async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()>;
+
+    /// Puts everything back as it was before prepare: swaps the names back when the
+    /// catalog shows a cutover, then drops every trigger and the shadow table.
+    async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()>;
+
+    /// Rows whose mapping failed inside a trigger and were recorded (`on_error: record`).
+    async fn trigger_failures(&self, m: &Migration) -> Result<Vec<String>>;
+
+    /// Runs the plan's throttle query and returns its value.
+    async fn throttle_value(&self, sql: &str) -> Result<f64>;
+}
+
+/// The three native pools, chosen by the URL's scheme (sqlx's Any driver would lose
+/// uuid, json and timestamps).
+pub enum Database {
+    Postgres(postgres::Postgres),
+    MySql(mysql::MySql),
+    Sqlite(sqlite::Sqlite),
+}
+
+impl Database {
+    pub async fn connect(url: &str) -> Result<Database> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => Ok(Database::Postgres(postgres::Postgres::connect(url).await?)),
+            "mysql" | "mariadb" => Ok(Database::MySql(mysql::MySql::connect(url).await?)),
+            "sqlite" => Ok(Database::Sqlite(sqlite::Sqlite::connect(url).await?)),
+            _ => Err(Error::Usage(format!(
+                "unsupported database URL {}: expected postgres://, mysql:// or sqlite://",
+                redact(url)
+            ))),
+        }
+    }
+}
+
+/// A URL fit for messages and logs: the password is replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+            _ => url.to_string(),
+        },
+    }
+}
+
+/// Expands to `$body` with `$b` bound to whichever backend `$db` holds, so generic
+/// engine code runs on any of the three.
+#[macro_export]
+macro_rules! with_backend {
+    ($db:expr, $b:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Postgres($b) => $body,
+            $crate::db::Database::MySql($b) => $body,
+            $crate::db::Database::Sqlite($b) => $body,
+        }
+    };
+}
+
+/// Renders a mapping source over a row whose columns are reached by `column`.
+pub fn render_source(
+    mapped: &crate::schema::Mapped,
+    column: &dyn Fn(&str) -> String,
+    cast: &dyn Fn(&str, &str) -> String,
+) -> String {
+    let value = match &mapped.source {
+        crate::schema::Source::Column(c) => column(c),
+        crate::schema::Source::Expr(sql) => format!("({sql})"),
+    };
+    match &mapped.cast {
+        Some(t) => cast(&value, t),
+        None => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(redact("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert!(!redact("postgres://u:p%40ss;@h/db").contains("p%40ss"));
+    }
+}

@@ -1,0 +1,30 @@
+//! Named crash points for the fault-injection tests. When the environment variable
+//! `TURNOUT_FAULT` names a point (and this is a debug build), reaching that point ends
+//! the process at once, as SIGKILL would: no destructor, no goodbye to the database.
+//! Release builds ignore the variable.
+
+/// Crashes here if `TURNOUT_FAULT` names `point` (debug builds only).
+pub fn point(point: &str) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    if let Ok(wanted) = std::env::var("TURNOUT_FAULT") {
+        // `name` crashes at the first visit; `name@3` at the third.
+        let (name, nth) = wanted.split_once('@').map_or((wanted.as_str(), 1), |(n, k)| (n, k.parse().unwrap_or(1)));
+        if name == point && visit(point) >= nth {
+            eprintln!("turnout: fault injected at {point}");
+            std::process::abort();
+        }
+    }
+}
+
+fn visit(point: &str) -> u32 {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static VISITS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+    let mut guard = VISITS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    let n = map.entry(point.to_string()).or_insert(0);
+    *n += 1;
+    *n
+}

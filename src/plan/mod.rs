@@ -1,0 +1,361 @@
+//! A plan goes from YAML text to a [`Plan`] the engine can trust in two steps, as
+//! ripgrep goes from low-level to high-level arguments: serde reads the text into the
+//! [`model`] (types, defaults, unknown keys), then [`validate`] checks what types alone
+//! cannot (ranges, empty lists, conflicting changes). Every problem names the file, the
+//! line and column, and the key path.
+
+mod locate;
+pub mod model;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub use locate::locate;
+pub use model::*;
+
+use crate::error::{Error, PlanProblem, Result};
+
+/// A plan that parsed and passed every check that needs no database.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file: PlanFile,
+    /// Where it was read from, for messages (`-` for standard input).
+    pub path: String,
+    /// Hash of the plan's meaning (not its formatting): a resume with another hash is refused.
+    pub hash: String,
+}
+
+impl Plan {
+    /// The plan as canonical JSON, stored with the state so a changed plan can be diffed.
+    pub fn canonical(&self) -> String {
+        canonical_json(&self.file)
+    }
+}
+
+fn canonical_json(file: &PlanFile) -> String {
+    serde_json::to_string_pretty(file).unwrap_or_default()
+}
+
+/// Reads and validates a plan file.
+pub fn load(path: &Path) -> Result<Plan> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Plan(vec![PlanProblem {
+            file: shown.clone(),
+            location: None,
+            key: String::new(),
+            message: format!("cannot read the plan: {e}"),
+        }])
+    })?;
+    parse(&text, &shown)
+}
+
+/// Parses and validates plan text; `file` names it in messages.
+pub fn parse(text: &str, file: &str) -> Result<Plan> {
+    let parsed: PlanFile = serde_yaml::from_str(text).map_err(|e| Error::Plan(vec![yaml_problem(&e, text, file)]))?;
+    let problems = validate(&parsed)
+        .into_iter()
+        .map(|(key, message)| PlanProblem { file: file.to_string(), location: locate(text, &key), key, message })
+        .collect::<Vec<_>>();
+    if !problems.is_empty() {
+        return Err(Error::Plan(problems));
+    }
+    let hash = hex(&Sha256::digest(canonical_json(&parsed).as_bytes()));
+    Ok(Plan { file: parsed, path: file.to_string(), hash })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns a serde_yaml error into a problem with a key path and a location.
+fn yaml_problem(e: &serde_yaml::Error, text: &str, file: &str) -> PlanProblem {
+    let raw = e.to_string();
+    // yaml_serde prefixes the message with the key path: "changes[0].add_column: unknown field …"
+    let (key, message) = match raw.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') || k.starts_with("changes") => (k.to_string(), m.to_string()),
+        _ => (String::new(), raw.clone()),
+    };
+    // Drop the trailing " at line X column Y" the library appends; we show it as file:line:col.
+    let message = match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    let location = e
+        .location()
+        .map(|l| crate::error::PlanLocation { line: l.line(), column: l.column() })
+        .or_else(|| locate(text, &key));
+    let message = if message.contains("missing field") || message.contains("unknown field") || message.contains("unknown variant") {
+        message
+    } else {
+        format!("{message}")
+    };
+    PlanProblem { file: file.to_string(), location, key, message }
+}
+
+const MAX_BATCH_ROWS: u64 = 1_000_000;
+
+/// The checks types cannot express. Returns (key path, message) pairs.
+pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut bad = |key: &str, msg: String| out.push((key.to_string(), msg));
+    if p.version != 1 {
+        bad("version", format!("expected 1, the only plan format version; found {}", p.version));
+    }
+    if p.name.trim().is_empty() {
+        bad("name", "expected a migration name; found an empty string".into());
+    } else if p.name.len() > 63 {
+        bad("name", format!("expected at most 63 characters; found {}", p.name.len()));
+    }
+    if p.table.is_empty() {
+        bad("table", "expected the live table's name; found an empty string".into());
+    } else if p.table.len() > 54 {
+        // The shadow table `_<table>_new` must still fit a 63/64-byte identifier.
+        bad("table", format!("expected at most 54 characters so `_{}_new` fits an identifier", p.table));
+    }
+    if p.schema.as_deref() == Some("") {
+        bad("schema", "expected a schema name or no key at all; found an empty string".into());
+    }
+    for (name, key) in [(&p.table, "table")] {
+        if name.contains('\0') {
+            bad(key, "names cannot contain a NUL character".into());
+        }
+    }
+    if p.changes.is_empty() {
+        bad("changes", "expected at least one change; found an empty list".into());
+    }
+    validate_changes(&p.changes, &mut bad);
+    match p.backfill.batch_size {
+        BatchSize::Rows(0) => bad("backfill.batch_size", "expected at least 1 row, or `auto`; found 0".into()),
+        BatchSize::Rows(n) if n > MAX_BATCH_ROWS => {
+            bad("backfill.batch_size", format!("expected at most {MAX_BATCH_ROWS} rows per batch; found {n}"))
+        }
+        _ => {}
+    }
+    check_duration(&mut bad, "backfill.target_batch_time", p.backfill.target_batch_time, Duration::from_millis(10), Duration::from_secs(60));
+    if p.backfill.pause > Duration::from_secs(3600) {
+        bad("backfill.pause", "expected at most 1h between batches".into());
+    }
+    if let Some(t) = &p.backfill.throttle {
+        if t.query.trim().is_empty() {
+            bad("backfill.throttle.query", "expected a SQL query returning one number; found an empty string".into());
+        }
+        if !t.max.is_finite() {
+            bad("backfill.throttle.max", "expected a finite number".into());
+        }
+    }
+    if !(p.verify.sample_rate > 0.0 && p.verify.sample_rate <= 1.0) {
+        bad("verify.sample_rate", format!("expected a fraction in (0, 1]; found {}", p.verify.sample_rate));
+    }
+    if p.verify.max_diffs == 0 {
+        bad("verify.max_diffs", "expected at least 1".into());
+    }
+    check_duration(&mut bad, "cutover.lock_timeout", p.cutover.lock_timeout, Duration::from_millis(1), Duration::from_secs(600));
+    if p.cutover.attempts == 0 || p.cutover.attempts > 1000 {
+        bad("cutover.attempts", format!("expected between 1 and 1000; found {}", p.cutover.attempts));
+    }
+    if p.cutover.retry_delay > Duration::from_secs(600) {
+        bad("cutover.retry_delay", "expected at most 10m".into());
+    }
+    out
+}
+
+fn check_duration(bad: &mut impl FnMut(&str, String), key: &str, d: Duration, min: Duration, max: Duration) {
+    if d < min || d > max {
+        bad(
+            key,
+            format!(
+                "expected a duration between {} and {}; found {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(d)
+            ),
+        );
+    }
+}
+
+/// Changes are checked against each other here; against the live table in preflight.
+fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
+    let mut touched: HashSet<String> = HashSet::new();
+    let mut indexes: HashSet<String> = HashSet::new();
+    let mut renamed_to: HashSet<String> = HashSet::new();
+    for (i, change) in changes.iter().enumerate() {
+        let at = |field: &str| format!("changes[{i}].{}.{field}", change.kind());
+        let mut column = |bad: &mut dyn FnMut(&str, String), field: &str, name: &str| {
+            if name.is_empty() {
+                bad(&at(field), "expected a column name; found an empty string".into());
+            } else if name.len() > 63 {
+                bad(&at(field), format!("expected at most 63 characters; found {}", name.len()));
+            } else if !touched.insert(name.to_string()) {
+                bad(&at(field), format!("column {name:?} is already changed by an earlier change; combine them into one"));
+            }
+        };
+        let nonempty = |bad: &mut dyn FnMut(&str, String), field: &str, sql: &Option<String>| {
+            if let Some(s) = sql {
+                if s.trim().is_empty() {
+                    bad(&at(field), "expected a SQL expression; found an empty string".into());
+                } else if s.contains(';') && !within_quotes_only(s) {
+                    bad(&at(field), "expected one SQL expression; found `;`, which would end the statement".into());
+                }
+            }
+        };
+        match change {
+            Change::AddColumn(c) => {
+                column(bad, "name", &c.name);
+                if c.sql_type.trim().is_empty() {
+                    bad(&at("type"), "expected the new column's SQL type; found an empty string".into());
+                }
+                nonempty(bad, "from", &c.from);
+                nonempty(bad, "default", &c.default);
+                if !c.nullable && c.from.is_none() && c.default.is_none() {
+                    bad(&at("nullable"), "a NOT NULL column needs `from` or `default` to fill the existing rows".into());
+                }
+            }
+            Change::DropColumn(c) => {
+                column(bad, "name", &c.name);
+                nonempty(bad, "reverse", &c.reverse);
+            }
+            Change::AlterColumn(c) => {
+                column(bad, "name", &c.name);
+                if c.sql_type.is_none() && c.using.is_none() && c.nullable.is_none() {
+                    bad(&at("name"), "expected at least one of `type`, `using` or `nullable` to change".into());
+                }
+                if let Some(t) = &c.sql_type
+                    && t.trim().is_empty()
+                {
+                    bad(&at("type"), "expected a SQL type; found an empty string".into());
+                }
+                nonempty(bad, "using", &c.using);
+                nonempty(bad, "reverse", &c.reverse);
+            }
+            Change::RenameColumn(c) => {
+                column(bad, "from", &c.from);
+                if c.to.is_empty() {
+                    bad(&at("to"), "expected the new column name; found an empty string".into());
+                } else if c.to == c.from {
+                    bad(&at("to"), format!("renaming {:?} onto itself changes nothing", c.from));
+                } else if !renamed_to.insert(c.to.clone()) || touched.contains(&c.to) {
+                    bad(&at("to"), format!("column {:?} is already the target of another change", c.to));
+                }
+            }
+            Change::AddIndex(c) => {
+                if c.name.is_empty() {
+                    bad(&at("name"), "expected an index name; found an empty string".into());
+                } else if !indexes.insert(c.name.clone()) {
+                    bad(&at("name"), format!("index {:?} is already changed by an earlier change", c.name));
+                }
+                if c.columns.is_empty() {
+                    bad(&at("columns"), "expected at least one column; found an empty list".into());
+                }
+                let mut seen = HashSet::new();
+                for col in &c.columns {
+                    if !seen.insert(col) {
+                        bad(&at("columns"), format!("column {col:?} is listed twice"));
+                    }
+                }
+            }
+            Change::DropIndex(c) => {
+                if c.name.is_empty() {
+                    bad(&at("name"), "expected an index name; found an empty string".into());
+                } else if !indexes.insert(c.name.clone()) {
+                    bad(&at("name"), format!("index {:?} is already changed by an earlier change", c.name));
+                }
+            }
+        }
+    }
+}
+
+/// True when every `;` in `sql` sits inside a quoted string literal.
+fn within_quotes_only(sql: &str) -> bool {
+    let mut quote: Option<char> = None;
+    for ch in sql.chars() {
+        match (quote, ch) {
+            (None, '\'' | '"' | '`') => quote = Some(ch),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// A line diff of two plans' canonical forms, for the "plan changed" refusal.
+pub fn diff(before: &str, after: &str) -> String {
+    let diff = similar::TextDiff::from_lines(before, after);
+    let mut out = String::new();
+    for change in diff.iter_all_changes() {
+        let sign = match change.tag() {
+            similar::ChangeTag::Delete => "-",
+            similar::ChangeTag::Insert => "+",
+            similar::ChangeTag::Equal => continue,
+        };
+        out.push_str(&format!("{sign} {}", change.value()));
+        if !change.value().ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The JSON Schema of plan files, for editors.
+pub fn json_schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(PlanFile)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "version: 1\nname: m\ntable: t\nchanges:\n  - add_column:\n      name: c\n      type: integer\n  - rename_column: {from: a, to: b}\n";
+
+    #[test]
+    fn a_minimal_plan_gets_the_contract_defaults() {
+        let plan = parse(GOOD, "p.yaml").expect("valid");
+        assert_eq!(plan.file.backfill.batch_size, BatchSize::Auto);
+        assert_eq!(plan.file.backfill.target_batch_time, Duration::from_millis(200));
+        assert_eq!(plan.file.cutover.attempts, 10);
+        assert_eq!(plan.file.verify.mode, VerifyMode::Full);
+        assert_eq!(plan.file.changes.len(), 2);
+    }
+
+    #[test]
+    fn formatting_does_not_change_the_hash_but_meaning_does() {
+        let a = parse(GOOD, "a").expect("valid");
+        let b = parse(&GOOD.replace("name: m\n", "name:   m   # same\n"), "b").expect("valid");
+        let c = parse(&GOOD.replace("integer", "bigint"), "c").expect("valid");
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+    }
+
+    fn problem(text: &str) -> PlanProblem {
+        match parse(text, "p.yaml") {
+            Err(Error::Plan(mut p)) => p.remove(0),
+            other => panic!("expected a plan error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line_and_path() {
+        let p = problem(&GOOD.replace("      type: integer\n", "      type: integer\n      colour: red\n"));
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(8));
+        assert!(p.key.starts_with("changes[0]"), "{p}");
+        assert!(p.message.contains("colour"), "{p}");
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_was_expected() {
+        let p = problem(&format!("{GOOD}cutover:\n  lock_timeout: soon\n"));
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(10));
+        assert!(p.message.contains("duration"), "{p}");
+    }
+
+    #[test]
+    fn a_semantic_problem_is_located_too() {
+        let p = problem(&GOOD.replace("to: b", "to: a"));
+        assert_eq!(p.key, "changes[1].rename_column.to");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(8));
+    }
+}
