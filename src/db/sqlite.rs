@@ -8,7 +8,6 @@
 //! and triggers cannot catch errors (a write the mapping cannot store fails, whatever
 //! `dual_write.on_error` says).
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -322,17 +321,6 @@ fn after_cursor(cols: &[&str], param: &str) -> String {
 fn at_or_before(cols: &[&str], param: &str) -> String {
     let vals = (0..cols.len()).map(|i| format!("json_extract({param}, '$[{i}]')")).collect::<Vec<_>>().join(", ");
     format!("({}) <= ({vals})", list(cols))
-}
-
-fn json_image(cols: &[&str]) -> String {
-    let mut sorted: Vec<&str> = cols.to_vec();
-    sorted.sort();
-    let parts = sorted.iter().map(|c| format!("{}, {}", literal(c), quote(c))).collect::<Vec<_>>().join(", ");
-    format!("json_object({parts})")
-}
-
-fn fmt_key(json: &str) -> String {
-    json.to_string()
 }
 
 impl Backend for Sqlite {
@@ -686,7 +674,6 @@ impl Backend for Sqlite {
         let old_key = m.old_key();
         let new_key = m.new_key();
         let old_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
-        let new_cols: Vec<&str> = m.after.columns.iter().map(|c| c.name.as_str()).collect();
         let mapped_targets: Vec<&str> = m.forward.iter().map(|mp| mp.target.as_str()).collect();
         // Columns the mapping does not fill (new columns with only a default) are compared
         // on the shadow side by their default, evaluated the same way.
@@ -715,11 +702,34 @@ impl Backend for Sqlite {
         let render_shadow = |lo: bool, hi: bool| {
             format!("SELECT {} FROM {shadow} WHERE {}", list(&mapped_targets), range(&new_key, lo, hi))
         };
-        let digest = |q: String| {
-            let concat = mapped_targets.iter().map(|c| format!("quote({})", quote(c))).collect::<Vec<_>>().join(" || ',' || ");
-            format!("SELECT count(*), group_concat({concat}, '|' ORDER BY {}) FROM ({q})", list(&new_key))
+        // SQLite's own equality (`IS`, so NULLs match) decides, as the stored values would:
+        // 109 and 109.0 are equal, '109' and 109 are not.
+        let joined = |lo: bool, hi: bool| {
+            let on = new_key.iter().map(|k| format!("l.{q} = s.{q}", q = quote(k))).collect::<Vec<_>>().join(" AND ");
+            format!("({}) AS l FULL JOIN ({}) AS s ON {on}", render_live(lo, hi), render_shadow(lo, hi))
         };
-        let image = |q: String| format!("SELECT {}, {} FROM ({q}) ORDER BY {}", key_json(&new_key, ""), json_image(&mapped_targets), list(&new_key));
+        let k0 = quote(new_key[0]);
+        let same = mapped_targets.iter().map(|c| format!("l.{q} IS s.{q}", q = quote(c))).collect::<Vec<_>>().join(" AND ");
+        let mismatch = format!("(l.{k0} IS NULL OR s.{k0} IS NULL OR NOT ({same}))");
+        let counts = |lo: bool, hi: bool| {
+            format!("SELECT count(l.{k0}), coalesce(sum(CASE WHEN {mismatch} THEN 1 ELSE 0 END), 0) FROM {}", joined(lo, hi))
+        };
+        let side_image = |side: &str| {
+            let mut sorted = mapped_targets.clone();
+            sorted.sort();
+            let parts = sorted.iter().map(|c| format!("{}, {side}.{}", literal(c), quote(c))).collect::<Vec<_>>().join(", ");
+            format!("CASE WHEN {side}.{k0} IS NULL THEN NULL ELSE json_object({parts}) END")
+        };
+        let differing = |lo: bool, hi: bool, limit: u64| {
+            let keys_l = key_json(&new_key, "l.");
+            let keys_s = key_json(&new_key, "s.");
+            format!(
+                "SELECT CASE WHEN l.{k0} IS NULL THEN {keys_s} ELSE {keys_l} END, {}, {} FROM {} WHERE {mismatch} LIMIT {limit}",
+                side_image("l"),
+                side_image("s"),
+                joined(lo, hi)
+            )
+        };
 
         // One read transaction: in WAL mode it reads one snapshot from its first SELECT on,
         // while the application keeps writing.
@@ -727,7 +737,6 @@ impl Backend for Sqlite {
         sqlx::query("BEGIN").execute(&mut *conn).await.map_err(ctx)?;
         let mut report = VerifyReport::default();
         let mut lo: Option<String> = None;
-        let _ = &new_cols;
         let result: Result<()> = async {
             loop {
                 if stop() {
@@ -749,46 +758,25 @@ impl Backend for Sqlite {
                 if skip {
                     report.chunks_skipped += 1;
                 } else {
-                    let a = sqlx::query(sql(digest(render_live(has_lo, has_hi))))
+                    let c = sqlx::query(sql(counts(has_lo, has_hi)))
                         .bind(lo.as_deref())
                         .bind(hi.as_deref())
                         .fetch_one(&mut *conn)
                         .await
                         .map_err(ctx)?;
-                    let b = sqlx::query(sql(digest(render_shadow(has_lo, has_hi))))
-                        .bind(lo.as_deref())
-                        .bind(hi.as_deref())
-                        .fetch_one(&mut *conn)
-                        .await
-                        .map_err(ctx)?;
-                    let (na, ha): (i64, Option<String>) = (a.get(0), a.get(1));
-                    let (nb, hb): (i64, Option<String>) = (b.get(0), b.get(1));
-                    report.rows += na.max(0) as u64;
+                    let (rows, bad): (i64, i64) = (c.get(0), c.get(1));
+                    report.rows += rows.max(0) as u64;
                     report.chunks += 1;
-                    if na != nb || ha != hb {
-                        let left = sqlx::query(sql(image(render_live(has_lo, has_hi))))
+                    let room = req.max_diffs.saturating_sub(report.diffs.len() as u64);
+                    if bad > 0 && room > 0 {
+                        let found = sqlx::query(sql(differing(has_lo, has_hi, room)))
                             .bind(lo.as_deref())
                             .bind(hi.as_deref())
                             .fetch_all(&mut *conn)
                             .await
                             .map_err(ctx)?;
-                        let right = sqlx::query(sql(image(render_shadow(has_lo, has_hi))))
-                            .bind(lo.as_deref())
-                            .bind(hi.as_deref())
-                            .fetch_all(&mut *conn)
-                            .await
-                            .map_err(ctx)?;
-                        let mut sides: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
-                        for r in left {
-                            sides.entry(r.get(0)).or_default().0 = Some(r.get(1));
-                        }
-                        for r in right {
-                            sides.entry(r.get(0)).or_default().1 = Some(r.get(1));
-                        }
-                        for (key, (expected, shadow)) in sides {
-                            if expected != shadow && (report.diffs.len() as u64) < req.max_diffs {
-                                report.diffs.push(RowDiff { key: fmt_key(&key), expected, shadow });
-                            }
+                        for r in found {
+                            report.diffs.push(RowDiff { key: r.get(0), expected: r.get(1), shadow: r.get(2) });
                         }
                     }
                 }
