@@ -699,20 +699,29 @@ impl Backend for Sqlite {
                 .join(", ");
             format!("SELECT {exprs} FROM ({rows}) AS t")
         };
-        let render_shadow = |lo: bool, hi: bool| {
-            format!("SELECT {} FROM {shadow} WHERE {}", list(&mapped_targets), range(&new_key, lo, hi))
-        };
         // SQLite's own equality (`IS`, so NULLs match) decides, as the stored values would:
         // 109 and 109.0 are equal, '109' and 109 are not.
-        let joined = |lo: bool, hi: bool| {
-            let on = new_key.iter().map(|k| format!("l.{q} = s.{q}", q = quote(k))).collect::<Vec<_>>().join(" AND ");
-            format!("({}) AS l FULL JOIN ({}) AS s ON {on}", render_live(lo, hi), render_shadow(lo, hi))
-        };
+        // The live chunk joined to the shadow by key (the shadow's primary key index does the
+        // lookups), plus shadow rows in the same key range that no live row explains.
+        let on = new_key.iter().map(|k| format!("l.{q} = s.{q}", q = quote(k))).collect::<Vec<_>>().join(" AND ");
         let k0 = quote(new_key[0]);
         let same = mapped_targets.iter().map(|c| format!("l.{q} IS s.{q}", q = quote(c))).collect::<Vec<_>>().join(" AND ");
-        let mismatch = format!("(l.{k0} IS NULL OR s.{k0} IS NULL OR NOT ({same}))");
+        let mismatch = format!("(s.{k0} IS NULL OR NOT ({same}))");
+        let orphans = |lo: bool, hi: bool| {
+            let match_live = m
+                .key
+                .iter()
+                .map(|k| format!("o.{} = s.{}", quote(&k.old), quote(&k.new)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            format!("FROM {shadow} AS s WHERE {} AND NOT EXISTS (SELECT 1 FROM {live} AS o WHERE {match_live})", range(&new_key, lo, hi))
+        };
         let counts = |lo: bool, hi: bool| {
-            format!("SELECT count(l.{k0}), coalesce(sum(CASE WHEN {mismatch} THEN 1 ELSE 0 END), 0) FROM {}", joined(lo, hi))
+            format!(
+                "SELECT count(*), coalesce(sum(CASE WHEN {mismatch} THEN 1 ELSE 0 END), 0), (SELECT count(*) {}) FROM ({}) AS l LEFT JOIN {shadow} AS s ON {on}",
+                orphans(lo, hi),
+                render_live(lo, hi)
+            )
         };
         let side_image = |side: &str| {
             let mut sorted = mapped_targets.clone();
@@ -721,13 +730,16 @@ impl Backend for Sqlite {
             format!("CASE WHEN {side}.{k0} IS NULL THEN NULL ELSE json_object({parts}) END")
         };
         let differing = |lo: bool, hi: bool, limit: u64| {
-            let keys_l = key_json(&new_key, "l.");
-            let keys_s = key_json(&new_key, "s.");
             format!(
-                "SELECT CASE WHEN l.{k0} IS NULL THEN {keys_s} ELSE {keys_l} END, {}, {} FROM {} WHERE {mismatch} LIMIT {limit}",
+                "SELECT {}, {}, {} FROM ({}) AS l LEFT JOIN {shadow} AS s ON {on} WHERE {mismatch} \
+                 UNION ALL SELECT {}, NULL, {} {} LIMIT {limit}",
+                key_json(&new_key, "l."),
                 side_image("l"),
                 side_image("s"),
-                joined(lo, hi)
+                render_live(lo, hi),
+                key_json(&new_key, "s."),
+                side_image("s"),
+                orphans(lo, hi)
             )
         };
 
@@ -764,7 +776,7 @@ impl Backend for Sqlite {
                         .fetch_one(&mut *conn)
                         .await
                         .map_err(ctx)?;
-                    let (rows, bad): (i64, i64) = (c.get(0), c.get(1));
+                    let (rows, bad): (i64, i64) = (c.get(0), c.get::<i64, _>(1) + c.get::<i64, _>(2));
                     report.rows += rows.max(0) as u64;
                     report.chunks += 1;
                     let room = req.max_diffs.saturating_sub(report.diffs.len() as u64);

@@ -1,0 +1,72 @@
+//! Integration tests, one binary: every scenario runs against SQLite files and against
+//! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
+
+mod harness;
+mod scenarios;
+
+/// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
+macro_rules! scenarios {
+    ($db:ident, $kind:expr) => {
+        mod $db {
+            use crate::harness::Kind;
+            use crate::scenarios as s;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn full_migration_under_concurrent_writes() {
+                s::full_migration_under_concurrent_writes($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollback_from_every_phase() {
+                s::rollback_from_every_phase($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_mid_backfill_after_a_commit_then_resumed() {
+                s::killed_then_resumed($kind, "backfill.batch.after@3").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_mid_backfill_before_a_commit_then_resumed() {
+                s::killed_then_resumed($kind, "backfill.batch.before@4").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_mid_verify_then_resumed() {
+                s::killed_then_resumed($kind, "verify.chunk@1").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_just_before_cutover_then_resumed() {
+                s::killed_then_resumed($kind, "cutover.attempt").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_inside_the_cutover_transaction_then_resumed() {
+                s::killed_then_resumed($kind, "cutover.inside").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_after_cutover_before_cleanup_then_resumed() {
+                s::killed_then_resumed($kind, "phase.cleanup.before").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_edited_plan_is_refused_with_what_changed() {
+                s::an_edited_plan_is_refused_with_what_changed($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_second_turnout_is_refused_while_the_first_holds_the_lock() {
+                s::a_second_turnout_is_refused_while_the_first_holds_the_lock($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn verify_reports_a_planted_difference() {
+                s::verify_reports_a_planted_difference($kind).await;
+            }
+        }
+    };
+}
+
+scenarios!(sqlite, Kind::Sqlite);
