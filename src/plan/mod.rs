@@ -88,12 +88,22 @@ fn yaml_problem(e: &serde_yaml::Error, text: &str, file: &str) -> PlanProblem {
         .location()
         .map(|l| crate::error::PlanLocation { line: l.line(), column: l.column() })
         .or_else(|| locate(text, &key));
-    let message = if message.contains("missing field") || message.contains("unknown field") || message.contains("unknown variant") {
-        message
-    } else {
-        format!("{message}")
-    };
+    let key = refine_key(&key, text, location.as_ref());
     PlanProblem { file: file.to_string(), location, key, message }
+}
+
+/// The library names the map that failed; the key under the error's position is the
+/// one the user must fix, so it is appended when it is a plain key.
+fn refine_key(key: &str, text: &str, at: Option<&crate::error::PlanLocation>) -> String {
+    let Some(at) = at else { return key.to_string() };
+    let Some(line) = text.lines().nth(at.line.saturating_sub(1)) else { return key.to_string() };
+    let rest: String = line.chars().skip(at.column.saturating_sub(1)).collect();
+    let token: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    let is_key = rest[token.len()..].trim_start().starts_with(':');
+    if token.is_empty() || !is_key || key.ends_with(&token) {
+        return key.to_string();
+    }
+    if key.is_empty() { token } else { format!("{key}.{token}") }
 }
 
 const MAX_BATCH_ROWS: u64 = 1_000_000;

@@ -1,6 +1,7 @@
 //! Integration tests, one binary: every scenario runs against SQLite files and against
 //! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
 
+mod bad_plans;
 mod harness;
 mod scenarios;
 
@@ -62,6 +63,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_bad_plan_is_refused_and_touches_nothing() {
+                crate::bad_plans::every_bad_plan_is_refused_and_touches_nothing($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn verify_reports_a_planted_difference() {
                 s::verify_reports_a_planted_difference($kind).await;
             }
@@ -70,3 +76,8 @@ macro_rules! scenarios {
 }
 
 scenarios!(sqlite, Kind::Sqlite);
+
+#[test]
+fn wrong_urls_and_servers_that_are_down_exit_3_without_the_password() {
+    bad_plans::wrong_urls_exit_3();
+}
