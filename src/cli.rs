@@ -106,7 +106,10 @@ pub fn main() -> ExitCode {
     };
     let bars = std::io::stderr().is_terminal();
     init_logging(cli.verbose, bars);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("turnout: cannot start the async runtime: {e}");
@@ -117,7 +120,9 @@ pub fn main() -> ExitCode {
     let on_ctrl_c = cancel.clone();
     runtime.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nturnout: stopping after the batch in hand (Ctrl-C again to abort at once)");
+            eprintln!(
+                "\nturnout: stopping after the batch in hand (Ctrl-C again to abort at once)"
+            );
             on_ctrl_c.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(130);
@@ -143,14 +148,20 @@ fn init_logging(verbose: u8, bars: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     if bars {
         let indicatif = tracing_indicatif::IndicatifLayer::new();
-        let fmt = tracing_subscriber::fmt::layer().with_writer(indicatif.get_stderr_writer()).with_target(false);
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(indicatif.get_stderr_writer())
+            .with_target(false);
         let _ = tracing_subscriber::registry()
             .with(fmt.with_filter(filter))
             .with(indicatif.with_filter(tracing_indicatif::filter::IndicatifFilter::new(false)))
             .try_init();
     } else {
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-        let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false);
+        let _ = tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .try_init();
     }
 }
 
@@ -182,7 +193,10 @@ fn confirm(plan: &Plan, yes: bool) -> Result<()> {
             plan.file.table
         )));
     }
-    eprint!("Run migration {:?} on table {:?}? [y/N] ", plan.file.name, plan.file.table);
+    eprint!(
+        "Run migration {:?} on table {:?}? [y/N] ",
+        plan.file.name, plan.file.table
+    );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
@@ -200,11 +214,18 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             println!("{}", plan::json_schema());
             Ok(0)
         }
-        Command::Demo { file, rows } => crate::demo::run(file, *rows, cancel, bars).await.map(|_| 0),
+        Command::Demo { file, rows } => {
+            crate::demo::run(file, *rows, cancel, bars).await.map(|_| 0)
+        }
         Command::Check { plan: path } => {
             let plan = plan::load(path)?;
             let Some(url) = cli.database_url.as_deref() else {
-                println!("{}: valid plan {:?} ({} changes); pass --database-url to preflight it against the table", plan.path, plan.file.name, plan.file.changes.len());
+                println!(
+                    "{}: valid plan {:?} ({} changes); pass --database-url to preflight it against the table",
+                    plan.path,
+                    plan.file.name,
+                    plan.file.changes.len()
+                );
                 return Ok(0);
             };
             let db = Database::connect(url).await?;
@@ -218,7 +239,14 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
                 m.after.columns.len(),
                 m.after.indexes.len(),
                 m.new_key().join(", "),
-                if m.lossy.is_empty() { String::new() } else { format!("; rollback after cutover cannot restore: {}", m.lossy.join(", ")) }
+                if m.lossy.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; rollback after cutover cannot restore: {}",
+                        m.lossy.join(", ")
+                    )
+                }
             );
             Ok(0)
         }
@@ -235,12 +263,25 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             }
             Ok(0)
         }
-        Command::Run { plan: path, until, yes } | Command::Resume { plan: path, until, yes } => {
+        Command::Run {
+            plan: path,
+            until,
+            yes,
+        }
+        | Command::Resume {
+            plan: path,
+            until,
+            yes,
+        } => {
             let plan = plan::load(path)?;
             let until = parse_until(until)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
             confirm(&plan, *yes)?;
-            let s = Session { plan: &plan, cancel, observer: &observer };
+            let s = Session {
+                plan: &plan,
+                cancel,
+                observer: &observer,
+            };
             let st = with_backend!(&db, b => engine::run(b, &s, &RunOptions { until, single_step: false }).await)?;
             report_where(&st, &plan);
             Ok(0)
@@ -249,7 +290,11 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
             confirm(&plan, *yes)?;
-            let s = Session { plan: &plan, cancel, observer: &observer };
+            let s = Session {
+                plan: &plan,
+                cancel,
+                observer: &observer,
+            };
             let st = with_backend!(&db, b => engine::run(b, &s, &RunOptions { until: None, single_step: true }).await)?;
             report_where(&st, &plan);
             Ok(0)
@@ -257,22 +302,43 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
         Command::Verify { plan: path } => {
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
-            let s = Session { plan: &plan, cancel, observer: &observer };
+            let s = Session {
+                plan: &plan,
+                cancel,
+                observer: &observer,
+            };
             let report = with_backend!(&db, b => engine::verify_only(b, &s).await)?;
             println!(
                 "{} rows identical in {} chunks{}",
                 report.rows,
                 report.chunks,
-                if report.chunks_skipped > 0 { format!(" ({} chunks sampled out)", report.chunks_skipped) } else { String::new() }
+                if report.chunks_skipped > 0 {
+                    format!(" ({} chunks sampled out)", report.chunks_skipped)
+                } else {
+                    String::new()
+                }
             );
             Ok(0)
         }
-        Command::Rollback { plan: path, accept_loss } => {
+        Command::Rollback {
+            plan: path,
+            accept_loss,
+        } => {
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
-            let s = Session { plan: &plan, cancel, observer: &observer };
+            let s = Session {
+                plan: &plan,
+                cancel,
+                observer: &observer,
+            };
             let st = with_backend!(&db, b => engine::rollback(b, &s, *accept_loss).await)?;
-            println!("{}", st.events.last().map(|e| e.message.as_str()).unwrap_or("rolled back"));
+            println!(
+                "{}",
+                st.events
+                    .last()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or("rolled back")
+            );
             Ok(0)
         }
         Command::Status { plan: path, json } => {
@@ -286,7 +352,10 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
                 let out: Vec<_> = states.iter().map(status_json).collect();
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             } else if states.is_empty() {
-                println!("no migrations{}", name.map(|n| format!(" named {n:?}")).unwrap_or_default());
+                println!(
+                    "no migrations{}",
+                    name.map(|n| format!(" named {n:?}")).unwrap_or_default()
+                );
             } else {
                 for st in &states {
                     println!("{}", status_text(st));
@@ -337,7 +406,10 @@ fn status_text(st: &State) -> String {
             out.push_str(&format!(", {r:.0} rows/s"));
         }
         if let Some(e) = eta {
-            out.push_str(&format!(", ETA {}", humantime::format_duration(Duration::from_secs(e.as_secs()))));
+            out.push_str(&format!(
+                ", ETA {}",
+                humantime::format_duration(Duration::from_secs(e.as_secs()))
+            ));
         }
     }
     if let Some(passed) = st.verify.passed {
@@ -348,9 +420,16 @@ fn status_text(st: &State) -> String {
             st.verify.mismatches
         ));
     }
-    out.push_str(&format!("\n  last checkpoint: {}", st.updated_at.to_rfc3339()));
+    out.push_str(&format!(
+        "\n  last checkpoint: {}",
+        st.updated_at.to_rfc3339()
+    ));
     if let Some(e) = st.events.last() {
-        out.push_str(&format!("\n  last event: {} — {}", e.at.to_rfc3339(), e.message));
+        out.push_str(&format!(
+            "\n  last event: {} — {}",
+            e.at.to_rfc3339(),
+            e.message
+        ));
     }
     out
 }
@@ -385,7 +464,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(bars: bool) -> Progress {
-        Progress { bars, span: Mutex::new(None) }
+        Progress {
+            bars,
+            span: Mutex::new(None),
+        }
     }
 
     fn with_span(&self, f: impl FnOnce(&Span)) {

@@ -82,10 +82,17 @@ pub async fn run(file: &Path, rows: u64, cancel: CancellationToken, bars: bool) 
         if reused { "reusing" } else { "created" },
         t0.elapsed()
     );
-    std::fs::write(&plan_path, DEMO_PLAN)
-        .map_err(|e| Error::Usage(format!("cannot write the demo plan {}: {e}", plan_path.display())))?;
+    std::fs::write(&plan_path, DEMO_PLAN).map_err(|e| {
+        Error::Usage(format!(
+            "cannot write the demo plan {}: {e}",
+            plan_path.display()
+        ))
+    })?;
     let plan = crate::plan::load(&plan_path)?;
-    println!("plan: {} (the demo's migration; read it to see the plan format)\n", plan_path.display());
+    println!(
+        "plan: {} (the demo's migration; read it to see the plan format)\n",
+        plan_path.display()
+    );
     println!("before:\n  {}\n", table_sql(&app).await?);
 
     let stats = Arc::new(WriterStats::default());
@@ -94,7 +101,11 @@ pub async fn run(file: &Path, rows: u64, cancel: CancellationToken, bars: bool) 
 
     let backend = Sqlite::with_options(opts, &shown).await?;
     let observer = Progress::new(bars);
-    let session = Session { plan: &plan, cancel, observer: &observer };
+    let session = Session {
+        plan: &plan,
+        cancel,
+        observer: &observer,
+    };
     let started = Instant::now();
     let outcome = engine::run(&backend, &session, &RunOptions::default()).await;
     stop.store(true, Ordering::Relaxed);
@@ -103,15 +114,22 @@ pub async fn run(file: &Path, rows: u64, cancel: CancellationToken, bars: bool) 
 
     println!("\nafter:\n  {}\n", table_sql(&app).await?);
     let rate = st.backfill.rows_copied as f64
-        / st
-            .backfill
+        / st.backfill
             .finished_at
             .zip(st.backfill.started_at)
             .map(|(e, s)| (e - s).num_milliseconds() as f64 / 1000.0)
             .unwrap_or(1.0)
             .max(0.001);
-    println!("migration {:?} is {} after {:.1?}", st.name, st.phase, started.elapsed());
-    println!("  backfill: {} rows in {} batches, {rate:.0} rows/s", st.backfill.rows_copied, st.backfill.batches);
+    println!(
+        "migration {:?} is {} after {:.1?}",
+        st.name,
+        st.phase,
+        started.elapsed()
+    );
+    println!(
+        "  backfill: {} rows in {} batches, {rate:.0} rows/s",
+        st.backfill.rows_copied, st.backfill.batches
+    );
     println!(
         "  verify:   {} rows compared, {} differences",
         st.verify.rows_checked, st.verify.mismatches
@@ -127,8 +145,14 @@ pub async fn run(file: &Path, rows: u64, cancel: CancellationToken, bars: bool) 
         println!("  turnout status --database-url sqlite://{shown}");
         println!("  turnout status --json --database-url sqlite://{shown}");
         println!("  run the demo again (it starts over), then try a rollback at any phase:");
-        println!("    turnout run {} --until verified --yes --database-url sqlite://{shown}", plan_path.display());
-        println!("    turnout rollback {} --database-url sqlite://{shown}", plan_path.display());
+        println!(
+            "    turnout run {} --until verified --yes --database-url sqlite://{shown}",
+            plan_path.display()
+        );
+        println!(
+            "    turnout rollback {} --database-url sqlite://{shown}",
+            plan_path.display()
+        );
         println!("  write a plan of your own (see plans/ and the README) and `turnout check` it");
     }
     Ok(())
@@ -145,7 +169,10 @@ async fn prepare_table(app: &SqlitePool, rows: u64) -> Result<bool> {
     .await
     .map_err(ctx)?;
     if pristine == 1 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(app).await.map_err(ctx)?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(app)
+            .await
+            .map_err(ctx)?;
         if n as u64 >= rows {
             return Ok(true);
         }
@@ -165,7 +192,10 @@ async fn prepare_table(app: &SqlitePool, rows: u64) -> Result<bool> {
             created_at TEXT NOT NULL
         )",
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(app).await.map_err(ctx)?;
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(app)
+            .await
+            .map_err(ctx)?;
     }
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
@@ -180,7 +210,10 @@ async fn prepare_table(app: &SqlitePool, rows: u64) -> Result<bool> {
     .execute(app)
     .await
     .map_err(ctx)?;
-    sqlx::query("CREATE INDEX orders_customer_idx ON orders (customer_id)").execute(app).await.map_err(ctx)?;
+    sqlx::query("CREATE INDEX orders_customer_idx ON orders (customer_id)")
+        .execute(app)
+        .await
+        .map_err(ctx)?;
     Ok(false)
 }
 
@@ -189,7 +222,16 @@ async fn table_sql(app: &SqlitePool) -> Result<String> {
         .fetch_all(app)
         .await
         .map_err(|e| Error::db("reading the schema", e))?;
-    Ok(rows.iter().map(|r| r.get::<String, _>(0).split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join(";\n  "))
+    Ok(rows
+        .iter()
+        .map(|r| {
+            r.get::<String, _>(0)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join(";\n  "))
 }
 
 /// The simulated application: a steady mix of writes that work on the table in either
@@ -210,12 +252,26 @@ async fn application(pool: SqlitePool, stats: Arc<WriterStats>, stop: Arc<Atomic
                     .execute(&pool)
                     .await
             }
-            4..=6 => sqlx::query("UPDATE orders SET status = 'paid' WHERE id = ?1").bind(id).execute(&pool).await,
+            4..=6 => {
+                sqlx::query("UPDATE orders SET status = 'paid' WHERE id = ?1")
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+            }
             7 => {
                 next_id += 1;
-                sqlx::query("UPDATE orders SET id = ?1 WHERE id = ?2").bind(next_id).bind(id).execute(&pool).await
+                sqlx::query("UPDATE orders SET id = ?1 WHERE id = ?2")
+                    .bind(next_id)
+                    .bind(id)
+                    .execute(&pool)
+                    .await
             }
-            _ => sqlx::query("DELETE FROM orders WHERE id = ?1").bind(id).execute(&pool).await,
+            _ => {
+                sqlx::query("DELETE FROM orders WHERE id = ?1")
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+            }
         };
         let us = started.elapsed().as_micros() as u64;
         stats.longest_us.fetch_max(us, Ordering::Relaxed);

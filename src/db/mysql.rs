@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::db::{Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, StateRow, VerifyReport, VerifyRequest};
+use crate::db::{
+    Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, StateRow, VerifyReport, VerifyRequest,
+};
 use crate::error::{Error, Result};
 use crate::schema::{Migration, TableShape};
 
@@ -87,7 +89,12 @@ impl Backend for MySql {
     ) -> Result<VerifyReport> {
         missing()
     }
-    async fn cutover(&self, _m: &Migration, _lock_timeout: Duration, _save: &StateRow) -> Result<CutoverOutcome> {
+    async fn cutover(
+        &self,
+        _m: &Migration,
+        _lock_timeout: Duration,
+        _save: &StateRow,
+    ) -> Result<CutoverOutcome> {
         missing()
     }
     async fn cleanup(&self, _m: &Migration, _keep_old: bool, _save: &StateRow) -> Result<()> {

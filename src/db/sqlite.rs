@@ -16,7 +16,8 @@ use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::db::{
-    Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport, VerifyRequest, render_source,
+    Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport,
+    VerifyRequest, render_source,
 };
 use crate::error::{Error, Result};
 use crate::schema::{Column, Generated, Index, Migration, TableShape};
@@ -62,9 +63,20 @@ impl Sqlite {
             .connect_with(opts)
             .await
             .map_err(|e| Error::Unreachable(format!("{shown}: {e}")))?;
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
-        let holder = format!("pid {} on {}", std::process::id(), if host.is_empty() { "localhost" } else { &host });
-        Ok(Sqlite { pool, holder, heartbeat: Mutex::new(None) })
+        let host = std::fs::read_to_string("/etc/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let holder = format!(
+            "pid {} on {}",
+            std::process::id(),
+            if host.is_empty() { "localhost" } else { &host }
+        );
+        Ok(Sqlite {
+            pool,
+            holder,
+            heartbeat: Mutex::new(None),
+        })
     }
 
     fn table(&self, name: &str) -> String {
@@ -72,12 +84,13 @@ impl Sqlite {
     }
 
     async fn exists(&self, kind: &str, name: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = ?1 AND name = ?2")
-            .bind(kind)
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| Error::db("reading the catalog", e))?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = ?1 AND name = ?2")
+                .bind(kind)
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| Error::db("reading the catalog", e))?;
         Ok(n > 0)
     }
 }
@@ -106,7 +119,11 @@ fn names(m: &Migration) -> Names {
 
 fn short_hash(s: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(s.as_bytes()).iter().take(5).map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One direction of dual-write: rows of `source` copied into `target`.
@@ -128,7 +145,11 @@ fn forward(m: &Migration, n: &Names) -> Direction {
         source_key: m.key.iter().map(|k| k.old.clone()).collect(),
         target_key: m.key.iter().map(|k| k.new.clone()).collect(),
         source_columns: m.before.columns.iter().map(|c| c.name.clone()).collect(),
-        triggers: [n.fwd_insert.clone(), n.fwd_update.clone(), n.fwd_delete.clone()],
+        triggers: [
+            n.fwd_insert.clone(),
+            n.fwd_update.clone(),
+            n.fwd_delete.clone(),
+        ],
     }
 }
 
@@ -140,7 +161,11 @@ fn reverse(m: &Migration, n: &Names) -> Direction {
         source_key: m.key.iter().map(|k| k.new.clone()).collect(),
         target_key: m.key.iter().map(|k| k.old.clone()).collect(),
         source_columns: m.after.columns.iter().map(|c| c.name.clone()).collect(),
-        triggers: [n.rev_insert.clone(), n.rev_update.clone(), n.rev_delete.clone()],
+        triggers: [
+            n.rev_insert.clone(),
+            n.rev_update.clone(),
+            n.rev_delete.clone(),
+        ],
     }
 }
 
@@ -149,7 +174,11 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 fn list(names: &[&str]) -> String {
-    names.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| quote(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn cast(value: &str, t: &str) -> String {
@@ -159,7 +188,11 @@ fn cast(value: &str, t: &str) -> String {
 /// `SELECT <mapped> FROM (<rows>) AS t`: the plan's expressions read the source row's
 /// columns unqualified, whatever the rows come from.
 fn mapped_select(mapped: &[crate::schema::Mapped], rows: &str) -> String {
-    let exprs = mapped.iter().map(|mp| render_source(mp, &|c| quote(c), &cast)).collect::<Vec<_>>().join(", ");
+    let exprs = mapped
+        .iter()
+        .map(|mp| render_source(mp, &|c| quote(c), &cast))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("SELECT {exprs} FROM ({rows}) AS t")
 }
 
@@ -186,7 +219,11 @@ fn upsert(d: &Direction, rows: &str, on_conflict_update: bool) -> String {
 }
 
 fn row_of(prefix: &str, columns: &[&str]) -> String {
-    let cols = columns.iter().map(|c| format!("{prefix}.{} AS {}", quote(c), quote(c))).collect::<Vec<_>>().join(", ");
+    let cols = columns
+        .iter()
+        .map(|c| format!("{prefix}.{} AS {}", quote(c), quote(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("SELECT {cols}")
 }
 
@@ -200,7 +237,11 @@ fn key_match(target_key: &[&str], source_key: &[&str], prefix: &str) -> String {
 }
 
 fn key_changed(source_key: &[&str]) -> String {
-    source_key.iter().map(|k| format!("NEW.{} IS NOT OLD.{}", quote(k), quote(k))).collect::<Vec<_>>().join(" OR ")
+    source_key
+        .iter()
+        .map(|k| format!("NEW.{} IS NOT OLD.{}", quote(k), quote(k)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 fn triggers(d: &Direction) -> Vec<String> {
@@ -264,7 +305,9 @@ fn shadow_index_name(index: &Index, carried: bool) -> String {
 
 fn create_shadow(m: &Migration) -> Vec<String> {
     let single_integer_key = m.after.primary_key.len() == 1
-        && m.after.column(&m.after.primary_key[0]).is_some_and(|c| c.sql_type.eq_ignore_ascii_case("integer"));
+        && m.after
+            .column(&m.after.primary_key[0])
+            .is_some_and(|c| c.sql_type.eq_ignore_ascii_case("integer"));
     let mut cols: Vec<String> = m
         .after
         .columns
@@ -272,7 +315,11 @@ fn create_shadow(m: &Migration) -> Vec<String> {
         .map(|c| column_def(c, single_integer_key && c.name == m.after.primary_key[0]))
         .collect();
     cols.push(format!("PRIMARY KEY ({})", list(&m.new_key())));
-    let mut out = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&m.shadow), cols.join(", "))];
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        quote(&m.shadow),
+        cols.join(", ")
+    )];
     for idx in &m.after.indexes {
         let carried = m.before.indexes.iter().any(|b| b.name == idx.name);
         let cols: Vec<&str> = idx.columns.iter().map(String::as_str).collect();
@@ -309,17 +356,27 @@ where
 
 /// Keys as JSON arrays so keyset pagination binds them back with their storage class.
 fn key_json(cols: &[&str], prefix: &str) -> String {
-    let parts = cols.iter().map(|c| format!("{prefix}{}", quote(c))).collect::<Vec<_>>().join(", ");
+    let parts = cols
+        .iter()
+        .map(|c| format!("{prefix}{}", quote(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("json_array({parts})")
 }
 
 fn after_cursor(cols: &[&str], param: &str) -> String {
-    let vals = (0..cols.len()).map(|i| format!("json_extract({param}, '$[{i}]')")).collect::<Vec<_>>().join(", ");
+    let vals = (0..cols.len())
+        .map(|i| format!("json_extract({param}, '$[{i}]')"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("({}) > ({vals})", list(cols))
 }
 
 fn at_or_before(cols: &[&str], param: &str) -> String {
-    let vals = (0..cols.len()).map(|i| format!("json_extract({param}, '$[{i}]')")).collect::<Vec<_>>().join(", ");
+    let vals = (0..cols.len())
+        .map(|i| format!("json_extract({param}, '$[{i}]')"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("({}) <= ({vals})", list(cols))
 }
 
@@ -341,7 +398,10 @@ impl Backend for Sqlite {
             "CREATE TABLE IF NOT EXISTS turnout_state (name TEXT PRIMARY KEY, plan_hash TEXT NOT NULL, phase TEXT NOT NULL, body TEXT NOT NULL, updated_at TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS turnout_lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL, heartbeat REAL NOT NULL)",
         ] {
-            sqlx::query(stmt).execute(&self.pool).await.map_err(|e| Error::db("creating turnout_state", e))?;
+            sqlx::query(stmt)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::db("creating turnout_state", e))?;
         }
         Ok(())
     }
@@ -351,31 +411,61 @@ impl Backend for Sqlite {
         if !exists {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT name, plan_hash, phase, body FROM turnout_state WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Error::db("reading turnout_state", e))?;
-        Ok(row.map(|r| StateRow { name: r.get(0), plan_hash: r.get(1), phase: r.get(2), body: r.get(3) }))
+        let row =
+            sqlx::query("SELECT name, plan_hash, phase, body FROM turnout_state WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Error::db("reading turnout_state", e))?;
+        Ok(row.map(|r| StateRow {
+            name: r.get(0),
+            plan_hash: r.get(1),
+            phase: r.get(2),
+            body: r.get(3),
+        }))
     }
 
     async fn list_states(&self) -> Result<Vec<StateRow>> {
-        let rows = sqlx::query("SELECT name, plan_hash, phase, body FROM turnout_state ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::db("reading turnout_state", e))?;
-        Ok(rows.into_iter().map(|r| StateRow { name: r.get(0), plan_hash: r.get(1), phase: r.get(2), body: r.get(3) }).collect())
+        let rows =
+            sqlx::query("SELECT name, plan_hash, phase, body FROM turnout_state ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::db("reading turnout_state", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StateRow {
+                name: r.get(0),
+                plan_hash: r.get(1),
+                phase: r.get(2),
+                body: r.get(3),
+            })
+            .collect())
     }
 
     async fn save_state(&self, row: &StateRow) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db("saving the checkpoint", e))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db("saving the checkpoint", e))?;
         save_in(&mut *tx, row).await?;
-        tx.commit().await.map_err(|e| Error::db("saving the checkpoint", e))
+        tx.commit()
+            .await
+            .map_err(|e| Error::db("saving the checkpoint", e))
     }
 
     async fn lock(&self, migration: &str) -> Result<()> {
-        let host = self.holder.rsplit(" on ").next().unwrap_or_default().to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db("taking the lease", e))?;
+        let host = self
+            .holder
+            .rsplit(" on ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db("taking the lease", e))?;
         let current = sqlx::query(
             "SELECT holder, pid, host, (julianday('now') - julianday(heartbeat, 'unixepoch')) * 86400.0 FROM turnout_lease WHERE name = ?1",
         )
@@ -384,11 +474,16 @@ impl Backend for Sqlite {
         .await
         .map_err(|e| Error::db("reading the lease", e))?;
         if let Some(r) = current {
-            let (holder, pid, their_host, age): (String, i64, String, f64) = (r.get(0), r.get(1), r.get(2), r.get(3));
-            let gone = their_host == host && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let (holder, pid, their_host, age): (String, i64, String, f64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let gone =
+                their_host == host && !std::path::Path::new(&format!("/proc/{pid}")).exists();
             let stale = age > LEASE_STALE_AFTER.as_secs_f64();
             if holder != self.holder && !gone && !stale {
-                return Err(Error::LockHeld { name: migration.to_string(), holder: format!("{holder}, heartbeat {age:.0}s ago") });
+                return Err(Error::LockHeld {
+                    name: migration.to_string(),
+                    holder: format!("{holder}, heartbeat {age:.0}s ago"),
+                });
             }
         }
         sqlx::query(
@@ -402,7 +497,9 @@ impl Backend for Sqlite {
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db("taking the lease", e))?;
-        tx.commit().await.map_err(|e| Error::db("taking the lease", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::db("taking the lease", e))?;
 
         let pool = self.pool.clone();
         let name = migration.to_string();
@@ -457,7 +554,13 @@ impl Backend for Sqlite {
             if pk_pos > 0 {
                 pk.push((pk_pos, name.clone()));
             }
-            columns.push(Column { name, sql_type, nullable: notnull == 0, default, generated: None });
+            columns.push(Column {
+                name,
+                sql_type,
+                nullable: notnull == 0,
+                default,
+                generated: None,
+            });
         }
         pk.sort();
         let primary_key: Vec<String> = pk.into_iter().map(|(_, n)| n).collect();
@@ -469,11 +572,12 @@ impl Backend for Sqlite {
             c.nullable = false;
             c.generated = Some(Generated::AutoIncrement);
         }
-        let idx_rows = sqlx::query("SELECT name, \"unique\", origin FROM pragma_index_list(?1) ORDER BY name")
-            .bind(table)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(ctx)?;
+        let idx_rows =
+            sqlx::query("SELECT name, \"unique\", origin FROM pragma_index_list(?1) ORDER BY name")
+                .bind(table)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(ctx)?;
         let mut indexes = Vec::new();
         for r in idx_rows {
             let name: String = r.get(0);
@@ -487,28 +591,44 @@ impl Backend for Sqlite {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(ctx)?;
-            let columns: Vec<String> = cols.iter().map(|c| c.get::<Option<String>, _>(0).unwrap_or_default()).collect();
-            indexes.push(Index { name, columns, unique: unique == 1 });
+            let columns: Vec<String> = cols
+                .iter()
+                .map(|c| c.get::<Option<String>, _>(0).unwrap_or_default())
+                .collect();
+            indexes.push(Index {
+                name,
+                columns,
+                unique: unique == 1,
+            });
         }
-        Ok(Some(TableShape { columns, primary_key, indexes }))
+        Ok(Some(TableShape {
+            columns,
+            primary_key,
+            indexes,
+        }))
     }
 
     async fn preflight(&self, m: &Migration) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let t = &m.table;
         if m.schema.as_deref().is_some_and(|s| s != "main") {
-            problems.push(format!("schema: SQLite migrations run on the main database; found {:?}", m.schema));
+            problems.push(format!(
+                "schema: SQLite migrations run on the main database; found {:?}",
+                m.schema
+            ));
         }
         for name in [&m.shadow, &m.old] {
             if self.exists("table", name).await? {
                 problems.push(format!("a table {name:?} already exists; turnout needs that name for {t:?} (drop it, or roll back the migration that left it)"));
             }
         }
-        let user_triggers: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1")
-            .bind(t)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::db("reading triggers", e))?;
+        let user_triggers: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1",
+        )
+        .bind(t)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::db("reading triggers", e))?;
         if !user_triggers.is_empty() {
             problems.push(format!(
                 "table {t:?} has triggers ({}); turnout would not carry them to the new table. Drop them for the migration and recreate them after",
@@ -519,15 +639,25 @@ impl Backend for Sqlite {
             let carried = m.before.indexes.iter().any(|b| b.name == idx.name);
             let name = shadow_index_name(idx, carried);
             if self.exists("index", &name).await? && (!carried || name != idx.name) {
-                problems.push(format!("index name {name:?} is taken; turnout needs it for the new {t:?}"));
+                problems.push(format!(
+                    "index name {name:?} is taken; turnout needs it for the new {t:?}"
+                ));
             }
         }
         let before_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
         for mp in &m.forward {
-            let rows = format!("SELECT {} FROM {} LIMIT 0", list(&before_cols), self.table(t));
+            let rows = format!(
+                "SELECT {} FROM {} LIMIT 0",
+                list(&before_cols),
+                self.table(t)
+            );
             let probe = mapped_select(std::slice::from_ref(mp), &rows);
             if let Err(e) = sqlx::query(sql(probe)).fetch_all(&self.pool).await {
-                problems.push(format!("column {:?}: the forward expression does not compile against {t:?}: {}", mp.target, db_message(&e)));
+                problems.push(format!(
+                    "column {:?}: the forward expression does not compile against {t:?}: {}",
+                    mp.target,
+                    db_message(&e)
+                ));
             }
         }
         let typed_nulls = m
@@ -538,16 +668,26 @@ impl Backend for Sqlite {
             .collect::<Vec<_>>()
             .join(", ");
         for mp in &m.reverse {
-            let probe = mapped_select(std::slice::from_ref(mp), &format!("SELECT {typed_nulls} LIMIT 0"));
+            let probe = mapped_select(
+                std::slice::from_ref(mp),
+                &format!("SELECT {typed_nulls} LIMIT 0"),
+            );
             if let Err(e) = sqlx::query(sql(probe)).fetch_all(&self.pool).await {
                 problems.push(format!("column {:?}: the reverse expression does not compile against the new shape: {}", mp.target, db_message(&e)));
             }
         }
         // The whole shadow DDL, in a transaction that is always rolled back.
-        let mut tx = self.pool.begin().await.map_err(|e| Error::db("preflight", e))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| Error::db("preflight", e))?;
         for stmt in create_shadow(m) {
             if let Err(e) = sqlx::query(sql(stmt)).execute(&mut *tx).await {
-                problems.push(format!("the new shape of {t:?} cannot be created: {}", db_message(&e)));
+                problems.push(format!(
+                    "the new shape of {t:?} cannot be created: {}",
+                    db_message(&e)
+                ));
                 break;
             }
         }
@@ -570,25 +710,55 @@ impl Backend for Sqlite {
         );
         let mut cutover = vec!["BEGIN IMMEDIATE".to_string()];
         cutover.extend(drop_triggers(&f));
-        cutover.push(format!("ALTER TABLE {} RENAME TO {}", quote(&m.table), quote(&m.old)));
-        cutover.push(format!("ALTER TABLE {} RENAME TO {}", quote(&m.shadow), quote(&m.table)));
+        cutover.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            quote(&m.table),
+            quote(&m.old)
+        ));
+        cutover.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            quote(&m.shadow),
+            quote(&m.table)
+        ));
         cutover.extend(triggers(&r));
         cutover.push("COMMIT".into());
         let mut cleanup = drop_triggers(&r);
         cleanup.push(format!("DROP TABLE IF EXISTS {}", quote(&m.old)));
         vec![
-            PhaseSql { phase: "prepare", statements: create_shadow(m) },
-            PhaseSql { phase: "dual-write", statements: triggers(&f) },
-            PhaseSql { phase: "backfill (each batch)", statements: vec![upsert(&f, &batch_rows, false)] },
-            PhaseSql { phase: "cutover", statements: cutover },
-            PhaseSql { phase: "cleanup", statements: cleanup },
+            PhaseSql {
+                phase: "prepare",
+                statements: create_shadow(m),
+            },
+            PhaseSql {
+                phase: "dual-write",
+                statements: triggers(&f),
+            },
+            PhaseSql {
+                phase: "backfill (each batch)",
+                statements: vec![upsert(&f, &batch_rows, false)],
+            },
+            PhaseSql {
+                phase: "cutover",
+                statements: cutover,
+            },
+            PhaseSql {
+                phase: "cleanup",
+                statements: cleanup,
+            },
         ]
     }
 
     async fn prepare(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db("prepare", e))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db("prepare", e))?;
         for stmt in create_shadow(m) {
-            sqlx::query(sql(stmt)).execute(&mut *tx).await.map_err(|e| Error::db(format!("prepare: creating {}", m.shadow), e))?;
+            sqlx::query(sql(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(format!("prepare: creating {}", m.shadow), e))?;
         }
         save_in(&mut *tx, save).await?;
         tx.commit().await.map_err(|e| Error::db("prepare", e))
@@ -596,9 +766,16 @@ impl Backend for Sqlite {
 
     async fn start_dual_write(&self, m: &Migration, save: &StateRow) -> Result<()> {
         let f = forward(m, &names(m));
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db("dual-write", e))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db("dual-write", e))?;
         for stmt in triggers(&f) {
-            sqlx::query(sql(stmt)).execute(&mut *tx).await.map_err(|e| Error::db("dual-write: creating triggers", e))?;
+            sqlx::query(sql(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db("dual-write: creating triggers", e))?;
         }
         save_in(&mut *tx, save).await?;
         tx.commit().await.map_err(|e| Error::db("dual-write", e))
@@ -623,9 +800,17 @@ impl Backend for Sqlite {
         let key = m.old_key();
         let old_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
         let cursor = after.map(|c| c.to_string());
-        let filter = if cursor.is_some() { format!("WHERE {}", after_cursor(&key, "?1")) } else { String::new() };
+        let filter = if cursor.is_some() {
+            format!("WHERE {}", after_cursor(&key, "?1"))
+        } else {
+            String::new()
+        };
         let live = quote(&m.table);
-        let rows = format!("SELECT {} FROM {live} {filter} ORDER BY {} LIMIT {limit}", list(&old_cols), list(&key));
+        let rows = format!(
+            "SELECT {} FROM {live} {filter} ORDER BY {} LIMIT {limit}",
+            list(&old_cols),
+            list(&key)
+        );
         let ctx = |e| Error::db(format!("backfill of {}", m.table), e);
 
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(ctx)?;
@@ -641,10 +826,15 @@ impl Backend for Sqlite {
         let count: i64 = bounds.get(0);
         let last: Option<String> = bounds.get(1);
         if count > 0
-            && let Err(e) = sqlx::query(sql(upsert(&f, &rows, false))).bind(cursor.as_deref()).execute(&mut *tx).await
+            && let Err(e) = sqlx::query(sql(upsert(&f, &rows, false)))
+                .bind(cursor.as_deref())
+                .execute(&mut *tx)
+                .await
         {
             drop(tx);
-            return Err(self.explain_batch_error(m, &rows, cursor.as_deref(), e).await);
+            return Err(self
+                .explain_batch_error(m, &rows, cursor.as_deref(), e)
+                .await);
         }
         let done = BatchDone {
             rows: count.max(0) as u64,
@@ -687,14 +877,28 @@ impl Backend for Sqlite {
             if hi {
                 w.push(at_or_before(cols, "?2"));
             }
-            if w.is_empty() { "true".to_string() } else { w.join(" AND ") }
+            if w.is_empty() {
+                "true".to_string()
+            } else {
+                w.join(" AND ")
+            }
         };
         let render_live = |lo: bool, hi: bool| {
-            let rows = format!("SELECT {} FROM {live} WHERE {}", list(&old_cols), range(&old_key, lo, hi));
+            let rows = format!(
+                "SELECT {} FROM {live} WHERE {}",
+                list(&old_cols),
+                range(&old_key, lo, hi)
+            );
             let exprs = m
                 .forward
                 .iter()
-                .map(|mp| format!("{} AS {}", render_source(mp, &|c| quote(c), &cast), quote(&mp.target)))
+                .map(|mp| {
+                    format!(
+                        "{} AS {}",
+                        render_source(mp, &|c| quote(c), &cast),
+                        quote(&mp.target)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             format!("SELECT {exprs} FROM ({rows}) AS t")
@@ -703,9 +907,17 @@ impl Backend for Sqlite {
         // 109 and 109.0 are equal, '109' and 109 are not.
         // The live chunk joined to the shadow by key (the shadow's primary key index does the
         // lookups), plus shadow rows in the same key range that no live row explains.
-        let on = new_key.iter().map(|k| format!("l.{q} = s.{q}", q = quote(k))).collect::<Vec<_>>().join(" AND ");
+        let on = new_key
+            .iter()
+            .map(|k| format!("l.{q} = s.{q}", q = quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let k0 = quote(new_key[0]);
-        let same = mapped_targets.iter().map(|c| format!("l.{q} IS s.{q}", q = quote(c))).collect::<Vec<_>>().join(" AND ");
+        let same = mapped_targets
+            .iter()
+            .map(|c| format!("l.{q} IS s.{q}", q = quote(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let mismatch = format!("(s.{k0} IS NULL OR NOT ({same}))");
         let orphans = |lo: bool, hi: bool| {
             let match_live = m
@@ -714,7 +926,10 @@ impl Backend for Sqlite {
                 .map(|k| format!("o.{} = s.{}", quote(&k.old), quote(&k.new)))
                 .collect::<Vec<_>>()
                 .join(" AND ");
-            format!("FROM {shadow} AS s WHERE {} AND NOT EXISTS (SELECT 1 FROM {live} AS o WHERE {match_live})", range(&new_key, lo, hi))
+            format!(
+                "FROM {shadow} AS s WHERE {} AND NOT EXISTS (SELECT 1 FROM {live} AS o WHERE {match_live})",
+                range(&new_key, lo, hi)
+            )
         };
         let counts = |lo: bool, hi: bool| {
             format!(
@@ -726,7 +941,11 @@ impl Backend for Sqlite {
         let side_image = |side: &str| {
             let mut sorted = mapped_targets.clone();
             sorted.sort();
-            let parts = sorted.iter().map(|c| format!("{}, {side}.{}", literal(c), quote(c))).collect::<Vec<_>>().join(", ");
+            let parts = sorted
+                .iter()
+                .map(|c| format!("{}, {side}.{}", literal(c), quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!("CASE WHEN {side}.{k0} IS NULL THEN NULL ELSE json_object({parts}) END")
         };
         let differing = |lo: bool, hi: bool, limit: u64| {
@@ -746,7 +965,10 @@ impl Backend for Sqlite {
         // One read transaction: in WAL mode it reads one snapshot from its first SELECT on,
         // while the application keeps writing.
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
-        sqlx::query("BEGIN").execute(&mut *conn).await.map_err(ctx)?;
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
         let mut report = VerifyReport::default();
         let mut lo: Option<String> = None;
         let result: Result<()> = async {
@@ -776,7 +998,8 @@ impl Backend for Sqlite {
                         .fetch_one(&mut *conn)
                         .await
                         .map_err(ctx)?;
-                    let (rows, bad): (i64, i64) = (c.get(0), c.get::<i64, _>(1) + c.get::<i64, _>(2));
+                    let (rows, bad): (i64, i64) =
+                        (c.get(0), c.get::<i64, _>(1) + c.get::<i64, _>(2));
                     report.rows += rows.max(0) as u64;
                     report.chunks += 1;
                     let room = req.max_diffs.saturating_sub(report.diffs.len() as u64);
@@ -788,7 +1011,11 @@ impl Backend for Sqlite {
                             .await
                             .map_err(ctx)?;
                         for r in found {
-                            report.diffs.push(RowDiff { key: r.get(0), expected: r.get(1), shadow: r.get(2) });
+                            report.diffs.push(RowDiff {
+                                key: r.get(0),
+                                expected: r.get(1),
+                                shadow: r.get(2),
+                            });
                         }
                     }
                 }
@@ -808,15 +1035,29 @@ impl Backend for Sqlite {
         Ok(report)
     }
 
-    async fn cutover(&self, m: &Migration, lock_timeout: Duration, save: &StateRow) -> Result<CutoverOutcome> {
+    async fn cutover(
+        &self,
+        m: &Migration,
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
         let n = names(m);
         let ctx = |e| Error::db(format!("cutover of {}", m.table), e);
-        sqlx::query(sql(format!("ANALYZE {}", quote(&m.shadow)))).execute(&self.pool).await.ok();
+        sqlx::query(sql(format!("ANALYZE {}", quote(&m.shadow))))
+            .execute(&self.pool)
+            .await
+            .ok();
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
         let ms = lock_timeout.as_millis().max(1);
-        sqlx::query(sql(format!("PRAGMA busy_timeout = {ms}"))).execute(&mut *conn).await.map_err(ctx)?;
+        sqlx::query(sql(format!("PRAGMA busy_timeout = {ms}")))
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
         // Views that name the table must keep naming `<table>`, i.e. follow the new table.
-        sqlx::query("PRAGMA legacy_alter_table = ON").execute(&mut *conn).await.map_err(ctx)?;
+        sqlx::query("PRAGMA legacy_alter_table = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
         let outcome: Result<CutoverOutcome> = async {
             if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
                 if is_busy(&e) {
@@ -824,12 +1065,21 @@ impl Backend for Sqlite {
                 }
                 return Err(ctx(e));
             }
-            let swapped = self.exists("table", &m.old).await? && !self.exists("table", &m.shadow).await?;
+            let swapped =
+                self.exists("table", &m.old).await? && !self.exists("table", &m.shadow).await?;
             let mut stmts = Vec::new();
             if !swapped {
                 stmts.extend(drop_triggers(&forward(m, &n)));
-                stmts.push(format!("ALTER TABLE {} RENAME TO {}", quote(&m.table), quote(&m.old)));
-                stmts.push(format!("ALTER TABLE {} RENAME TO {}", quote(&m.shadow), quote(&m.table)));
+                stmts.push(format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    quote(&m.table),
+                    quote(&m.old)
+                ));
+                stmts.push(format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    quote(&m.shadow),
+                    quote(&m.table)
+                ));
             }
             stmts.extend(triggers(&reverse(m, &n)));
             for stmt in stmts {
@@ -843,12 +1093,19 @@ impl Backend for Sqlite {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 return Err(e);
             }
-            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(ctx)?;
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(ctx)?;
             Ok(CutoverOutcome::Swapped)
         }
         .await;
-        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF").execute(&mut *conn).await;
-        let _ = sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await;
+        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF")
+            .execute(&mut *conn)
+            .await;
+        let _ = sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut *conn)
+            .await;
         outcome
     }
 
@@ -860,7 +1117,10 @@ impl Backend for Sqlite {
             stmts.push(format!("DROP TABLE IF EXISTS {}", quote(&m.old)));
         }
         for stmt in stmts {
-            sqlx::query(sql(stmt)).execute(&mut *tx).await.map_err(ctx)?;
+            sqlx::query(sql(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx)?;
         }
         save_in(&mut *tx, save).await?;
         tx.commit().await.map_err(ctx)
@@ -870,7 +1130,10 @@ impl Backend for Sqlite {
         let n = names(m);
         let ctx = |e| Error::db(format!("rollback of {}", m.table), e);
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
-        sqlx::query("PRAGMA legacy_alter_table = ON").execute(&mut *conn).await.map_err(ctx)?;
+        sqlx::query("PRAGMA legacy_alter_table = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
         let result: Result<()> = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(ctx)?;
             let mut stmts = drop_triggers(&reverse(m, &n));
@@ -902,7 +1165,9 @@ impl Backend for Sqlite {
             Ok(())
         }
         .await;
-        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF").execute(&mut *conn).await;
+        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF")
+            .execute(&mut *conn)
+            .await;
         result
     }
 
@@ -925,12 +1190,23 @@ impl Backend for Sqlite {
 
 impl Sqlite {
     /// Names the key and column of the row that made a batch fail.
-    async fn explain_batch_error(&self, m: &Migration, rows: &str, cursor: Option<&str>, e: sqlx::Error) -> Error {
+    async fn explain_batch_error(
+        &self,
+        m: &Migration,
+        rows: &str,
+        cursor: Option<&str>,
+        e: sqlx::Error,
+    ) -> Error {
         let message = db_message(&e);
         let column = message
             .rsplit_once(&format!("{}.", m.shadow))
             .map(|(_, c)| c.trim().to_string())
-            .or_else(|| m.forward.iter().find(|mp| message.contains(&mp.target)).map(|mp| mp.target.clone()));
+            .or_else(|| {
+                m.forward
+                    .iter()
+                    .find(|mp| message.contains(&mp.target))
+                    .map(|mp| mp.target.clone())
+            });
         let Some(column) = column else {
             return Error::db(format!("backfill of {}", m.table), e);
         };
@@ -938,12 +1214,14 @@ impl Sqlite {
             Some(mp) => {
                 let expr = render_source(mp, &|c| quote(c), &cast);
                 let keys = key_json(&m.old_key(), "");
-                sqlx::query_scalar::<_, String>(sql(format!("SELECT {keys} FROM ({rows}) AS t WHERE ({expr}) IS NULL LIMIT 1")))
-                    .bind(cursor)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .ok()
-                    .flatten()
+                sqlx::query_scalar::<_, String>(sql(format!(
+                    "SELECT {keys} FROM ({rows}) AS t WHERE ({expr}) IS NULL LIMIT 1"
+                )))
+                .bind(cursor)
+                .fetch_optional(&self.pool)
+                .await
+                .ok()
+                .flatten()
             }
             None => None,
         };
@@ -966,9 +1244,9 @@ fn db_message(e: &sqlx::Error) -> String {
 fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
-            matches!(d.code().as_deref(), Some("5" | "6" | "261" | "517")) || d.message().contains("locked")
+            matches!(d.code().as_deref(), Some("5" | "6" | "261" | "517"))
+                || d.message().contains("locked")
         }
         _ => false,
     }
 }
-

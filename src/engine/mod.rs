@@ -9,9 +9,11 @@ pub mod state;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{Instrument, info, info_span, warn};
 
-use crate::db::{Backend, BatchDone, CutoverOutcome, PhaseSql, RowDiff, VerifyReport, VerifyRequest};
+use crate::db::{
+    Backend, BatchDone, CutoverOutcome, PhaseSql, RowDiff, VerifyReport, VerifyRequest,
+};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::plan::{BatchSize, Plan, VerifyMode};
@@ -48,7 +50,10 @@ pub struct Session<'a> {
 
 impl Session<'_> {
     fn interrupted(&self, phase: Phase) -> Error {
-        Error::Interrupted { phase: phase.to_string(), plan: self.plan.path.clone() }
+        Error::Interrupted {
+            phase: phase.to_string(),
+            plan: self.plan.path.clone(),
+        }
     }
 }
 
@@ -90,7 +95,11 @@ fn reached(phase: Phase, target: Phase) -> bool {
     phase >= target && phase <= Phase::Done
 }
 
-async fn with_lock<B: Backend, T>(b: &B, s: &Session<'_>, body: impl Future<Output = Result<T>>) -> Result<T> {
+async fn with_lock<B: Backend, T>(
+    b: &B,
+    s: &Session<'_>,
+    body: impl Future<Output = Result<T>>,
+) -> Result<T> {
     b.ensure_state_table().await?;
     b.lock(&s.plan.file.name).await?;
     let result = body.await;
@@ -141,7 +150,11 @@ async fn step<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
         Phase::Done | Phase::RolledBack => return Ok(st),
     };
     fault::point(&format!("phase.{name}.after"));
-    let summary = next.events.last().map(|e| e.message.clone()).unwrap_or_default();
+    let summary = next
+        .events
+        .last()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
     s.observer.phase_finished(name, started.elapsed(), &summary);
     info!(phase = %next.phase, "{summary}");
     Ok(next)
@@ -158,9 +171,16 @@ pub async fn derive<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
         Some(s) => format!("{s}.{}", p.table),
         None => p.table.clone(),
     };
-    let refused = |problems: Vec<String>| Error::Refused { table: shown.clone(), problems };
+    let refused = |problems: Vec<String>| Error::Refused {
+        table: shown.clone(),
+        problems,
+    };
     let Some(shape) = b.describe(schema.as_deref(), &p.table).await? else {
-        return Err(refused(vec![format!("table: there is no table {:?}{}", p.table, in_schema(&schema))]));
+        return Err(refused(vec![format!(
+            "table: there is no table {:?}{}",
+            p.table,
+            in_schema(&schema)
+        )]));
     };
     if shape.primary_key.is_empty() {
         return Err(refused(vec![format!(
@@ -178,7 +198,10 @@ pub async fn derive<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
 }
 
 fn in_schema(schema: &Option<String>) -> String {
-    schema.as_ref().map(|s| format!(" in {s:?}")).unwrap_or_default()
+    schema
+        .as_ref()
+        .map(|s| format!(" in {s:?}"))
+        .unwrap_or_default()
 }
 
 /// `turnout check` with a database: derive and preflight, change nothing.
@@ -186,9 +209,15 @@ pub async fn check<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
     if let Some(row) = b.load_state(&plan.file.name).await.ok().flatten() {
         let st = State::from_row(&row)?;
         if st.plan_hash != plan.hash && !matches!(st.phase, Phase::RolledBack | Phase::Done) {
-            return Err(Error::PlanChanged { name: st.name.clone(), diff: crate::plan::diff(&st.plan, &plan.canonical()) });
+            return Err(Error::PlanChanged {
+                name: st.name.clone(),
+                diff: crate::plan::diff(&st.plan, &plan.canonical()),
+            });
         }
-        if let Some(m) = st.migration.filter(|_| st.phase != Phase::RolledBack && st.phase != Phase::Done) {
+        if let Some(m) = st
+            .migration
+            .filter(|_| st.phase != Phase::RolledBack && st.phase != Phase::Done)
+        {
             return Ok(m);
         }
     }
@@ -211,14 +240,20 @@ async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
         b.save_state(&st.to_row()).await?;
     }
     let m = st.migration()?.clone();
-    let next = st.entered(Phase::Prepared, format!("created {} in the new shape", m.shadow));
+    let next = st.entered(
+        Phase::Prepared,
+        format!("created {} in the new shape", m.shadow),
+    );
     b.prepare(&m, &next.to_row()).await?;
     Ok(next)
 }
 
 async fn dual_write<B: Backend>(b: &B, st: State) -> Result<State> {
     let m = st.migration()?.clone();
-    let next = st.entered(Phase::DualWriting, format!("triggers copy every write on {} to {}", m.table, m.shadow));
+    let next = st.entered(
+        Phase::DualWriting,
+        format!("triggers copy every write on {} to {}", m.table, m.shadow),
+    );
     b.start_dual_write(&m, &next.to_row()).await?;
     Ok(next)
 }
@@ -252,7 +287,10 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
     if st.backfill.started_at.is_none() {
         st.backfill.started_at = Some(chrono::Utc::now());
         st.backfill.estimated_rows = b.estimate_rows(&m).await?;
-        st.event(format!("backfill started, about {} rows", st.backfill.estimated_rows));
+        st.event(format!(
+            "backfill started, about {} rows",
+            st.backfill.estimated_rows
+        ));
         b.save_state(&st.to_row()).await?;
     }
     let mut batch = match cfg.batch_size {
@@ -271,12 +309,21 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         let t0 = Instant::now();
         let current = st.clone();
         let done = b
-            .copy_batch(&m, current.backfill.cursor.as_ref(), batch, &|d| after_batch(&current, d, batch).to_row())
-            .instrument(info_span!("batch", n = current.backfill.batches + 1, size = batch))
+            .copy_batch(&m, current.backfill.cursor.as_ref(), batch, &|d| {
+                after_batch(&current, d, batch).to_row()
+            })
+            .instrument(info_span!(
+                "batch",
+                n = current.backfill.batches + 1,
+                size = batch
+            ))
             .await?;
         fault::point("backfill.batch.after");
         st = after_batch(&current, &done, batch);
-        s.observer.backfill_progress(st.backfill.rows_copied, st.backfill.estimated_rows.max(st.backfill.rows_copied));
+        s.observer.backfill_progress(
+            st.backfill.rows_copied,
+            st.backfill.estimated_rows.max(st.backfill.rows_copied),
+        );
         if done.rows < batch {
             break;
         }
@@ -288,10 +335,14 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         }
     }
     b.finish_backfill(&m).await?;
-    let rate = (st.backfill.rows_copied - copied_before) as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let rate = (st.backfill.rows_copied - copied_before) as f64
+        / started.elapsed().as_secs_f64().max(0.001);
     let mut next = st.entered(
         Phase::Backfilled,
-        format!("copied {} rows in {} batches ({rate:.0} rows/s)", st.backfill.rows_copied, st.backfill.batches),
+        format!(
+            "copied {} rows in {} batches ({rate:.0} rows/s)",
+            st.backfill.rows_copied, st.backfill.batches
+        ),
     );
     next.backfill.finished_at = Some(chrono::Utc::now());
     b.save_state(&next.to_row()).await?;
@@ -300,7 +351,9 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
 
 /// Waits while the plan's throttle query reads above its maximum.
 async fn throttle<B: Backend>(b: &B, s: &Session<'_>) -> Result<()> {
-    let Some(t) = &s.plan.file.backfill.throttle else { return Ok(()) };
+    let Some(t) = &s.plan.file.backfill.throttle else {
+        return Ok(());
+    };
     loop {
         let value = b.throttle_value(&t.query).await?;
         if value <= t.max {
@@ -347,10 +400,12 @@ async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &State) -> Result<Verif
 /// A unified diff of the expected (mapped live) row image and the shadow's.
 pub fn render_diff(d: &RowDiff) -> String {
     let pretty = |img: &Option<String>| match img {
-        Some(json) => serde_json::from_str::<serde_json::Value>(json)
-            .and_then(|v| serde_json::to_string_pretty(&v))
-            .unwrap_or_else(|_| json.clone())
-            + "\n",
+        Some(json) => {
+            serde_json::from_str::<serde_json::Value>(json)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| json.clone())
+                + "\n"
+        }
         None => String::new(),
     };
     let (left, right) = (pretty(&d.expected), pretty(&d.shadow));
@@ -361,7 +416,13 @@ pub fn render_diff(d: &RowDiff) -> String {
         (None, Some(_)) => out.push_str(" is in the shadow table but not in the live table\n"),
         _ => out.push_str(" differs\n"),
     }
-    out.push_str(&diff.unified_diff().context_radius(1).header("expected (live, mapped)", "shadow").to_string());
+    out.push_str(
+        &diff
+            .unified_diff()
+            .context_radius(1)
+            .header("expected (live, mapped)", "shadow")
+            .to_string(),
+    );
     out
 }
 
@@ -383,16 +444,30 @@ async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Resul
     if !failures.is_empty() || !report.diffs.is_empty() {
         let mut message = format!("verification found {} differing rows", report.diffs.len());
         if !failures.is_empty() {
-            message.push_str(&format!(" and {} writes the triggers could not map: {}", failures.len(), failures.join("; ")));
+            message.push_str(&format!(
+                " and {} writes the triggers could not map: {}",
+                failures.len(),
+                failures.join("; ")
+            ));
         }
         st.event(message);
         b.save_state(&st.to_row()).await?;
-        return Err(Error::VerifyFailed { table: st.migration()?.table.clone(), mismatches: st.verify.mismatches });
+        return Err(Error::VerifyFailed {
+            table: st.migration()?.table.clone(),
+            mismatches: st.verify.mismatches,
+        });
     }
-    let sampled = if report.chunks_skipped > 0 { format!(", {} chunks sampled out", report.chunks_skipped) } else { String::new() };
+    let sampled = if report.chunks_skipped > 0 {
+        format!(", {} chunks sampled out", report.chunks_skipped)
+    } else {
+        String::new()
+    };
     let next = st.entered(
         Phase::Verified,
-        format!("{} rows identical in {} chunks{sampled}", report.rows, report.chunks),
+        format!(
+            "{} rows identical in {} chunks{sampled}",
+            report.rows, report.chunks
+        ),
     );
     b.save_state(&next.to_row()).await?;
     Ok(next)
@@ -446,14 +521,25 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             return Err(s.interrupted(st.phase));
         }
         fault::point("cutover.attempt");
-        let mut next = st.entered(Phase::CutOver, format!("{} is now the new table; {} is kept current for rollback", m.table, m.old));
+        let mut next = st.entered(
+            Phase::CutOver,
+            format!(
+                "{} is now the new table; {} is kept current for rollback",
+                m.table, m.old
+            ),
+        );
         next.cutover_attempts = st.cutover_attempts + 1;
         match b.cutover(&m, cfg.lock_timeout, &next.to_row()).await? {
             CutoverOutcome::Swapped => return Ok(next),
             CutoverOutcome::LockTimeout => {
                 st.cutover_attempts += 1;
-                warn!(attempt, "cutover lock not granted within {:?}", cfg.lock_timeout);
-                st.event(format!("cutover attempt {attempt} timed out waiting for the lock"));
+                warn!(
+                    attempt,
+                    "cutover lock not granted within {:?}", cfg.lock_timeout
+                );
+                st.event(format!(
+                    "cutover attempt {attempt} timed out waiting for the lock"
+                ));
                 b.save_state(&st.to_row()).await?;
                 if attempt < cfg.attempts {
                     tokio::time::sleep(cutover_backoff(cfg.retry_delay, attempt)).await;
@@ -461,13 +547,21 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             }
         }
     }
-    Err(Error::LockTimeout { table: m.table.clone(), attempts: cfg.attempts, timeout: cfg.lock_timeout })
+    Err(Error::LockTimeout {
+        table: m.table.clone(),
+        attempts: cfg.attempts,
+        timeout: cfg.lock_timeout,
+    })
 }
 
 async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
     let m = st.migration()?.clone();
     let keep = s.plan.file.cleanup.keep_old_table;
-    let what = if keep { format!("reverse triggers dropped; {} kept", m.old) } else { format!("reverse triggers and {} dropped", m.old) };
+    let what = if keep {
+        format!("reverse triggers dropped; {} kept", m.old)
+    } else {
+        format!("reverse triggers and {} dropped", m.old)
+    };
     let next = st.entered(Phase::Done, what);
     b.cleanup(&m, keep, &next.to_row()).await?;
     Ok(next)

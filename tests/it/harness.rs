@@ -35,7 +35,11 @@ pub struct TestDb {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 impl TestDb {
@@ -60,20 +64,38 @@ impl TestDb {
             }
             Kind::Postgres => {
                 let admin = PgPool::connect(PG_ADMIN).await.expect("postgres is up");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create db");
                 admin.close().await;
                 let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-                (url.clone(), Pool::Postgres(PgPool::connect(&url).await.expect("connect")))
+                (
+                    url.clone(),
+                    Pool::Postgres(PgPool::connect(&url).await.expect("connect")),
+                )
             }
             Kind::MySql => {
                 let admin = MySqlPool::connect(MY_ADMIN).await.expect("mariadb is up");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create db");
                 admin.close().await;
                 let url = format!("mysql://root@127.0.0.1:3306/{name}");
-                (url.clone(), Pool::MySql(MySqlPool::connect(&url).await.expect("connect")))
+                (
+                    url.clone(),
+                    Pool::MySql(MySqlPool::connect(&url).await.expect("connect")),
+                )
             }
         };
-        TestDb { kind, url, pool, name, dir }
+        TestDb {
+            kind,
+            url,
+            pool,
+            name,
+            dir,
+        }
     }
 
     pub async fn drop(self) {
@@ -82,15 +104,23 @@ impl TestDb {
             Pool::Postgres(p) => {
                 p.close().await;
                 if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-                        .execute(&admin)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    )))
+                    .execute(&admin)
+                    .await;
                 }
             }
             Pool::MySql(p) => {
                 p.close().await;
                 if let Ok(admin) = MySqlPool::connect(MY_ADMIN).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}", self.name))).execute(&admin).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        self.name
+                    )))
+                    .execute(&admin)
+                    .await;
                 }
             }
         }
@@ -99,7 +129,10 @@ impl TestDb {
     /// Runs statements (no parameters) one after the other.
     pub async fn exec(&self, sql: &str) {
         for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
-            self.pool.exec(stmt, &[]).await.unwrap_or_else(|e| panic!("{stmt}: {e}"));
+            self.pool
+                .exec(stmt, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{stmt}: {e}"));
         }
     }
 
@@ -125,7 +158,9 @@ impl TestDb {
     /// Runs the turnout binary against this database.
     pub fn turnout(&self, args: &[&str], fault: Option<&str>) -> Output {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
-        cmd.args(args).env("DATABASE_URL", &self.url).env_remove("RUST_LOG");
+        cmd.args(args)
+            .env("DATABASE_URL", &self.url)
+            .env_remove("RUST_LOG");
         match fault {
             Some(f) => cmd.env("TURNOUT_FAULT", f),
             None => cmd.env_remove("TURNOUT_FAULT"),
@@ -192,7 +227,13 @@ impl Pool {
                     .fetch_all($pool)
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                rows.iter().map(|r| (0..r.len()).map(|i| r.get::<Option<String>, _>(i)).collect()).collect()
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.get::<Option<String>, _>(i))
+                            .collect()
+                    })
+                    .collect()
             }};
         }
         match self {
@@ -253,22 +294,43 @@ impl Writer {
                 let stmts: Vec<(String, Vec<i64>)> = match op {
                     0..=2 => {
                         next_id += 1;
-                        let tag = if value % 3 == 0 { None } else { Some(value % 7) };
+                        let tag = if value % 3 == 0 {
+                            None
+                        } else {
+                            Some(value % 7)
+                        };
                         let (cols, args) = match tag {
-                            Some(tg) => ("(id, qty, tag) VALUES (?, ?, ?)", vec![next_id, value, tg]),
+                            Some(tg) => {
+                                ("(id, qty, tag) VALUES (?, ?, ?)", vec![next_id, value, tg])
+                            }
                             None => ("(id, qty) VALUES (?, ?)", vec![next_id, value]),
                         };
-                        vec![(format!("INSERT INTO {t} {cols}"), args.clone()), (format!("INSERT INTO {m} {cols}"), args)]
+                        vec![
+                            (format!("INSERT INTO {t} {cols}"), args.clone()),
+                            (format!("INSERT INTO {m} {cols}"), args),
+                        ]
                     }
                     3..=5 => vec![
-                        (format!("UPDATE {t} SET qty = ?, tag = ? WHERE id = ?"), vec![value, value % 5, id]),
-                        (format!("UPDATE {m} SET qty = ?, tag = ? WHERE id = ?"), vec![value, value % 5, id]),
+                        (
+                            format!("UPDATE {t} SET qty = ?, tag = ? WHERE id = ?"),
+                            vec![value, value % 5, id],
+                        ),
+                        (
+                            format!("UPDATE {m} SET qty = ?, tag = ? WHERE id = ?"),
+                            vec![value, value % 5, id],
+                        ),
                     ],
                     6..=7 => {
                         next_id += 1;
                         vec![
-                            (format!("UPDATE {t} SET id = ? WHERE id = ?"), vec![next_id, id]),
-                            (format!("UPDATE {m} SET id = ? WHERE id = ?"), vec![next_id, id]),
+                            (
+                                format!("UPDATE {t} SET id = ? WHERE id = ?"),
+                                vec![next_id, id],
+                            ),
+                            (
+                                format!("UPDATE {m} SET id = ? WHERE id = ?"),
+                                vec![next_id, id],
+                            ),
                         ]
                     }
                     _ => vec![
@@ -279,7 +341,9 @@ impl Writer {
                 match pool.transaction(&stmts).await {
                     Ok(affected) => {
                         if affected[0] != affected[1] {
-                            errors.push(format!("{stmts:?} affected {affected:?}: table and mirror disagree"));
+                            errors.push(format!(
+                                "{stmts:?} affected {affected:?}: table and mirror disagree"
+                            ));
                         }
                         writes2.fetch_add(1, Ordering::Relaxed);
                     }
@@ -293,7 +357,12 @@ impl Writer {
             }
             errors
         });
-        Writer { stop, writes, failures, task }
+        Writer {
+            stop,
+            writes,
+            failures,
+            task,
+        }
     }
 
     /// Stops the writer and returns the disagreements it saw (none expected).

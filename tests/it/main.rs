@@ -2,7 +2,9 @@
 //! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
 
 mod bad_plans;
+mod examples;
 mod harness;
+mod names;
 mod scenarios;
 
 /// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
@@ -80,4 +82,19 @@ scenarios!(sqlite, Kind::Sqlite);
 #[test]
 fn wrong_urls_and_servers_that_are_down_exit_3_without_the_password() {
     bad_plans::wrong_urls_exit_3();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hostile_names_and_storage_classes() {
+    names::hostile_names_migrate_and_roll_back(harness::Kind::Sqlite, names::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_example_plans_pass_check() {
+    examples::example_plans_pass_check(harness::Kind::Sqlite, "sqlite").await;
+}
+
+#[test]
+fn the_demo_runs_twice_on_a_small_table() {
+    examples::the_demo_runs_twice_on_a_small_table();
 }

@@ -2,7 +2,7 @@
 //! `scenarios!` macro in main.rs: a migration under a concurrent writer, SIGKILL and
 //! resume, rollback from every phase, a second turnout refused, an edited plan refused.
 
-use crate::harness::{stderr, stdout, Kind, TestDb, Writer};
+use crate::harness::{Kind, TestDb, Writer, stderr, stdout};
 
 pub const SEED_ROWS: i64 = 2000;
 
@@ -36,12 +36,24 @@ pub async fn seed(db: &TestDb) {
     db.exec("CREATE INDEX items_name_idx ON items (name)").await;
     let mut values = Vec::new();
     for i in 1..=SEED_ROWS {
-        let tag = if i % 4 == 0 { "NULL".to_string() } else { (i % 7).to_string() };
-        let name = if i % 5 == 0 { "NULL".to_string() } else { format!("'item {i}'") };
+        let tag = if i % 4 == 0 {
+            "NULL".to_string()
+        } else {
+            (i % 7).to_string()
+        };
+        let name = if i % 5 == 0 {
+            "NULL".to_string()
+        } else {
+            format!("'item {i}'")
+        };
         values.push(format!("({i}, {}, {tag}, {name}, {name})", i * 3 % 1000));
         if values.len() == 500 || i == SEED_ROWS {
             for table in ["items", "mirror"] {
-                db.exec(&format!("INSERT INTO {table} (id, qty, tag, name, note) VALUES {}", values.join(", "))).await;
+                db.exec(&format!(
+                    "INSERT INTO {table} (id, qty, tag, name, note) VALUES {}",
+                    values.join(", ")
+                ))
+                .await;
             }
             values.clear();
         }
@@ -74,14 +86,40 @@ cutover:
 async fn compare_with_mirror(db: &TestDb, migrated: bool) {
     let t = |c: &str| db.text(c);
     let live = if migrated {
-        format!("SELECT {}, {}, {}, {} FROM items ORDER BY id", t("id"), t("qty"), t("tag"), t("label"))
+        format!(
+            "SELECT {}, {}, {}, {} FROM items ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("label")
+        )
     } else {
-        format!("SELECT {}, {}, {}, {}, {} FROM items ORDER BY id", t("id"), t("qty"), t("tag"), t("name"), t("note"))
+        format!(
+            "SELECT {}, {}, {}, {}, {} FROM items ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("name"),
+            t("note")
+        )
     };
     let mirror = if migrated {
-        format!("SELECT {}, {}, {}, {} FROM mirror ORDER BY id", t("id"), t("qty"), t("tag"), t("name"))
+        format!(
+            "SELECT {}, {}, {}, {} FROM mirror ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("name")
+        )
     } else {
-        format!("SELECT {}, {}, {}, {}, {} FROM mirror ORDER BY id", t("id"), t("qty"), t("tag"), t("name"), t("note"))
+        format!(
+            "SELECT {}, {}, {}, {}, {} FROM mirror ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("name"),
+            t("note")
+        )
     };
     let (live, mirror) = (db.rows(&live).await, db.rows(&mirror).await);
     assert!(!mirror.is_empty(), "the mirror is empty");
@@ -100,8 +138,17 @@ async fn compare_with_mirror(db: &TestDb, migrated: bool) {
 
 /// The shadow's computed column matches its source in one consistent read.
 async fn shadow_is_mapped(db: &TestDb) {
-    let wrong = db.rows(&format!("SELECT {} FROM _items_new WHERE total IS NULL OR NOT (total = qty * 2)", db.text("count(*)"))).await;
-    assert_eq!(wrong[0][0].as_deref(), Some("0"), "shadow rows whose total is not qty * 2");
+    let wrong = db
+        .rows(&format!(
+            "SELECT {} FROM _items_new WHERE total IS NULL OR NOT (total = qty * 2)",
+            db.text("count(*)")
+        ))
+        .await;
+    assert_eq!(
+        wrong[0][0].as_deref(),
+        Some("0"),
+        "shadow rows whose total is not qty * 2"
+    );
 }
 
 async fn turnout_tables(db: &TestDb) -> Vec<String> {
@@ -110,17 +157,28 @@ async fn turnout_tables(db: &TestDb) -> Vec<String> {
         Kind::Postgres => "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal UNION ALL SELECT relname::text FROM pg_class WHERE relname LIKE '\\_items\\_%' AND relkind = 'r'".to_string(),
         Kind::MySql => "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() UNION ALL SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE '\\_items\\_%'".to_string(),
     };
-    db.rows(&sql).await.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect()
+    db.rows(&sql)
+        .await
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect()
 }
 
 fn ok(out: &std::process::Output, what: &str) {
-    assert!(out.status.success(), "{what} failed ({:?}):\n{}\n{}", out.status.code(), stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
 }
 
 async fn status_json(db: &TestDb, plan: &str) -> serde_json::Value {
     let out = db.turnout(&["status", plan, "--json"], None);
     ok(&out, "status");
-    let all: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("status --json is JSON");
+    let all: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).expect("status --json is JSON");
     all[0].clone()
 }
 
@@ -132,12 +190,18 @@ pub async fn full_migration_under_concurrent_writes(kind: Kind) {
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 7);
     for phase in ["prepared", "dual_writing", "backfilled", "verified"] {
         writer.wait_for(15).await;
-        ok(&db.turnout(&["run", plan, "--until", phase, "--yes"], None), phase);
+        ok(
+            &db.turnout(&["run", plan, "--until", phase, "--yes"], None),
+            phase,
+        );
         assert_eq!(status_json(&db, plan).await["phase"], phase);
     }
     shadow_is_mapped(&db).await;
     writer.wait_for(15).await;
-    ok(&db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None), "cutover");
+    ok(
+        &db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None),
+        "cutover",
+    );
     writer.wait_for(30).await;
     ok(&db.turnout(&["run", plan, "--yes"], None), "cleanup");
     writer.wait_for(15).await;
@@ -145,27 +209,51 @@ pub async fn full_migration_under_concurrent_writes(kind: Kind) {
     assert!(disagreements.is_empty(), "{disagreements:?}");
     compare_with_mirror(&db, true).await;
     assert_eq!(status_json(&db, plan).await["phase"], "done");
-    assert_eq!(turnout_tables(&db).await, Vec::<String>::new(), "turnout left objects behind");
+    assert_eq!(
+        turnout_tables(&db).await,
+        Vec::<String>::new(),
+        "turnout left objects behind"
+    );
     db.drop().await;
 }
 
 pub async fn rollback_from_every_phase(kind: Kind) {
-    for phase in ["prepared", "dual_writing", "backfilled", "verified", "cut_over"] {
+    for phase in [
+        "prepared",
+        "dual_writing",
+        "backfilled",
+        "verified",
+        "cut_over",
+    ] {
         let db = TestDb::new(kind).await;
         seed(&db).await;
         let plan = db.plan_file("plan.yaml", &plan(kind, "items-rollback", 300));
         let plan = plan.to_str().expect("utf-8 path");
         let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 11);
         writer.wait_for(10).await;
-        ok(&db.turnout(&["run", plan, "--until", phase, "--yes"], None), phase);
+        ok(
+            &db.turnout(&["run", plan, "--until", phase, "--yes"], None),
+            phase,
+        );
         writer.wait_for(25).await;
-        ok(&db.turnout(&["rollback", plan], None), &format!("rollback from {phase}"));
+        ok(
+            &db.turnout(&["rollback", plan], None),
+            &format!("rollback from {phase}"),
+        );
         writer.wait_for(10).await;
         let disagreements = writer.stop().await;
         assert!(disagreements.is_empty(), "{disagreements:?}");
         compare_with_mirror(&db, false).await;
-        assert_eq!(status_json(&db, plan).await["phase"], "rolled_back", "after rollback from {phase}");
-        assert_eq!(turnout_tables(&db).await, Vec::<String>::new(), "rollback from {phase} left objects behind");
+        assert_eq!(
+            status_json(&db, plan).await["phase"],
+            "rolled_back",
+            "after rollback from {phase}"
+        );
+        assert_eq!(
+            turnout_tables(&db).await,
+            Vec::<String>::new(),
+            "rollback from {phase} left objects behind"
+        );
         db.drop().await;
     }
 }
@@ -179,8 +267,16 @@ pub async fn killed_then_resumed(kind: Kind, fault: &str) {
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 13);
     writer.wait_for(10).await;
     let killed = db.turnout(&["run", plan, "--yes"], Some(fault));
-    assert!(!killed.status.success(), "the fault {fault} was never reached:\n{}", stdout(&killed));
-    assert!(stderr(&killed).contains("fault injected"), "{}", stderr(&killed));
+    assert!(
+        !killed.status.success(),
+        "the fault {fault} was never reached:\n{}",
+        stdout(&killed)
+    );
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
     let st = status_json(&db, plan).await;
     if let Some(n) = fault.strip_prefix("backfill.batch.after@") {
         // The batch that committed is in the checkpoint, exactly.
@@ -203,7 +299,10 @@ pub async fn killed_then_resumed(kind: Kind, fault: &str) {
     assert_eq!(st["phase"], "done");
     // No batch was copied twice: copied rows never exceed the rows there were to copy.
     let copied = st["backfill"]["rows_copied"].as_u64().expect("rows_copied");
-    assert!(copied <= SEED_ROWS as u64 + 2 * 1000, "copied {copied} rows");
+    assert!(
+        copied <= SEED_ROWS as u64 + 2 * 1000,
+        "copied {copied} rows"
+    );
     db.drop().await;
 }
 
@@ -212,13 +311,29 @@ pub async fn an_edited_plan_is_refused_with_what_changed(kind: Kind) {
     seed(&db).await;
     let path = db.plan_file("plan.yaml", &plan(kind, "items-twice", 100));
     let plan_path = path.to_str().expect("utf-8 path");
-    ok(&db.turnout(&["run", plan_path, "--until", "dual_writing", "--yes"], None), "start");
+    ok(
+        &db.turnout(
+            &["run", plan_path, "--until", "dual_writing", "--yes"],
+            None,
+        ),
+        "start",
+    );
 
     // An edited plan: the migration was started with batch_size 100.
-    let edited_path = db.plan_file("edited.yaml", &plan(kind, "items-twice", 100).replace("items_tag_idx", "items_tag_ix"));
-    let edited = db.turnout(&["run", edited_path.to_str().expect("utf-8"), "--yes"], None);
+    let edited_path = db.plan_file(
+        "edited.yaml",
+        &plan(kind, "items-twice", 100).replace("items_tag_idx", "items_tag_ix"),
+    );
+    let edited = db.turnout(
+        &["run", edited_path.to_str().expect("utf-8"), "--yes"],
+        None,
+    );
     assert_eq!(edited.status.code(), Some(2), "{}", stderr(&edited));
-    assert!(stderr(&edited).contains("items_tag_ix") && stderr(&edited).contains("different plan"), "{}", stderr(&edited));
+    assert!(
+        stderr(&edited).contains("items_tag_ix") && stderr(&edited).contains("different plan"),
+        "{}",
+        stderr(&edited)
+    );
     db.drop().await;
 }
 
@@ -235,10 +350,20 @@ pub async fn a_second_turnout_is_refused_while_the_first_holds_the_lock(kind: Ki
     });
     let second = db.turnout(&["run", path.to_str().expect("utf-8"), "--yes"], None);
     assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
-    assert!(stderr(&second).contains("another turnout"), "{}", stderr(&second));
-    assert!(turnout_tables(&db).await.is_empty(), "the refused run changed the database");
+    assert!(
+        stderr(&second).contains("another turnout"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        turnout_tables(&db).await.is_empty(),
+        "the refused run changed the database"
+    );
     turnout::with_backend!(&holder, b => b.unlock("items-locked").await.expect("unlock"));
-    ok(&db.turnout(&["run", path.to_str().expect("utf-8"), "--yes"], None), "run after the lock is free");
+    ok(
+        &db.turnout(&["run", path.to_str().expect("utf-8"), "--yes"], None),
+        "run after the lock is free",
+    );
     db.drop().await;
 }
 
@@ -248,16 +373,33 @@ pub async fn verify_reports_a_planted_difference(kind: Kind) {
     seed(&db).await;
     let path = db.plan_file("plan.yaml", &plan(kind, "items-verify", 500));
     let plan = path.to_str().expect("utf-8");
-    ok(&db.turnout(&["run", plan, "--until", "backfilled", "--yes"], None), "backfill");
-    db.exec("UPDATE _items_new SET total = total + 1 WHERE id = 42").await;
+    ok(
+        &db.turnout(&["run", plan, "--until", "backfilled", "--yes"], None),
+        "backfill",
+    );
+    db.exec("UPDATE _items_new SET total = total + 1 WHERE id = 42")
+        .await;
     db.exec("DELETE FROM _items_new WHERE id = 1999").await;
     let out = db.turnout(&["verify", plan], None);
-    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let report = stdout(&out);
     assert!(report.contains("row with key [42] differs"), "{report}");
-    assert!(report.contains("row with key [1999] is missing from the shadow table"), "{report}");
+    assert!(
+        report.contains("row with key [1999] is missing from the shadow table"),
+        "{report}"
+    );
     let cutover = db.turnout(&["run", plan, "--yes"], None);
-    assert_eq!(cutover.status.code(), Some(1), "cutover must be refused after a failed verify");
+    assert_eq!(
+        cutover.status.code(),
+        Some(1),
+        "cutover must be refused after a failed verify"
+    );
     assert_eq!(status_json(&db, plan).await["phase"], "backfilled");
     db.drop().await;
 }
