@@ -1122,6 +1122,7 @@ impl Backend for Sqlite {
                 .await
                 .map_err(ctx)?;
         }
+        crate::fault::point("cleanup.inside");
         save_in(&mut *tx, save).await?;
         tx.commit().await.map_err(ctx)
     }

@@ -3,6 +3,7 @@
 
 mod bad_plans;
 mod examples;
+mod faults;
 mod harness;
 mod names;
 mod scenarios;
@@ -67,6 +68,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn every_bad_plan_is_refused_and_touches_nothing() {
                 crate::bad_plans::every_bad_plan_is_refused_and_touches_nothing($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_fault_point_is_survived() {
+                crate::faults::every_fault_point_is_survived($kind).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
