@@ -6,6 +6,7 @@ mod examples;
 mod faults;
 mod harness;
 mod names;
+mod random_plans;
 mod scenarios;
 
 /// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
@@ -73,6 +74,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn every_fault_point_is_survived() {
                 crate::faults::every_fault_point_is_survived($kind).await;
+            }
+
+            #[test]
+            fn random_plans_keep_every_write() {
+                crate::random_plans::random_plans_keep_every_write($kind);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
