@@ -12,7 +12,7 @@ pub struct PlanLocation {
 
 /// A plan that cannot be run: the file, where in it, which key, and what was expected.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{file}{at}: {key}: {message}", at = self.at())]
+#[error("{file}{at}: {key}{message}", at = self.at(), key = if self.key.is_empty() { String::new() } else { format!("{}: ", self.key) })]
 pub struct PlanProblem {
     pub file: String,
     pub location: Option<PlanLocation>,
@@ -42,10 +42,15 @@ pub enum Error {
 
     /// The live table does not allow the plan (preflight); nothing was touched. Exit 2.
     #[error("the plan cannot be applied to {table}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Refused { table: String, problems: Vec<String> },
+    Refused {
+        table: String,
+        problems: Vec<String>,
+    },
 
     /// The state table holds this migration with another plan. Exit 2.
-    #[error("migration {name:?} was started with a different plan; resuming it with this one is refused.\nWhat changed (- started with, + this file):\n{diff}\nRestore the original plan to resume, or roll back with the original plan first.")]
+    #[error(
+        "migration {name:?} was started with a different plan; resuming it with this one is refused.\nWhat changed (- started with, + this file):\n{diff}\nRestore the original plan to resume, or roll back with the original plan first."
+    )]
     PlanChanged { name: String, diff: String },
 
     /// The database could not be reached. Exit 3.
@@ -53,53 +58,90 @@ pub enum Error {
     Unreachable(String),
 
     /// Another turnout holds this migration's lock. Exit 3.
-    #[error("migration {name:?} is being run by another turnout ({holder}); wait for it to finish, or stop it, then run `turnout resume`")]
+    #[error(
+        "migration {name:?} is being run by another turnout ({holder}); wait for it to finish, or stop it, then run `turnout resume`"
+    )]
     LockHeld { name: String, holder: String },
 
     /// The cutover could not get its lock within the plan's attempts. Exit 3.
-    #[error("cutover could not take the lock on {table} in {attempts} attempts of {timeout:?} each; the migration is still verified and dual-writing. Run `turnout run` again when the table is quieter, or raise cutover.lock_timeout / attempts")]
-    LockTimeout { table: String, attempts: u32, timeout: Duration },
+    #[error(
+        "cutover could not take the lock on {table} in {attempts} attempts of {timeout:?} each; the migration is still verified and dual-writing. Run `turnout run` again when the table is quieter, or raise cutover.lock_timeout / attempts"
+    )]
+    LockTimeout {
+        table: String,
+        attempts: u32,
+        timeout: Duration,
+    },
 
     /// The connection broke mid-way; state is consistent. Exit 3.
-    #[error("lost the connection to the database during {context}: {message}\nThe state is consistent; run `turnout resume {plan}` to carry on")]
-    ConnectionLost { context: String, message: String, plan: String },
+    #[error(
+        "lost the connection to the database during {context}: {message}\nThe state is consistent; run `turnout resume {plan}` to carry on"
+    )]
+    ConnectionLost {
+        context: String,
+        message: String,
+        plan: String,
+    },
 
     /// A value that does not fit its new column, found by backfill or a trigger. Exit 1.
     #[error("{table}: row with key {key}: column {column}: {message}")]
-    Data { table: String, key: String, column: String, message: String },
+    Data {
+        table: String,
+        key: String,
+        column: String,
+        message: String,
+    },
 
     /// Verification found differences. Exit 1.
-    #[error("verification found {mismatches} differing rows between {table} and its shadow; cutover is refused")]
+    #[error(
+        "verification found {mismatches} differing rows between {table} and its shadow; cutover is refused"
+    )]
     VerifyFailed { table: String, mismatches: u64 },
 
     /// A phase failed in the database. Exit 1.
     #[error("{context}: {source}")]
-    Database { context: String, #[source] source: sqlx::Error },
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
 
     /// A request that the migration's state does not allow (rollback after cleanup, …). Exit 1.
     #[error("{0}")]
     State(String),
 
     /// Ctrl-C: the batch in hand finished and the checkpoint was saved.
-    #[error("interrupted during {phase}; the checkpoint is saved. Run `turnout resume {plan}` to carry on")]
+    #[error(
+        "interrupted during {phase}; the checkpoint is saved. Run `turnout resume {plan}` to carry on"
+    )]
     Interrupted { phase: String, plan: String },
 }
 
 fn render_problems(problems: &[PlanProblem]) -> String {
-    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Error {
     /// The exit code of the product contract.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Plan(_) | Error::Usage(_) | Error::Refused { .. } | Error::PlanChanged { .. } => 2,
+            Error::Plan(_)
+            | Error::Usage(_)
+            | Error::Refused { .. }
+            | Error::PlanChanged { .. } => 2,
             Error::Unreachable(_)
             | Error::LockHeld { .. }
             | Error::LockTimeout { .. }
             | Error::ConnectionLost { .. } => 3,
             Error::Interrupted { .. } => 130,
-            Error::Data { .. } | Error::VerifyFailed { .. } | Error::Database { .. } | Error::State(_) => 1,
+            Error::Data { .. }
+            | Error::VerifyFailed { .. }
+            | Error::Database { .. }
+            | Error::State(_) => 1,
         }
     }
 
@@ -107,7 +149,11 @@ impl Error {
     pub fn db(context: impl Into<String>, source: sqlx::Error) -> Error {
         let context = context.into();
         if is_connection_error(&source) {
-            return Error::ConnectionLost { context, message: source.to_string(), plan: "PLAN".into() };
+            return Error::ConnectionLost {
+                context,
+                message: source.to_string(),
+                plan: "PLAN".into(),
+            };
         }
         Error::Database { context, source }
     }
@@ -115,7 +161,9 @@ impl Error {
     /// Fills in the plan path of a resume hint.
     pub fn with_plan_path(mut self, path: &str) -> Error {
         match &mut self {
-            Error::ConnectionLost { plan, .. } | Error::Interrupted { plan, .. } => *plan = path.to_string(),
+            Error::ConnectionLost { plan, .. } | Error::Interrupted { plan, .. } => {
+                *plan = path.to_string()
+            }
             _ => {}
         }
         self
@@ -125,12 +173,18 @@ impl Error {
 /// Errors after which a retry on a fresh connection may succeed.
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(d) => {
             // PostgreSQL: admin shutdown / terminated by administrator (57P01..57P03);
             // MySQL: 1927 connection killed, 2006/2013 server gone.
-            matches!(d.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "08006" | "08003" | "70100" | "1927"))
+            matches!(
+                d.code().as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "08006" | "08003" | "70100" | "1927")
+            )
         }
         _ => false,
     }

@@ -10,7 +10,9 @@ pub fn point(point: &str) {
     }
     if let Ok(wanted) = std::env::var("TURNOUT_FAULT") {
         // `name` crashes at the first visit; `name@3` at the third.
-        let (name, nth) = wanted.split_once('@').map_or((wanted.as_str(), 1), |(n, k)| (n, k.parse().unwrap_or(1)));
+        let (name, nth) = wanted
+            .split_once('@')
+            .map_or((wanted.as_str(), 1), |(n, k)| (n, k.parse().unwrap_or(1)));
         if name == point && visit(point) >= nth {
             eprintln!("turnout: fault injected at {point}");
             std::process::abort();

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod db;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod fault;

@@ -105,9 +105,15 @@ impl Migration {
         let mut problems = Vec::new();
         let mut after = before.clone();
         // Each new column's origin: Some(old column) while it still carries an old column's values.
-        let mut origin: Vec<Option<String>> = before.columns.iter().map(|c| Some(c.name.clone())).collect();
-        let mut forward_expr: std::collections::HashMap<String, (Source, Option<String>)> = Default::default();
-        let mut reverse_expr: std::collections::HashMap<String, Option<Source>> = Default::default();
+        let mut origin: Vec<Option<String>> = before
+            .columns
+            .iter()
+            .map(|c| Some(c.name.clone()))
+            .collect();
+        let mut forward_expr: std::collections::HashMap<String, (Source, Option<String>)> =
+            Default::default();
+        let mut reverse_expr: std::collections::HashMap<String, Option<Source>> =
+            Default::default();
         let mut lossy = Vec::new();
         let table = &p.table;
 
@@ -116,7 +122,10 @@ impl Migration {
             match change {
                 Change::AddColumn(c) => {
                     if after.column(&c.name).is_some() {
-                        problems.push(format!("{at}: table {table:?} already has a column {:?}", c.name));
+                        problems.push(format!(
+                            "{at}: table {table:?} already has a column {:?}",
+                            c.name
+                        ));
                         continue;
                     }
                     after.columns.push(Column {
@@ -128,7 +137,10 @@ impl Migration {
                     });
                     origin.push(None);
                     if let Some(from) = &c.from {
-                        forward_expr.insert(c.name.clone(), (Source::Expr(from.clone()), Some(c.sql_type.clone())));
+                        forward_expr.insert(
+                            c.name.clone(),
+                            (Source::Expr(from.clone()), Some(c.sql_type.clone())),
+                        );
                     }
                 }
                 Change::DropColumn(c) => {
@@ -168,7 +180,9 @@ impl Migration {
                         problems.push(format!("{at}: table {table:?} has no column {:?}", c.name));
                         continue;
                     };
-                    if after.primary_key.contains(&c.name) && (c.sql_type.is_some() || c.using.is_some()) {
+                    if after.primary_key.contains(&c.name)
+                        && (c.sql_type.is_some() || c.using.is_some())
+                    {
                         problems.push(format!("{at}: column {:?} is part of the primary key of {table:?}; its type or values cannot change online", c.name));
                         continue;
                     }
@@ -180,8 +194,12 @@ impl Migration {
                     if let Some(n) = c.nullable {
                         col.nullable = n;
                     }
-                    let cast = Some(col.sql_type.clone()).filter(|_| c.sql_type.is_some() || c.using.is_some());
-                    let source = c.using.clone().map_or(Source::Column(c.name.clone()), Source::Expr);
+                    let cast = Some(col.sql_type.clone())
+                        .filter(|_| c.sql_type.is_some() || c.using.is_some());
+                    let source = c
+                        .using
+                        .clone()
+                        .map_or(Source::Column(c.name.clone()), Source::Expr);
                     if cast.is_some() || c.using.is_some() {
                         forward_expr.insert(c.name.clone(), (source, cast));
                     }
@@ -199,7 +217,10 @@ impl Migration {
                 }
                 Change::RenameColumn(c) => {
                     if after.column(&c.to).is_some() {
-                        problems.push(format!("{at}: table {table:?} already has a column {:?}", c.to));
+                        problems.push(format!(
+                            "{at}: table {table:?} already has a column {:?}",
+                            c.to
+                        ));
                         continue;
                     }
                     let Some(col) = after.columns.iter_mut().find(|col| col.name == c.from) else {
@@ -207,7 +228,11 @@ impl Migration {
                         continue;
                     };
                     col.name = c.to.clone();
-                    for name in after.primary_key.iter_mut().chain(after.indexes.iter_mut().flat_map(|i| i.columns.iter_mut())) {
+                    for name in after
+                        .primary_key
+                        .iter_mut()
+                        .chain(after.indexes.iter_mut().flat_map(|i| i.columns.iter_mut()))
+                    {
                         if name == &c.from {
                             *name = c.to.clone();
                         }
@@ -215,7 +240,10 @@ impl Migration {
                 }
                 Change::AddIndex(c) => {
                     if after.indexes.iter().any(|idx| idx.name == c.name) {
-                        problems.push(format!("{at}: table {table:?} already has an index {:?}", c.name));
+                        problems.push(format!(
+                            "{at}: table {table:?} already has an index {:?}",
+                            c.name
+                        ));
                         continue;
                     }
                     for col in &c.columns {
@@ -223,7 +251,11 @@ impl Migration {
                             problems.push(format!("{at}: index {:?} names column {col:?}, which the new {table:?} does not have", c.name));
                         }
                     }
-                    after.indexes.push(Index { name: c.name.clone(), columns: c.columns.clone(), unique: c.unique });
+                    after.indexes.push(Index {
+                        name: c.name.clone(),
+                        columns: c.columns.clone(),
+                        unique: c.unique,
+                    });
                 }
                 Change::DropIndex(c) => {
                     let before_len = after.indexes.len();
@@ -246,10 +278,21 @@ impl Migration {
                 // A column the plan computes; else one carried over from an old column.
                 let old_name = from.as_ref();
                 let key = old_name.unwrap_or(&col.name);
-                if let Some((source, cast)) = forward_expr.get(key).or_else(|| forward_expr.get(&col.name)) {
-                    return Some(Mapped { target: col.name.clone(), source: source.clone(), cast: cast.clone() });
+                if let Some((source, cast)) = forward_expr
+                    .get(key)
+                    .or_else(|| forward_expr.get(&col.name))
+                {
+                    return Some(Mapped {
+                        target: col.name.clone(),
+                        source: source.clone(),
+                        cast: cast.clone(),
+                    });
                 }
-                old_name.map(|old| Mapped { target: col.name.clone(), source: Source::Column(old.clone()), cast: None })
+                old_name.map(|old| Mapped {
+                    target: col.name.clone(),
+                    source: Source::Column(old.clone()),
+                    cast: None,
+                })
             })
             .collect();
 
@@ -265,10 +308,16 @@ impl Migration {
                         cast: Some(col.sql_type.clone()).filter(|_| new_type_differs),
                     });
                 }
-                let pos = origin.iter().position(|o| o.as_deref() == Some(col.name.as_str()))?;
+                let pos = origin
+                    .iter()
+                    .position(|o| o.as_deref() == Some(col.name.as_str()))?;
                 let new_col = &after.columns[pos];
                 let cast = Some(col.sql_type.clone()).filter(|_| new_col.sql_type != col.sql_type);
-                Some(Mapped { target: col.name.clone(), source: Source::Column(new_col.name.clone()), cast })
+                Some(Mapped {
+                    target: col.name.clone(),
+                    source: Source::Column(new_col.name.clone()),
+                    cast,
+                })
             })
             .collect();
 
@@ -276,7 +325,10 @@ impl Migration {
             .primary_key
             .iter()
             .zip(&after.primary_key)
-            .map(|(old, new)| KeyColumn { old: old.clone(), new: new.clone() })
+            .map(|(old, new)| KeyColumn {
+                old: old.clone(),
+                new: new.clone(),
+            })
             .collect();
 
         Ok(Migration {
@@ -317,19 +369,37 @@ mod tests {
     use super::*;
 
     fn col(name: &str, t: &str, nullable: bool) -> Column {
-        Column { name: name.into(), sql_type: t.into(), nullable, default: None, generated: None }
+        Column {
+            name: name.into(),
+            sql_type: t.into(),
+            nullable,
+            default: None,
+            generated: None,
+        }
     }
 
     fn orders() -> TableShape {
         TableShape {
-            columns: vec![col("id", "bigint", false), col("amount_cents", "integer", true), col("note", "text", true)],
+            columns: vec![
+                col("id", "bigint", false),
+                col("amount_cents", "integer", true),
+                col("note", "text", true),
+            ],
             primary_key: vec!["id".into()],
-            indexes: vec![Index { name: "orders_note".into(), columns: vec!["note".into()], unique: false }],
+            indexes: vec![Index {
+                name: "orders_note".into(),
+                columns: vec!["note".into()],
+                unique: false,
+            }],
         }
     }
 
     fn plan(changes: &str) -> Plan {
-        crate::plan::parse(&format!("version: 1\nname: m\ntable: orders\nchanges:\n{changes}"), "p.yaml").expect("plan parses")
+        crate::plan::parse(
+            &format!("version: 1\nname: m\ntable: orders\nchanges:\n{changes}"),
+            "p.yaml",
+        )
+        .expect("plan parses")
     }
 
     #[test]
@@ -340,9 +410,22 @@ mod tests {
         let m = Migration::derive(&p, &orders()).expect("derives");
         let names: Vec<_> = m.after.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["id", "comment", "amount"]);
-        assert_eq!(m.forward[1], Mapped { target: "comment".into(), source: Source::Column("note".into()), cast: None });
-        assert_eq!(m.forward[2].source, Source::Expr("amount_cents / 100.0".into()));
-        assert_eq!(m.reverse[1].source, Source::Expr("CAST(amount * 100 AS integer)".into()));
+        assert_eq!(
+            m.forward[1],
+            Mapped {
+                target: "comment".into(),
+                source: Source::Column("note".into()),
+                cast: None
+            }
+        );
+        assert_eq!(
+            m.forward[2].source,
+            Source::Expr("amount_cents / 100.0".into())
+        );
+        assert_eq!(
+            m.reverse[1].source,
+            Source::Expr("CAST(amount * 100 AS integer)".into())
+        );
         assert_eq!(m.reverse[2].source, Source::Column("comment".into()));
         assert_eq!(m.after.indexes[0].columns, ["comment"]);
         assert!(m.lossy.is_empty());
@@ -350,9 +433,11 @@ mod tests {
 
     #[test]
     fn dropping_without_reverse_is_lossy_and_primary_keys_are_refused() {
-        let m = Migration::derive(&plan("  - drop_column: {name: note}\n"), &orders()).expect("derives");
+        let m = Migration::derive(&plan("  - drop_column: {name: note}\n"), &orders())
+            .expect("derives");
         assert_eq!(m.lossy, ["note"]);
-        let refused = Migration::derive(&plan("  - drop_column: {name: id}\n"), &orders()).expect_err("refused");
+        let refused = Migration::derive(&plan("  - drop_column: {name: id}\n"), &orders())
+            .expect_err("refused");
         assert!(refused[0].contains("primary key"), "{refused:?}");
     }
 }

@@ -150,7 +150,12 @@ pub trait Backend {
 
     /// Analyzes the shadow, then in one transaction bounded by `lock_timeout` swaps the
     /// names and turns dual-write around (new → old through the reverse mapping).
-    async fn cutover(&self, m: &Migration, lock_timeout: Duration, save: &StateRow) -> Result<CutoverOutcome>;
+    async fn cutover(
+        &self,
+        m: &Migration,
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome>;
 
     /// Drops the reverse triggers and, unless `keep_old`, the old table.
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()>;
@@ -178,7 +183,9 @@ impl Database {
     pub async fn connect(url: &str) -> Result<Database> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
-            "postgres" | "postgresql" => Ok(Database::Postgres(postgres::Postgres::connect(url).await?)),
+            "postgres" | "postgresql" => {
+                Ok(Database::Postgres(postgres::Postgres::connect(url).await?))
+            }
             "mysql" | "mariadb" => Ok(Database::MySql(mysql::MySql::connect(url).await?)),
             "sqlite" => Ok(Database::Sqlite(sqlite::Sqlite::connect(url).await?)),
             _ => Err(Error::Usage(format!(
@@ -239,8 +246,14 @@ mod tests {
 
     #[test]
     fn redact_hides_the_password_only() {
-        assert_eq!(redact("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(
+            redact("postgres://u:s3cret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
         assert!(!redact("postgres://u:p%40ss;@h/db").contains("p%40ss"));
     }
 }

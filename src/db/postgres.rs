@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::db::{Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, StateRow, VerifyReport, VerifyRequest};
+use crate::db::{
+    Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, StateRow, VerifyReport, VerifyRequest,
+};
 use crate::error::{Error, Result};
 use crate::schema::{Migration, TableShape};
 
@@ -11,7 +13,9 @@ pub struct Postgres {
 }
 
 fn missing<T>() -> Result<T> {
-    Err(Error::State("the postgres backend is not written yet".into()))
+    Err(Error::State(
+        "the postgres backend is not written yet".into(),
+    ))
 }
 
 impl Postgres {
@@ -87,7 +91,12 @@ impl Backend for Postgres {
     ) -> Result<VerifyReport> {
         missing()
     }
-    async fn cutover(&self, _m: &Migration, _lock_timeout: Duration, _save: &StateRow) -> Result<CutoverOutcome> {
+    async fn cutover(
+        &self,
+        _m: &Migration,
+        _lock_timeout: Duration,
+        _save: &StateRow,
+    ) -> Result<CutoverOutcome> {
         missing()
     }
     async fn cleanup(&self, _m: &Migration, _keep_old: bool, _save: &StateRow) -> Result<()> {

@@ -1,3 +1,665 @@
-//! The engine: which phase comes next, what is persisted, how rollback walks back.
+//! The engine: which phase comes next, what is persisted after each step, and how
+//! rollback walks back. It knows nothing of SQL; every question about the database goes
+//! through [`Backend`]. Each step moves the state row forward in the same transaction as
+//! its effect where the database allows, so a crash at any instant leaves a state that
+//! `resume` (or `rollback`) can carry on from.
 
 pub mod state;
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::db::{
+    Backend, BatchDone, CutoverOutcome, PhaseSql, RowDiff, VerifyReport, VerifyRequest,
+};
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::plan::{BatchSize, Plan, VerifyMode};
+use crate::schema::Migration;
+pub use state::{Phase, State};
+
+/// What the engine tells whoever watches it (progress bars, the demo, nobody in tests).
+pub trait Observer: Sync {
+    fn phase_started(&self, _phase: &str) {}
+    fn phase_finished(&self, _phase: &str, _took: Duration, _summary: &str) {}
+    fn backfill_progress(&self, _rows_done: u64, _rows_estimated: u64) {}
+    fn verify_progress(&self, _rows_done: u64, _rows_estimated: u64) {}
+    fn diff(&self, _diff: &RowDiff, _rendered: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once the migration has reached this phase.
+    pub until: Option<Phase>,
+    /// Run exactly one step.
+    pub single_step: bool,
+}
+
+/// Everything a run needs besides the database.
+pub struct Session<'a> {
+    pub plan: &'a Plan,
+    pub cancel: CancellationToken,
+    pub observer: &'a dyn Observer,
+}
+
+impl Session<'_> {
+    fn interrupted(&self, phase: Phase) -> Error {
+        Error::Interrupted {
+            phase: phase.to_string(),
+            plan: self.plan.path.clone(),
+        }
+    }
+}
+
+const FIRST_AUTO_BATCH: u64 = 1_000;
+const MIN_AUTO_BATCH: u64 = 50;
+const MAX_AUTO_BATCH: u64 = 50_000;
+const VERIFY_CHUNK_ROWS: u64 = 2_000;
+
+/// Runs the migration from wherever its state stands, up to `opts.until` or `done`.
+pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Result<State> {
+    with_lock(b, s, async {
+        let mut st = load_or_start(b, s.plan).await?;
+        if st.phase == Phase::RolledBack {
+            // A rolled-back migration can be run again from the start, with the same name.
+            let mut fresh = State::new(&st.name, &s.plan.hash, &s.plan.canonical());
+            fresh.events = st.events.clone();
+            fresh.event("started again after a rollback");
+            b.save_state(&fresh.to_row()).await?;
+            st = fresh;
+        }
+        loop {
+            if st.phase == Phase::Done || opts.until.is_some_and(|u| reached(st.phase, u)) {
+                return Ok(st);
+            }
+            if s.cancel.is_cancelled() {
+                return Err(s.interrupted(st.phase));
+            }
+            st = step(b, s, st).await?;
+            if opts.single_step {
+                return Ok(st);
+            }
+        }
+    })
+    .await
+}
+
+/// True once `phase` is `target` or beyond it on the forward path.
+fn reached(phase: Phase, target: Phase) -> bool {
+    phase >= target && phase <= Phase::Done
+}
+
+async fn with_lock<B: Backend, T>(
+    b: &B,
+    s: &Session<'_>,
+    body: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    b.ensure_state_table().await?;
+    b.lock(&s.plan.file.name).await?;
+    let result = body.await;
+    if let Err(e) = b.unlock(&s.plan.file.name).await {
+        warn!("could not release the migration lock: {e}");
+    }
+    result.map_err(|e| e.with_plan_path(&s.plan.path))
+}
+
+/// The saved state of this plan's migration, or a new one. A saved state started with
+/// another plan is refused with what changed.
+async fn load_or_start<B: Backend>(b: &B, plan: &Plan) -> Result<State> {
+    match b.load_state(&plan.file.name).await? {
+        Some(row) => {
+            let st = State::from_row(&row)?;
+            if st.plan_hash != plan.hash && st.phase != Phase::RolledBack {
+                return Err(Error::PlanChanged {
+                    name: st.name.clone(),
+                    diff: crate::plan::diff(&st.plan, &plan.canonical()),
+                });
+            }
+            Ok(st)
+        }
+        None => Ok(State::new(&plan.file.name, &plan.hash, &plan.canonical())),
+    }
+}
+
+/// Runs the one step that leads out of the current phase.
+async fn step<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
+    let name = st.phase.next_step().unwrap_or("nothing");
+    let started = Instant::now();
+    s.observer.phase_started(name);
+    fault::point(&format!("phase.{name}.before"));
+    let span = info_span!("phase", name, migration = %st.name);
+    let next = match st.phase {
+        Phase::Planned => prepare(b, s, st).instrument(span).await?,
+        Phase::Prepared => dual_write(b, st).instrument(span).await?,
+        Phase::DualWriting => backfill(b, s, st).instrument(span).await?,
+        Phase::Backfilled => verify_step(b, s, st).instrument(span).await?,
+        Phase::Verified => cutover(b, s, st).instrument(span).await?,
+        Phase::CutOver => cleanup(b, s, st).instrument(span).await?,
+        Phase::RollingBack => {
+            return Err(Error::State(format!(
+                "a rollback of migration {:?} was interrupted; run `turnout rollback {}` to finish it",
+                st.name, s.plan.path
+            )));
+        }
+        Phase::Done | Phase::RolledBack => return Ok(st),
+    };
+    fault::point(&format!("phase.{name}.after"));
+    let summary = next
+        .events
+        .last()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    s.observer.phase_finished(name, started.elapsed(), &summary);
+    info!(phase = %next.phase, "{summary}");
+    Ok(next)
+}
+
+/// Reads the live table, derives the migration and preflights it: every refusal at once.
+pub async fn derive<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
+    let p = &plan.file;
+    let schema = match &p.schema {
+        Some(s) => Some(s.clone()),
+        None => b.default_schema().await?,
+    };
+    let shown = match &schema {
+        Some(s) => format!("{s}.{}", p.table),
+        None => p.table.clone(),
+    };
+    let refused = |problems: Vec<String>| Error::Refused {
+        table: shown.clone(),
+        problems,
+    };
+    let Some(shape) = b.describe(schema.as_deref(), &p.table).await? else {
+        return Err(refused(vec![format!(
+            "table: there is no table {:?}{}",
+            p.table,
+            in_schema(&schema)
+        )]));
+    };
+    if shape.primary_key.is_empty() {
+        return Err(refused(vec![format!(
+            "table: {:?} has no primary key; turnout copies and compares rows by primary key",
+            p.table
+        )]));
+    }
+    let mut m = Migration::derive(plan, &shape).map_err(refused)?;
+    m.schema = schema;
+    let problems = b.preflight(&m).await?;
+    if !problems.is_empty() {
+        return Err(refused(problems));
+    }
+    Ok(m)
+}
+
+fn in_schema(schema: &Option<String>) -> String {
+    schema
+        .as_ref()
+        .map(|s| format!(" in {s:?}"))
+        .unwrap_or_default()
+}
+
+/// `turnout check` with a database: derive and preflight, change nothing.
+pub async fn check<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
+    if let Some(row) = b.load_state(&plan.file.name).await.ok().flatten() {
+        let st = State::from_row(&row)?;
+        if st.plan_hash != plan.hash && !matches!(st.phase, Phase::RolledBack | Phase::Done) {
+            return Err(Error::PlanChanged {
+                name: st.name.clone(),
+                diff: crate::plan::diff(&st.plan, &plan.canonical()),
+            });
+        }
+        if let Some(m) = st
+            .migration
+            .filter(|_| st.phase != Phase::RolledBack && st.phase != Phase::Done)
+        {
+            return Ok(m);
+        }
+    }
+    derive(b, plan).await
+}
+
+/// `turnout plan`: the SQL of every phase.
+pub async fn preview<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<PhaseSql>> {
+    let m = check(b, plan).await?;
+    Ok(b.preview(&m))
+}
+
+async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+    if st.migration.is_none() {
+        let m = derive(b, s.plan).await?;
+        st.migration = Some(m);
+        // Saved before the DDL, so a crash inside a non-transactional prepare (MySQL)
+        // resumes with the same derivation instead of tripping over its own shadow table.
+        st.event("preflight passed");
+        b.save_state(&st.to_row()).await?;
+    }
+    let m = st.migration()?.clone();
+    let next = st.entered(
+        Phase::Prepared,
+        format!("created {} in the new shape", m.shadow),
+    );
+    b.prepare(&m, &next.to_row()).await?;
+    Ok(next)
+}
+
+async fn dual_write<B: Backend>(b: &B, st: State) -> Result<State> {
+    let m = st.migration()?.clone();
+    let next = st.entered(
+        Phase::DualWriting,
+        format!("triggers copy every write on {} to {}", m.table, m.shadow),
+    );
+    b.start_dual_write(&m, &next.to_row()).await?;
+    Ok(next)
+}
+
+/// The state after a committed batch; the same function builds the checkpoint saved
+/// inside the batch's transaction and the state the engine carries on with.
+fn after_batch(st: &State, done: &BatchDone, batch_size: u64) -> State {
+    let mut next = st.clone();
+    next.backfill.rows_copied += done.rows;
+    next.backfill.batches += 1;
+    next.backfill.batch_size = batch_size;
+    if done.last.is_some() {
+        next.backfill.cursor = done.last.clone();
+    }
+    next.updated_at = chrono::Utc::now();
+    next
+}
+
+/// The next batch size: steer toward the plan's target batch time, at most doubling or
+/// halving at once so one slow batch does not swing it.
+fn tune(batch: u64, took: Duration, target: Duration) -> u64 {
+    let took = took.as_secs_f64().max(0.001);
+    let ideal = batch as f64 * target.as_secs_f64() / took;
+    let next = ideal.clamp(batch as f64 / 2.0, batch as f64 * 2.0) as u64;
+    next.clamp(MIN_AUTO_BATCH, MAX_AUTO_BATCH)
+}
+
+async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+    let m = st.migration()?.clone();
+    let cfg = &s.plan.file.backfill;
+    if st.backfill.started_at.is_none() {
+        st.backfill.started_at = Some(chrono::Utc::now());
+        st.backfill.estimated_rows = b.estimate_rows(&m).await?;
+        st.event(format!(
+            "backfill started, about {} rows",
+            st.backfill.estimated_rows
+        ));
+        b.save_state(&st.to_row()).await?;
+    }
+    let mut batch = match cfg.batch_size {
+        BatchSize::Rows(n) => n,
+        BatchSize::Auto if st.backfill.batch_size > 0 => st.backfill.batch_size,
+        BatchSize::Auto => FIRST_AUTO_BATCH,
+    };
+    let started = Instant::now();
+    let copied_before = st.backfill.rows_copied;
+    loop {
+        if s.cancel.is_cancelled() {
+            return Err(s.interrupted(st.phase));
+        }
+        throttle(b, s).await?;
+        fault::point("backfill.batch.before");
+        let t0 = Instant::now();
+        let current = st.clone();
+        let done = b
+            .copy_batch(&m, current.backfill.cursor.as_ref(), batch, &|d| {
+                after_batch(&current, d, batch).to_row()
+            })
+            .instrument(info_span!(
+                "batch",
+                n = current.backfill.batches + 1,
+                size = batch
+            ))
+            .await?;
+        fault::point("backfill.batch.after");
+        st = after_batch(&current, &done, batch);
+        s.observer.backfill_progress(
+            st.backfill.rows_copied,
+            st.backfill.estimated_rows.max(st.backfill.rows_copied),
+        );
+        if done.rows < batch {
+            break;
+        }
+        if cfg.batch_size == BatchSize::Auto {
+            batch = tune(batch, t0.elapsed(), cfg.target_batch_time);
+        }
+        if !cfg.pause.is_zero() {
+            tokio::time::sleep(cfg.pause).await;
+        }
+    }
+    b.finish_backfill(&m).await?;
+    let rate = (st.backfill.rows_copied - copied_before) as f64
+        / started.elapsed().as_secs_f64().max(0.001);
+    let mut next = st.entered(
+        Phase::Backfilled,
+        format!(
+            "copied {} rows in {} batches ({rate:.0} rows/s)",
+            st.backfill.rows_copied, st.backfill.batches
+        ),
+    );
+    next.backfill.finished_at = Some(chrono::Utc::now());
+    b.save_state(&next.to_row()).await?;
+    Ok(next)
+}
+
+/// Waits while the plan's throttle query reads above its maximum.
+async fn throttle<B: Backend>(b: &B, s: &Session<'_>) -> Result<()> {
+    let Some(t) = &s.plan.file.backfill.throttle else {
+        return Ok(());
+    };
+    loop {
+        let value = b.throttle_value(&t.query).await?;
+        if value <= t.max {
+            return Ok(());
+        }
+        info!(value, max = t.max, "throttled");
+        if s.cancel.is_cancelled() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Compares the live table with its shadow; differences are rendered as row diffs.
+async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &State) -> Result<VerifyReport> {
+    let m = st.migration()?;
+    let cfg = &s.plan.file.verify;
+    let req = VerifyRequest {
+        chunk_rows: VERIFY_CHUNK_ROWS,
+        sample_rate: (cfg.mode == VerifyMode::Sample).then_some(cfg.sample_rate),
+        max_diffs: cfg.max_diffs,
+    };
+    let total = st.backfill.rows_copied.max(st.backfill.estimated_rows);
+    let report = b
+        .verify(
+            m,
+            &req,
+            &|rows| {
+                fault::point("verify.chunk");
+                s.observer.verify_progress(rows, total.max(rows));
+            },
+            &|| s.cancel.is_cancelled(),
+        )
+        .await?;
+    if s.cancel.is_cancelled() {
+        return Err(s.interrupted(st.phase));
+    }
+    for d in &report.diffs {
+        s.observer.diff(d, &render_diff(d));
+    }
+    Ok(report)
+}
+
+/// A unified diff of the expected (mapped live) row image and the shadow's.
+pub fn render_diff(d: &RowDiff) -> String {
+    let pretty = |img: &Option<String>| match img {
+        Some(json) => {
+            serde_json::from_str::<serde_json::Value>(json)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| json.clone())
+                + "\n"
+        }
+        None => String::new(),
+    };
+    let (left, right) = (pretty(&d.expected), pretty(&d.shadow));
+    let diff = similar::TextDiff::from_lines(&left, &right);
+    let mut out = format!("row with key {}", d.key);
+    match (&d.expected, &d.shadow) {
+        (Some(_), None) => out.push_str(" is missing from the shadow table\n"),
+        (None, Some(_)) => out.push_str(" is in the shadow table but not in the live table\n"),
+        _ => out.push_str(" differs\n"),
+    }
+    out.push_str(
+        &diff
+            .unified_diff()
+            .context_radius(1)
+            .header("expected (live, mapped)", "shadow")
+            .to_string(),
+    );
+    out
+}
+
+async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+    if s.plan.file.verify.mode == VerifyMode::Off {
+        let next = st.entered(Phase::Verified, "verification skipped (verify.mode: off)");
+        b.save_state(&next.to_row()).await?;
+        return Ok(next);
+    }
+    let report = compare(b, s, &st).await?;
+    let failures = b.trigger_failures(st.migration()?).await?;
+    st.verify = state::VerifyProgress {
+        rows_checked: report.rows,
+        chunks: report.chunks,
+        mismatches: report.diffs.len() as u64 + failures.len() as u64,
+        passed: Some(report.diffs.is_empty() && failures.is_empty()),
+        at: Some(chrono::Utc::now()),
+    };
+    if !failures.is_empty() || !report.diffs.is_empty() {
+        let mut message = format!("verification found {} differing rows", report.diffs.len());
+        if !failures.is_empty() {
+            message.push_str(&format!(
+                " and {} writes the triggers could not map: {}",
+                failures.len(),
+                failures.join("; ")
+            ));
+        }
+        st.event(message);
+        b.save_state(&st.to_row()).await?;
+        return Err(Error::VerifyFailed {
+            table: st.migration()?.table.clone(),
+            mismatches: st.verify.mismatches,
+        });
+    }
+    let sampled = if report.chunks_skipped > 0 {
+        format!(", {} chunks sampled out", report.chunks_skipped)
+    } else {
+        String::new()
+    };
+    let next = st.entered(
+        Phase::Verified,
+        format!(
+            "{} rows identical in {} chunks{sampled}",
+            report.rows, report.chunks
+        ),
+    );
+    b.save_state(&next.to_row()).await?;
+    Ok(next)
+}
+
+/// `turnout verify`: the comparison alone, any time between backfill and cutover.
+pub async fn verify_only<B: Backend>(b: &B, s: &Session<'_>) -> Result<VerifyReport> {
+    with_lock(b, s, async {
+        let st = load_or_start(b, s.plan).await?;
+        if !matches!(st.phase, Phase::Backfilled | Phase::Verified) {
+            return Err(Error::State(format!(
+                "migration {:?} is {}; verify compares the live table with its shadow between backfill and cutover",
+                st.name, st.phase
+            )));
+        }
+        let report = compare(b, s, &st).await?;
+        let failures = b.trigger_failures(st.migration()?).await?;
+        if !report.diffs.is_empty() || !failures.is_empty() {
+            return Err(Error::VerifyFailed {
+                table: st.migration()?.table.clone(),
+                mismatches: (report.diffs.len() + failures.len()) as u64,
+            });
+        }
+        Ok(report)
+    })
+    .await
+}
+
+/// Backoff before cutover attempt `n` (1-based): doubling from `retry_delay`, capped at
+/// 8×, with ±25 % jitter so two waiting turnouts do not collide again.
+fn cutover_backoff(retry_delay: Duration, n: u32) -> Duration {
+    let factor = 1u32 << n.saturating_sub(1).min(3);
+    let base = retry_delay.as_secs_f64() * f64::from(factor);
+    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+    Duration::from_secs_f64(base * jitter)
+}
+
+async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+    let m = st.migration()?.clone();
+    let failures = b.trigger_failures(&m).await?;
+    if !failures.is_empty() {
+        return Err(Error::State(format!(
+            "{} writes since dual-write began could not be mapped ({}); cutover is refused. Fix the plan's expressions and run `turnout rollback`, then start again",
+            failures.len(),
+            failures.join("; ")
+        )));
+    }
+    let cfg = &s.plan.file.cutover;
+    for attempt in 1..=cfg.attempts {
+        if s.cancel.is_cancelled() {
+            return Err(s.interrupted(st.phase));
+        }
+        fault::point("cutover.attempt");
+        let mut next = st.entered(
+            Phase::CutOver,
+            format!(
+                "{} is now the new table; {} is kept current for rollback",
+                m.table, m.old
+            ),
+        );
+        next.cutover_attempts = st.cutover_attempts + 1;
+        match b.cutover(&m, cfg.lock_timeout, &next.to_row()).await? {
+            CutoverOutcome::Swapped => return Ok(next),
+            CutoverOutcome::LockTimeout => {
+                st.cutover_attempts += 1;
+                warn!(
+                    attempt,
+                    "cutover lock not granted within {:?}", cfg.lock_timeout
+                );
+                st.event(format!(
+                    "cutover attempt {attempt} timed out waiting for the lock"
+                ));
+                b.save_state(&st.to_row()).await?;
+                if attempt < cfg.attempts {
+                    tokio::time::sleep(cutover_backoff(cfg.retry_delay, attempt)).await;
+                }
+            }
+        }
+    }
+    Err(Error::LockTimeout {
+        table: m.table.clone(),
+        attempts: cfg.attempts,
+        timeout: cfg.lock_timeout,
+    })
+}
+
+async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
+    let m = st.migration()?.clone();
+    let keep = s.plan.file.cleanup.keep_old_table;
+    let what = if keep {
+        format!("reverse triggers dropped; {} kept", m.old)
+    } else {
+        format!("reverse triggers and {} dropped", m.old)
+    };
+    let next = st.entered(Phase::Done, what);
+    b.cleanup(&m, keep, &next.to_row()).await?;
+    Ok(next)
+}
+
+/// `turnout rollback`: back to the table as it was, from any phase before `done`.
+pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> Result<State> {
+    with_lock(b, s, async {
+        let Some(row) = b.load_state(&s.plan.file.name).await? else {
+            return Err(Error::State(format!("migration {:?} has not started; there is nothing to roll back", s.plan.file.name)));
+        };
+        let st = State::from_row(&row)?;
+        let from = match st.phase {
+            Phase::Done => {
+                return Err(Error::State(format!(
+                    "migration {:?} is done: cleanup dropped the reverse triggers{} — there is nothing left to roll back to. Write a new plan that changes the table back",
+                    st.name,
+                    if s.plan.file.cleanup.keep_old_table { "" } else { " and the old table" }
+                )));
+            }
+            Phase::RolledBack => return Ok(st),
+            Phase::RollingBack => st.rollback_from.unwrap_or(Phase::CutOver),
+            p => p,
+        };
+        let Some(m) = st.migration.clone() else {
+            let next = st.entered(Phase::RolledBack, "rolled back before anything was created");
+            b.save_state(&next.to_row()).await?;
+            return Ok(next);
+        };
+        if from == Phase::CutOver && !accept_loss {
+            let failures = b.trigger_failures(&m).await?;
+            let reverse_failures: Vec<_> = failures.iter().filter(|f| f.contains("reverse")).cloned().collect();
+            if !m.lossy.is_empty() || !reverse_failures.is_empty() {
+                let mut why = Vec::new();
+                if !m.lossy.is_empty() {
+                    why.push(format!(
+                        "column(s) {} have no reverse expression: rows written since cutover get their default (or NULL) there",
+                        m.lossy.join(", ")
+                    ));
+                }
+                if !reverse_failures.is_empty() {
+                    why.push(format!("{} writes could not be copied back: {}", reverse_failures.len(), reverse_failures.join("; ")));
+                }
+                return Err(Error::Usage(format!(
+                    "rollback after cutover cannot restore everything: {}. Run `turnout rollback {} --accept-loss` to roll back anyway",
+                    why.join("; "),
+                    s.plan.path
+                )));
+            }
+        }
+        let mut rolling = st.entered(Phase::RollingBack, format!("rollback started from {from}"));
+        rolling.rollback_from = Some(from);
+        b.save_state(&rolling.to_row()).await?;
+        fault::point("rollback.before");
+        let done = rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} is as it was", m.table));
+        b.rollback(&m, &done.to_row()).await?;
+        fault::point("rollback.after");
+        Ok(done)
+    })
+    .await
+}
+
+/// `turnout status`: every migration's state, or one.
+pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<State>> {
+    b.ensure_state_table().await?;
+    let rows = match name {
+        Some(n) => b.load_state(n).await?.into_iter().collect(),
+        None => b.list_states().await?,
+    };
+    rows.iter().map(State::from_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_servo_moves_toward_the_target_but_never_jumps() {
+        let target = Duration::from_millis(200);
+        assert_eq!(tune(1000, Duration::from_millis(100), target), 2000);
+        assert_eq!(tune(1000, Duration::from_millis(2000), target), 500);
+        assert_eq!(tune(1000, Duration::from_millis(250), target), 800);
+        assert_eq!(tune(60, Duration::from_secs(10), target), MIN_AUTO_BATCH);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let d = Duration::from_millis(100);
+        let first = cutover_backoff(d, 1);
+        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
+        let late = cutover_backoff(d, 30);
+        assert!(late >= Duration::from_millis(600) && late <= Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn reached_counts_only_the_forward_path() {
+        assert!(reached(Phase::Verified, Phase::Backfilled));
+        assert!(!reached(Phase::Prepared, Phase::Backfilled));
+        assert!(!reached(Phase::RolledBack, Phase::Backfilled));
+    }
+}

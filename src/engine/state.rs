@@ -40,15 +40,18 @@ impl Phase {
     }
 
     pub fn parse(s: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| p.as_str() == s).or(match s {
-            "prepare" => Some(Phase::Prepared),
-            "dual-write" | "dual_write" => Some(Phase::DualWriting),
-            "backfill" => Some(Phase::Backfilled),
-            "verify" => Some(Phase::Verified),
-            "cutover" => Some(Phase::CutOver),
-            "cleanup" => Some(Phase::Done),
-            _ => None,
-        })
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .or(match s {
+                "prepare" => Some(Phase::Prepared),
+                "dual-write" | "dual_write" => Some(Phase::DualWriting),
+                "backfill" => Some(Phase::Backfilled),
+                "verify" => Some(Phase::Verified),
+                "cutover" => Some(Phase::CutOver),
+                "cleanup" => Some(Phase::Done),
+                _ => None,
+            })
     }
 
     pub const ALL: [Phase; 9] = [
@@ -152,7 +155,11 @@ impl State {
 
     pub fn event(&mut self, message: impl Into<String>) {
         let now = Utc::now();
-        self.events.push(Event { at: now, phase: self.phase, message: message.into() });
+        self.events.push(Event {
+            at: now,
+            phase: self.phase,
+            message: message.into(),
+        });
         self.updated_at = now;
     }
 
@@ -174,13 +181,20 @@ impl State {
     }
 
     pub fn from_row(row: &StateRow) -> Result<State> {
-        serde_json::from_str(&row.body)
-            .map_err(|e| Error::State(format!("the state row of migration {:?} cannot be read: {e}", row.name)))
+        serde_json::from_str(&row.body).map_err(|e| {
+            Error::State(format!(
+                "the state row of migration {:?} cannot be read: {e}",
+                row.name
+            ))
+        })
     }
 
     pub fn migration(&self) -> Result<&Migration> {
-        self.migration
-            .as_ref()
-            .ok_or_else(|| Error::State(format!("migration {:?} has no derived shape in phase {}", self.name, self.phase)))
+        self.migration.as_ref().ok_or_else(|| {
+            Error::State(format!(
+                "migration {:?} has no derived shape in phase {}",
+                self.name, self.phase
+            ))
+        })
     }
 }

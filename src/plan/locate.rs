@@ -58,7 +58,8 @@ pub fn locate(text: &str, path: &str) -> Option<PlanLocation> {
     let lines: Vec<&str> = text.lines().collect();
     // The block we search: lines [start, end) whose indent is above `min_indent`;
     // `col` is where on the first line the search may begin (after "- " or "key: ").
-    let (mut start, mut end, mut col, mut min_indent) = (0usize, lines.len(), 0usize, None::<usize>);
+    let (mut start, mut end, mut col, mut min_indent) =
+        (0usize, lines.len(), 0usize, None::<usize>);
     let mut found = None;
     for seg in segments(path) {
         match seg {
@@ -66,7 +67,9 @@ pub fn locate(text: &str, path: &str) -> Option<PlanLocation> {
                 let mut hit = None;
                 for (i, line) in lines.iter().enumerate().take(end).skip(start) {
                     let from = if i == start { col } else { 0 };
-                    if !is_content(line) || (i != start && min_indent.is_some_and(|m| indent(line) <= m)) {
+                    if !is_content(line)
+                        || (i != start && min_indent.is_some_and(|m| indent(line) <= m))
+                    {
                         if i != start && is_content(line) {
                             break;
                         }
@@ -78,7 +81,10 @@ pub fn locate(text: &str, path: &str) -> Option<PlanLocation> {
                     }
                 }
                 let (i, pos) = hit?;
-                found = Some(PlanLocation { line: i + 1, column: pos + 1 });
+                found = Some(PlanLocation {
+                    line: i + 1,
+                    column: pos + 1,
+                });
                 let key_indent = indent(lines[i]).max(pos);
                 start = i;
                 col = pos + key.len();
@@ -104,7 +110,10 @@ pub fn locate(text: &str, path: &str) -> Option<PlanLocation> {
                 }
                 let i = hit?;
                 let pos = indent(lines[i]);
-                found = Some(PlanLocation { line: i + 1, column: pos + 1 });
+                found = Some(PlanLocation {
+                    line: i + 1,
+                    column: pos + 1,
+                });
                 start = i;
                 col = pos + 1;
                 end = block_end(&lines, i, pos);

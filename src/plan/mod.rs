@@ -55,16 +55,26 @@ pub fn load(path: &Path) -> Result<Plan> {
 
 /// Parses and validates plan text; `file` names it in messages.
 pub fn parse(text: &str, file: &str) -> Result<Plan> {
-    let parsed: PlanFile = serde_yaml::from_str(text).map_err(|e| Error::Plan(vec![yaml_problem(&e, text, file)]))?;
+    let parsed: PlanFile =
+        serde_yaml::from_str(text).map_err(|e| Error::Plan(vec![yaml_problem(&e, text, file)]))?;
     let problems = validate(&parsed)
         .into_iter()
-        .map(|(key, message)| PlanProblem { file: file.to_string(), location: locate(text, &key), key, message })
+        .map(|(key, message)| PlanProblem {
+            file: file.to_string(),
+            location: locate(text, &key),
+            key,
+            message,
+        })
         .collect::<Vec<_>>();
     if !problems.is_empty() {
         return Err(Error::Plan(problems));
     }
     let hash = hex(&Sha256::digest(canonical_json(&parsed).as_bytes()));
-    Ok(Plan { file: parsed, path: file.to_string(), hash })
+    Ok(Plan {
+        file: parsed,
+        path: file.to_string(),
+        hash,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -76,7 +86,9 @@ fn yaml_problem(e: &serde_yaml::Error, text: &str, file: &str) -> PlanProblem {
     let raw = e.to_string();
     // yaml_serde prefixes the message with the key path: "changes[0].add_column: unknown field …"
     let (key, message) = match raw.split_once(": ") {
-        Some((k, m)) if !k.contains(' ') || k.starts_with("changes") => (k.to_string(), m.to_string()),
+        Some((k, m)) if !k.contains(' ') || k.starts_with("changes") => {
+            (k.to_string(), m.to_string())
+        }
         _ => (String::new(), raw.clone()),
     };
     // Drop the trailing " at line X column Y" the library appends; we show it as file:line:col.
@@ -86,14 +98,41 @@ fn yaml_problem(e: &serde_yaml::Error, text: &str, file: &str) -> PlanProblem {
     };
     let location = e
         .location()
-        .map(|l| crate::error::PlanLocation { line: l.line(), column: l.column() })
+        .map(|l| crate::error::PlanLocation {
+            line: l.line(),
+            column: l.column(),
+        })
         .or_else(|| locate(text, &key));
-    let message = if message.contains("missing field") || message.contains("unknown field") || message.contains("unknown variant") {
-        message
-    } else {
-        format!("{message}")
+    let key = refine_key(&key, text, location.as_ref());
+    PlanProblem {
+        file: file.to_string(),
+        location,
+        key,
+        message,
+    }
+}
+
+/// The library names the map that failed; the key under the error's position is the
+/// one the user must fix, so it is appended when it is a plain key.
+fn refine_key(key: &str, text: &str, at: Option<&crate::error::PlanLocation>) -> String {
+    let Some(at) = at else { return key.to_string() };
+    let Some(line) = text.lines().nth(at.line.saturating_sub(1)) else {
+        return key.to_string();
     };
-    PlanProblem { file: file.to_string(), location, key, message }
+    let rest: String = line.chars().skip(at.column.saturating_sub(1)).collect();
+    let token: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let is_key = rest[token.len()..].trim_start().starts_with(':');
+    if token.is_empty() || !is_key || key.ends_with(&token) {
+        return key.to_string();
+    }
+    if key.is_empty() {
+        token
+    } else {
+        format!("{key}.{token}")
+    }
 }
 
 const MAX_BATCH_ROWS: u64 = 1_000_000;
@@ -103,21 +142,45 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut bad = |key: &str, msg: String| out.push((key.to_string(), msg));
     if p.version != 1 {
-        bad("version", format!("expected 1, the only plan format version; found {}", p.version));
+        bad(
+            "version",
+            format!(
+                "expected 1, the only plan format version; found {}",
+                p.version
+            ),
+        );
     }
     if p.name.trim().is_empty() {
-        bad("name", "expected a migration name; found an empty string".into());
+        bad(
+            "name",
+            "expected a migration name; found an empty string".into(),
+        );
     } else if p.name.len() > 63 {
-        bad("name", format!("expected at most 63 characters; found {}", p.name.len()));
+        bad(
+            "name",
+            format!("expected at most 63 characters; found {}", p.name.len()),
+        );
     }
     if p.table.is_empty() {
-        bad("table", "expected the live table's name; found an empty string".into());
+        bad(
+            "table",
+            "expected the live table's name; found an empty string".into(),
+        );
     } else if p.table.len() > 54 {
         // The shadow table `_<table>_new` must still fit a 63/64-byte identifier.
-        bad("table", format!("expected at most 54 characters so `_{}_new` fits an identifier", p.table));
+        bad(
+            "table",
+            format!(
+                "expected at most 54 characters so `_{}_new` fits an identifier",
+                p.table
+            ),
+        );
     }
     if p.schema.as_deref() == Some("") {
-        bad("schema", "expected a schema name or no key at all; found an empty string".into());
+        bad(
+            "schema",
+            "expected a schema name or no key at all; found an empty string".into(),
+        );
     }
     for (name, key) in [(&p.table, "table")] {
         if name.contains('\0') {
@@ -125,37 +188,71 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
         }
     }
     if p.changes.is_empty() {
-        bad("changes", "expected at least one change; found an empty list".into());
+        bad(
+            "changes",
+            "expected at least one change; found an empty list".into(),
+        );
     }
     validate_changes(&p.changes, &mut bad);
     match p.backfill.batch_size {
-        BatchSize::Rows(0) => bad("backfill.batch_size", "expected at least 1 row, or `auto`; found 0".into()),
-        BatchSize::Rows(n) if n > MAX_BATCH_ROWS => {
-            bad("backfill.batch_size", format!("expected at most {MAX_BATCH_ROWS} rows per batch; found {n}"))
-        }
+        BatchSize::Rows(0) => bad(
+            "backfill.batch_size",
+            "expected at least 1 row, or `auto`; found 0".into(),
+        ),
+        BatchSize::Rows(n) if n > MAX_BATCH_ROWS => bad(
+            "backfill.batch_size",
+            format!("expected at most {MAX_BATCH_ROWS} rows per batch; found {n}"),
+        ),
         _ => {}
     }
-    check_duration(&mut bad, "backfill.target_batch_time", p.backfill.target_batch_time, Duration::from_millis(10), Duration::from_secs(60));
+    check_duration(
+        &mut bad,
+        "backfill.target_batch_time",
+        p.backfill.target_batch_time,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
     if p.backfill.pause > Duration::from_secs(3600) {
-        bad("backfill.pause", "expected at most 1h between batches".into());
+        bad(
+            "backfill.pause",
+            "expected at most 1h between batches".into(),
+        );
     }
     if let Some(t) = &p.backfill.throttle {
         if t.query.trim().is_empty() {
-            bad("backfill.throttle.query", "expected a SQL query returning one number; found an empty string".into());
+            bad(
+                "backfill.throttle.query",
+                "expected a SQL query returning one number; found an empty string".into(),
+            );
         }
         if !t.max.is_finite() {
             bad("backfill.throttle.max", "expected a finite number".into());
         }
     }
     if !(p.verify.sample_rate > 0.0 && p.verify.sample_rate <= 1.0) {
-        bad("verify.sample_rate", format!("expected a fraction in (0, 1]; found {}", p.verify.sample_rate));
+        bad(
+            "verify.sample_rate",
+            format!(
+                "expected a fraction in (0, 1]; found {}",
+                p.verify.sample_rate
+            ),
+        );
     }
     if p.verify.max_diffs == 0 {
         bad("verify.max_diffs", "expected at least 1".into());
     }
-    check_duration(&mut bad, "cutover.lock_timeout", p.cutover.lock_timeout, Duration::from_millis(1), Duration::from_secs(600));
+    check_duration(
+        &mut bad,
+        "cutover.lock_timeout",
+        p.cutover.lock_timeout,
+        Duration::from_millis(1),
+        Duration::from_secs(600),
+    );
     if p.cutover.attempts == 0 || p.cutover.attempts > 1000 {
-        bad("cutover.attempts", format!("expected between 1 and 1000; found {}", p.cutover.attempts));
+        bad(
+            "cutover.attempts",
+            format!("expected between 1 and 1000; found {}", p.cutover.attempts),
+        );
     }
     if p.cutover.retry_delay > Duration::from_secs(600) {
         bad("cutover.retry_delay", "expected at most 10m".into());
@@ -163,7 +260,13 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
     out
 }
 
-fn check_duration(bad: &mut impl FnMut(&str, String), key: &str, d: Duration, min: Duration, max: Duration) {
+fn check_duration(
+    bad: &mut impl FnMut(&str, String),
+    key: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) {
     if d < min || d > max {
         bad(
             key,
@@ -186,19 +289,37 @@ fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
         let at = |field: &str| format!("changes[{i}].{}.{field}", change.kind());
         let mut column = |bad: &mut dyn FnMut(&str, String), field: &str, name: &str| {
             if name.is_empty() {
-                bad(&at(field), "expected a column name; found an empty string".into());
+                bad(
+                    &at(field),
+                    "expected a column name; found an empty string".into(),
+                );
             } else if name.len() > 63 {
-                bad(&at(field), format!("expected at most 63 characters; found {}", name.len()));
+                bad(
+                    &at(field),
+                    format!("expected at most 63 characters; found {}", name.len()),
+                );
             } else if !touched.insert(name.to_string()) {
-                bad(&at(field), format!("column {name:?} is already changed by an earlier change; combine them into one"));
+                bad(
+                    &at(field),
+                    format!(
+                        "column {name:?} is already changed by an earlier change; combine them into one"
+                    ),
+                );
             }
         };
         let nonempty = |bad: &mut dyn FnMut(&str, String), field: &str, sql: &Option<String>| {
             if let Some(s) = sql {
                 if s.trim().is_empty() {
-                    bad(&at(field), "expected a SQL expression; found an empty string".into());
+                    bad(
+                        &at(field),
+                        "expected a SQL expression; found an empty string".into(),
+                    );
                 } else if s.contains(';') && !within_quotes_only(s) {
-                    bad(&at(field), "expected one SQL expression; found `;`, which would end the statement".into());
+                    bad(
+                        &at(field),
+                        "expected one SQL expression; found `;`, which would end the statement"
+                            .into(),
+                    );
                 }
             }
         };
@@ -206,12 +327,19 @@ fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
             Change::AddColumn(c) => {
                 column(bad, "name", &c.name);
                 if c.sql_type.trim().is_empty() {
-                    bad(&at("type"), "expected the new column's SQL type; found an empty string".into());
+                    bad(
+                        &at("type"),
+                        "expected the new column's SQL type; found an empty string".into(),
+                    );
                 }
                 nonempty(bad, "from", &c.from);
                 nonempty(bad, "default", &c.default);
                 if !c.nullable && c.from.is_none() && c.default.is_none() {
-                    bad(&at("nullable"), "a NOT NULL column needs `from` or `default` to fill the existing rows".into());
+                    bad(
+                        &at("nullable"),
+                        "a NOT NULL column needs `from` or `default` to fill the existing rows"
+                            .into(),
+                    );
                 }
             }
             Change::DropColumn(c) => {
@@ -221,12 +349,18 @@ fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
             Change::AlterColumn(c) => {
                 column(bad, "name", &c.name);
                 if c.sql_type.is_none() && c.using.is_none() && c.nullable.is_none() {
-                    bad(&at("name"), "expected at least one of `type`, `using` or `nullable` to change".into());
+                    bad(
+                        &at("name"),
+                        "expected at least one of `type`, `using` or `nullable` to change".into(),
+                    );
                 }
                 if let Some(t) = &c.sql_type
                     && t.trim().is_empty()
                 {
-                    bad(&at("type"), "expected a SQL type; found an empty string".into());
+                    bad(
+                        &at("type"),
+                        "expected a SQL type; found an empty string".into(),
+                    );
                 }
                 nonempty(bad, "using", &c.using);
                 nonempty(bad, "reverse", &c.reverse);
@@ -234,21 +368,39 @@ fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
             Change::RenameColumn(c) => {
                 column(bad, "from", &c.from);
                 if c.to.is_empty() {
-                    bad(&at("to"), "expected the new column name; found an empty string".into());
+                    bad(
+                        &at("to"),
+                        "expected the new column name; found an empty string".into(),
+                    );
                 } else if c.to == c.from {
-                    bad(&at("to"), format!("renaming {:?} onto itself changes nothing", c.from));
+                    bad(
+                        &at("to"),
+                        format!("renaming {:?} onto itself changes nothing", c.from),
+                    );
                 } else if !renamed_to.insert(c.to.clone()) || touched.contains(&c.to) {
-                    bad(&at("to"), format!("column {:?} is already the target of another change", c.to));
+                    bad(
+                        &at("to"),
+                        format!("column {:?} is already the target of another change", c.to),
+                    );
                 }
             }
             Change::AddIndex(c) => {
                 if c.name.is_empty() {
-                    bad(&at("name"), "expected an index name; found an empty string".into());
+                    bad(
+                        &at("name"),
+                        "expected an index name; found an empty string".into(),
+                    );
                 } else if !indexes.insert(c.name.clone()) {
-                    bad(&at("name"), format!("index {:?} is already changed by an earlier change", c.name));
+                    bad(
+                        &at("name"),
+                        format!("index {:?} is already changed by an earlier change", c.name),
+                    );
                 }
                 if c.columns.is_empty() {
-                    bad(&at("columns"), "expected at least one column; found an empty list".into());
+                    bad(
+                        &at("columns"),
+                        "expected at least one column; found an empty list".into(),
+                    );
                 }
                 let mut seen = HashSet::new();
                 for col in &c.columns {
@@ -259,9 +411,15 @@ fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
             }
             Change::DropIndex(c) => {
                 if c.name.is_empty() {
-                    bad(&at("name"), "expected an index name; found an empty string".into());
+                    bad(
+                        &at("name"),
+                        "expected an index name; found an empty string".into(),
+                    );
                 } else if !indexes.insert(c.name.clone()) {
-                    bad(&at("name"), format!("index {:?} is already changed by an earlier change", c.name));
+                    bad(
+                        &at("name"),
+                        format!("index {:?} is already changed by an earlier change", c.name),
+                    );
                 }
             }
         }
@@ -315,7 +473,10 @@ mod tests {
     fn a_minimal_plan_gets_the_contract_defaults() {
         let plan = parse(GOOD, "p.yaml").expect("valid");
         assert_eq!(plan.file.backfill.batch_size, BatchSize::Auto);
-        assert_eq!(plan.file.backfill.target_batch_time, Duration::from_millis(200));
+        assert_eq!(
+            plan.file.backfill.target_batch_time,
+            Duration::from_millis(200)
+        );
         assert_eq!(plan.file.cutover.attempts, 10);
         assert_eq!(plan.file.verify.mode, VerifyMode::Full);
         assert_eq!(plan.file.changes.len(), 2);
@@ -339,7 +500,10 @@ mod tests {
 
     #[test]
     fn an_unknown_key_names_its_line_and_path() {
-        let p = problem(&GOOD.replace("      type: integer\n", "      type: integer\n      colour: red\n"));
+        let p = problem(&GOOD.replace(
+            "      type: integer\n",
+            "      type: integer\n      colour: red\n",
+        ));
         assert_eq!(p.location.as_ref().map(|l| l.line), Some(8));
         assert!(p.key.starts_with("changes[0]"), "{p}");
         assert!(p.message.contains("colour"), "{p}");

@@ -168,7 +168,12 @@ pub struct Backfill {
 
 impl Default for Backfill {
     fn default() -> Self {
-        Backfill { batch_size: BatchSize::Auto, target_batch_time: ms200(), pause: Duration::ZERO, throttle: None }
+        Backfill {
+            batch_size: BatchSize::Auto,
+            target_batch_time: ms200(),
+            pause: Duration::ZERO,
+            throttle: None,
+        }
     }
 }
 
@@ -221,7 +226,11 @@ pub struct Verify {
 
 impl Default for Verify {
     fn default() -> Self {
-        Verify { mode: VerifyMode::Full, sample_rate: five_percent(), max_diffs: twenty() }
+        Verify {
+            mode: VerifyMode::Full,
+            sample_rate: five_percent(),
+            max_diffs: twenty(),
+        }
     }
 }
 
@@ -240,7 +249,11 @@ pub struct Cutover {
 
 impl Default for Cutover {
     fn default() -> Self {
-        Cutover { lock_timeout: two_s(), attempts: ten(), retry_delay: ms500() }
+        Cutover {
+            lock_timeout: two_s(),
+            attempts: ten(),
+            retry_delay: ms500(),
+        }
     }
 }
 
@@ -293,7 +306,9 @@ mod human {
         let text = String::deserialize(d)
             .map_err(|_| serde::de::Error::custom("expected a duration such as 200ms, 2s or 1m"))?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("expected a duration such as 200ms, 2s or 1m; {text:?}: {e}"))
+            serde::de::Error::custom(format!(
+                "expected a duration such as 200ms, 2s or 1m; {text:?}: {e}"
+            ))
         })
     }
 }

@@ -1,0 +1,398 @@
+//! Per-test databases on the real servers (and SQLite files), a concurrent writer that
+//! keeps a mirror in the same transactions as its writes, and row comparisons.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+#[derive(Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+pub struct TestDb {
+    pub kind: Kind,
+    pub url: String,
+    pub pool: Pool,
+    name: String,
+    pub dir: tempfile::TempDir,
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+impl TestDb {
+    pub async fn new(kind: Kind) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let name = unique("turnout_it");
+        let (url, pool) = match kind {
+            Kind::Sqlite => {
+                let path = dir.path().join("test.db");
+                let url = format!("sqlite://{}", path.display());
+                let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("sqlite url");
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(3)
+                    .connect_with(
+                        opts.create_if_missing(true)
+                            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                            .busy_timeout(Duration::from_secs(20)),
+                    )
+                    .await
+                    .expect("open sqlite");
+                (url, Pool::Sqlite(pool))
+            }
+            Kind::Postgres => {
+                let admin = PgPool::connect(PG_ADMIN).await.expect("postgres is up");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create db");
+                admin.close().await;
+                let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+                (
+                    url.clone(),
+                    Pool::Postgres(PgPool::connect(&url).await.expect("connect")),
+                )
+            }
+            Kind::MySql => {
+                let admin = MySqlPool::connect(MY_ADMIN).await.expect("mariadb is up");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create db");
+                admin.close().await;
+                let url = format!("mysql://root@127.0.0.1:3306/{name}");
+                (
+                    url.clone(),
+                    Pool::MySql(MySqlPool::connect(&url).await.expect("connect")),
+                )
+            }
+        };
+        TestDb {
+            kind,
+            url,
+            pool,
+            name,
+            dir,
+        }
+    }
+
+    pub async fn drop(self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => {
+                p.close().await;
+                if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            }
+            Pool::MySql(p) => {
+                p.close().await;
+                if let Ok(admin) = MySqlPool::connect(MY_ADMIN).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        self.name
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Runs statements (no parameters) one after the other.
+    pub async fn exec(&self, sql: &str) {
+        for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+            self.pool
+                .exec(stmt, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+        }
+    }
+
+    /// Every row of a query, each value rendered as text by the database.
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.pool.rows(sql).await
+    }
+
+    /// `CAST(expr AS text)` in this dialect.
+    pub fn text(&self, expr: &str) -> String {
+        match self.kind {
+            Kind::MySql => format!("CAST({expr} AS CHAR)"),
+            _ => format!("CAST({expr} AS TEXT)"),
+        }
+    }
+
+    pub fn plan_file(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).expect("write plan");
+        path
+    }
+
+    /// Runs the turnout binary against this database.
+    pub fn turnout(&self, args: &[&str], fault: Option<&str>) -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
+        cmd.args(args)
+            .env("DATABASE_URL", &self.url)
+            .env_remove("RUST_LOG");
+        match fault {
+            Some(f) => cmd.env("TURNOUT_FAULT", f),
+            None => cmd.env_remove("TURNOUT_FAULT"),
+        };
+        cmd.output().expect("run turnout")
+    }
+}
+
+impl Pool {
+    pub async fn exec(&self, sql: &str, args: &[i64]) -> Result<u64, sqlx::Error> {
+        match self {
+            Pool::Sqlite(p) => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+                for a in args {
+                    q = q.bind(*a);
+                }
+                Ok(q.execute(p).await?.rows_affected())
+            }
+            Pool::Postgres(p) => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(dollars(sql)));
+                for a in args {
+                    q = q.bind(*a);
+                }
+                Ok(q.execute(p).await?.rows_affected())
+            }
+            Pool::MySql(p) => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+                for a in args {
+                    q = q.bind(*a);
+                }
+                Ok(q.execute(p).await?.rows_affected())
+            }
+        }
+    }
+
+    /// Runs the statements in one transaction; returns the rows each one affected.
+    pub async fn transaction(&self, stmts: &[(String, Vec<i64>)]) -> Result<Vec<u64>, sqlx::Error> {
+        macro_rules! run {
+            ($pool:expr, $fix:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let mut affected = Vec::new();
+                for (sql, args) in stmts {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe($fix(sql)));
+                    for a in args {
+                        q = q.bind(*a);
+                    }
+                    affected.push(q.execute(&mut *tx).await?.rows_affected());
+                }
+                tx.commit().await?;
+                Ok(affected)
+            }};
+        }
+        match self {
+            Pool::Sqlite(p) => run!(p, |s: &String| s.clone()),
+            Pool::Postgres(p) => run!(p, |s: &String| dollars(s)),
+            Pool::MySql(p) => run!(p, |s: &String| s.clone()),
+        }
+    }
+
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                    .fetch_all($pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.get::<Option<String>, _>(i))
+                            .collect()
+                    })
+                    .collect()
+            }};
+        }
+        match self {
+            Pool::Sqlite(p) => fetch!(p),
+            Pool::Postgres(p) => fetch!(p),
+            Pool::MySql(p) => fetch!(p),
+        }
+    }
+}
+
+/// `?` placeholders to PostgreSQL's `$n`.
+fn dollars(sql: &str) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// A writer that plays the application: inserts, updates (primary keys too) and deletes
+/// on `table`, each applied to `mirror` in the same transaction. It only names columns
+/// every phase keeps (`id`, `qty`, `tag`), so it runs unchanged across cutover.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    pub writes: Arc<AtomicU64>,
+    #[allow(dead_code)]
+    pub failures: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Writer {
+    pub fn start(pool: Pool, table: &str, mirror: &str, first_new_id: i64, seed: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let (t, m) = (table.to_string(), mirror.to_string());
+        let (stop2, writes2, failures2) = (stop.clone(), writes.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut rng = seed;
+            let mut next_id = first_new_id;
+            let mut step = |bound: i64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % bound.max(1) as u64) as i64
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                let id = 1 + step(next_id);
+                let op = step(10);
+                let value = step(1000);
+                let stmts: Vec<(String, Vec<i64>)> = match op {
+                    0..=2 => {
+                        next_id += 1;
+                        let tag = if value % 3 == 0 {
+                            None
+                        } else {
+                            Some(value % 7)
+                        };
+                        let (cols, args) = match tag {
+                            Some(tg) => {
+                                ("(id, qty, tag) VALUES (?, ?, ?)", vec![next_id, value, tg])
+                            }
+                            None => ("(id, qty) VALUES (?, ?)", vec![next_id, value]),
+                        };
+                        vec![
+                            (format!("INSERT INTO {t} {cols}"), args.clone()),
+                            (format!("INSERT INTO {m} {cols}"), args),
+                        ]
+                    }
+                    3..=5 => vec![
+                        (
+                            format!("UPDATE {t} SET qty = ?, tag = ? WHERE id = ?"),
+                            vec![value, value % 5, id],
+                        ),
+                        (
+                            format!("UPDATE {m} SET qty = ?, tag = ? WHERE id = ?"),
+                            vec![value, value % 5, id],
+                        ),
+                    ],
+                    6..=7 => {
+                        next_id += 1;
+                        vec![
+                            (
+                                format!("UPDATE {t} SET id = ? WHERE id = ?"),
+                                vec![next_id, id],
+                            ),
+                            (
+                                format!("UPDATE {m} SET id = ? WHERE id = ?"),
+                                vec![next_id, id],
+                            ),
+                        ]
+                    }
+                    _ => vec![
+                        (format!("DELETE FROM {t} WHERE id = ?"), vec![id]),
+                        (format!("DELETE FROM {m} WHERE id = ?"), vec![id]),
+                    ],
+                };
+                match pool.transaction(&stmts).await {
+                    Ok(affected) => {
+                        if affected[0] != affected[1] {
+                            errors.push(format!(
+                                "{stmts:?} affected {affected:?}: table and mirror disagree"
+                            ));
+                        }
+                        writes2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A failed transaction changed neither table: that is fine for the mirror,
+                    // but counted, since an application write should rarely fail.
+                    Err(_) => {
+                        failures2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            errors
+        });
+        Writer {
+            stop,
+            writes,
+            failures,
+            task,
+        }
+    }
+
+    /// Stops the writer and returns the disagreements it saw (none expected).
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the writer has made `n` more writes, so each phase sees some.
+    pub async fn wait_for(&self, n: u64) {
+        let target = self.writes() + n;
+        for _ in 0..2000 {
+            if self.writes() >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the writer made no progress");
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

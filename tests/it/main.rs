@@ -1,0 +1,106 @@
+//! Integration tests, one binary: every scenario runs against SQLite files and against
+//! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
+
+mod bad_plans;
+mod examples;
+mod faults;
+mod harness;
+mod names;
+mod scenarios;
+
+/// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
+macro_rules! scenarios {
+    ($db:ident, $kind:expr) => {
+        mod $db {
+            use crate::harness::Kind;
+            use crate::scenarios as s;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn full_migration_under_concurrent_writes() {
+                s::full_migration_under_concurrent_writes($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollback_from_every_phase() {
+                s::rollback_from_every_phase($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_mid_backfill_after_a_commit_then_resumed() {
+                s::killed_then_resumed($kind, "backfill.batch.after@3").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_mid_backfill_before_a_commit_then_resumed() {
+                s::killed_then_resumed($kind, "backfill.batch.before@4").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_mid_verify_then_resumed() {
+                s::killed_then_resumed($kind, "verify.chunk@1").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_just_before_cutover_then_resumed() {
+                s::killed_then_resumed($kind, "cutover.attempt").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_inside_the_cutover_transaction_then_resumed() {
+                s::killed_then_resumed($kind, "cutover.inside").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_after_cutover_before_cleanup_then_resumed() {
+                s::killed_then_resumed($kind, "phase.cleanup.before").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_edited_plan_is_refused_with_what_changed() {
+                s::an_edited_plan_is_refused_with_what_changed($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_second_turnout_is_refused_while_the_first_holds_the_lock() {
+                s::a_second_turnout_is_refused_while_the_first_holds_the_lock($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_bad_plan_is_refused_and_touches_nothing() {
+                crate::bad_plans::every_bad_plan_is_refused_and_touches_nothing($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_fault_point_is_survived() {
+                crate::faults::every_fault_point_is_survived($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn verify_reports_a_planted_difference() {
+                s::verify_reports_a_planted_difference($kind).await;
+            }
+        }
+    };
+}
+
+scenarios!(sqlite, Kind::Sqlite);
+
+#[test]
+fn wrong_urls_and_servers_that_are_down_exit_3_without_the_password() {
+    bad_plans::wrong_urls_exit_3();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hostile_names_and_storage_classes() {
+    names::hostile_names_migrate_and_roll_back(harness::Kind::Sqlite, names::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_example_plans_pass_check() {
+    examples::example_plans_pass_check(harness::Kind::Sqlite, "sqlite").await;
+}
+
+#[test]
+fn the_demo_runs_twice_on_a_small_table() {
+    examples::the_demo_runs_twice_on_a_small_table();
+}

@@ -1,0 +1,405 @@
+//! The scenarios every database must pass, written once and run per database by the
+//! `scenarios!` macro in main.rs: a migration under a concurrent writer, SIGKILL and
+//! resume, rollback from every phase, a second turnout refused, an edited plan refused.
+
+use crate::harness::{Kind, TestDb, Writer, stderr, stdout};
+
+pub const SEED_ROWS: i64 = 2000;
+
+fn types(kind: Kind) -> (&'static str, &'static str, &'static str) {
+    // (key, small int, big int)
+    match kind {
+        Kind::Sqlite => ("INTEGER", "INTEGER", "BIGINT"),
+        Kind::Postgres => ("bigint", "integer", "bigint"),
+        Kind::MySql => ("BIGINT", "INT", "BIGINT"),
+    }
+}
+
+fn text_type(kind: Kind) -> &'static str {
+    match kind {
+        Kind::MySql => "VARCHAR(100)",
+        _ => "TEXT",
+    }
+}
+
+/// `items` and its `mirror`, seeded alike: note = name on every seeded row, so the
+/// plan's reverse expression for the dropped `note` restores it exactly.
+pub async fn seed(db: &TestDb) {
+    let (key, small, _) = types(db.kind);
+    let text = text_type(db.kind);
+    for table in ["items", "mirror"] {
+        db.exec(&format!(
+            "CREATE TABLE {table} (id {key} PRIMARY KEY, qty {small} NOT NULL, tag {small}, name {text}, note {text})"
+        ))
+        .await;
+    }
+    db.exec("CREATE INDEX items_name_idx ON items (name)").await;
+    let mut values = Vec::new();
+    for i in 1..=SEED_ROWS {
+        let tag = if i % 4 == 0 {
+            "NULL".to_string()
+        } else {
+            (i % 7).to_string()
+        };
+        let name = if i % 5 == 0 {
+            "NULL".to_string()
+        } else {
+            format!("'item {i}'")
+        };
+        values.push(format!("({i}, {}, {tag}, {name}, {name})", i * 3 % 1000));
+        if values.len() == 500 || i == SEED_ROWS {
+            for table in ["items", "mirror"] {
+                db.exec(&format!(
+                    "INSERT INTO {table} (id, qty, tag, name, note) VALUES {}",
+                    values.join(", ")
+                ))
+                .await;
+            }
+            values.clear();
+        }
+    }
+}
+
+pub fn plan(kind: Kind, name: &str, batch: u64) -> String {
+    let (_, _, big) = types(kind);
+    format!(
+        "version: 1
+name: {name}
+table: items
+changes:
+  - add_column: {{name: total, type: {big}, from: qty * 2}}
+  - drop_column: {{name: note, reverse: label}}
+  - rename_column: {{from: name, to: label}}
+  - alter_column: {{name: qty, type: {big}}}
+  - add_index: {{name: items_tag_idx, columns: [tag]}}
+backfill:
+  batch_size: {batch}
+cutover:
+  lock_timeout: 2s
+  attempts: 10
+  retry_delay: 50ms
+"
+    )
+}
+
+/// Rows of the live table in the writer's terms, next to the mirror's.
+pub async fn compare_with_mirror(db: &TestDb, migrated: bool) {
+    let t = |c: &str| db.text(c);
+    let live = if migrated {
+        format!(
+            "SELECT {}, {}, {}, {} FROM items ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("label")
+        )
+    } else {
+        format!(
+            "SELECT {}, {}, {}, {}, {} FROM items ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("name"),
+            t("note")
+        )
+    };
+    let mirror = if migrated {
+        format!(
+            "SELECT {}, {}, {}, {} FROM mirror ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("name")
+        )
+    } else {
+        format!(
+            "SELECT {}, {}, {}, {}, {} FROM mirror ORDER BY id",
+            t("id"),
+            t("qty"),
+            t("tag"),
+            t("name"),
+            t("note")
+        )
+    };
+    let (live, mirror) = (db.rows(&live).await, db.rows(&mirror).await);
+    assert!(!mirror.is_empty(), "the mirror is empty");
+    if live != mirror {
+        let first = live.iter().zip(&mirror).position(|(a, b)| a != b);
+        panic!(
+            "the table differs from what the writer wrote: {} rows vs {} in the mirror; first difference at {:?}: {:?} vs {:?}",
+            live.len(),
+            mirror.len(),
+            first,
+            first.map(|i| &live[i]),
+            first.map(|i| &mirror[i])
+        );
+    }
+}
+
+/// The shadow's computed column matches its source in one consistent read.
+async fn shadow_is_mapped(db: &TestDb) {
+    let wrong = db
+        .rows(&format!(
+            "SELECT {} FROM _items_new WHERE total IS NULL OR NOT (total = qty * 2)",
+            db.text("count(*)")
+        ))
+        .await;
+    assert_eq!(
+        wrong[0][0].as_deref(),
+        Some("0"),
+        "shadow rows whose total is not qty * 2"
+    );
+}
+
+async fn turnout_tables(db: &TestDb) -> Vec<String> {
+    let sql = match db.kind {
+        Kind::Sqlite => "SELECT name FROM sqlite_master WHERE name LIKE '\\_items\\_%' ESCAPE '\\' OR type = 'trigger' ORDER BY name".to_string(),
+        Kind::Postgres => "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal UNION ALL SELECT relname::text FROM pg_class WHERE relname LIKE '\\_items\\_%' AND relkind = 'r'".to_string(),
+        Kind::MySql => "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() UNION ALL SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE '\\_items\\_%'".to_string(),
+    };
+    db.rows(&sql)
+        .await
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect()
+}
+
+fn ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}
+
+async fn status_json(db: &TestDb, plan: &str) -> serde_json::Value {
+    let out = db.turnout(&["status", plan, "--json"], None);
+    ok(&out, "status");
+    let all: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).expect("status --json is JSON");
+    all[0].clone()
+}
+
+pub async fn full_migration_under_concurrent_writes(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let plan = db.plan_file("plan.yaml", &plan(kind, "items-reshape", 150));
+    let plan = plan.to_str().expect("utf-8 path");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 7);
+    for phase in ["prepared", "dual_writing", "backfilled", "verified"] {
+        writer.wait_for(15).await;
+        ok(
+            &db.turnout(&["run", plan, "--until", phase, "--yes"], None),
+            phase,
+        );
+        assert_eq!(status_json(&db, plan).await["phase"], phase);
+    }
+    shadow_is_mapped(&db).await;
+    writer.wait_for(15).await;
+    ok(
+        &db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None),
+        "cutover",
+    );
+    writer.wait_for(30).await;
+    ok(&db.turnout(&["run", plan, "--yes"], None), "cleanup");
+    writer.wait_for(15).await;
+    let disagreements = writer.stop().await;
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    compare_with_mirror(&db, true).await;
+    assert_eq!(status_json(&db, plan).await["phase"], "done");
+    assert_eq!(
+        turnout_tables(&db).await,
+        Vec::<String>::new(),
+        "turnout left objects behind"
+    );
+    db.drop().await;
+}
+
+pub async fn rollback_from_every_phase(kind: Kind) {
+    for phase in [
+        "prepared",
+        "dual_writing",
+        "backfilled",
+        "verified",
+        "cut_over",
+    ] {
+        let db = TestDb::new(kind).await;
+        seed(&db).await;
+        let plan = db.plan_file("plan.yaml", &plan(kind, "items-rollback", 300));
+        let plan = plan.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 11);
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["run", plan, "--until", phase, "--yes"], None),
+            phase,
+        );
+        writer.wait_for(25).await;
+        ok(
+            &db.turnout(&["rollback", plan], None),
+            &format!("rollback from {phase}"),
+        );
+        writer.wait_for(10).await;
+        let disagreements = writer.stop().await;
+        assert!(disagreements.is_empty(), "{disagreements:?}");
+        compare_with_mirror(&db, false).await;
+        assert_eq!(
+            status_json(&db, plan).await["phase"],
+            "rolled_back",
+            "after rollback from {phase}"
+        );
+        assert_eq!(
+            turnout_tables(&db).await,
+            Vec::<String>::new(),
+            "rollback from {phase} left objects behind"
+        );
+        db.drop().await;
+    }
+}
+
+/// SIGKILL at a fault point (the process aborts there), then resume to the end.
+pub async fn killed_then_resumed(kind: Kind, fault: &str) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let plan = db.plan_file("plan.yaml", &plan(kind, "items-kill", 200));
+    let plan = plan.to_str().expect("utf-8 path");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 13);
+    writer.wait_for(10).await;
+    let killed = db.turnout(&["run", plan, "--yes"], Some(fault));
+    assert!(
+        !killed.status.success(),
+        "the fault {fault} was never reached:\n{}",
+        stdout(&killed)
+    );
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    let st = status_json(&db, plan).await;
+    if let Some(n) = fault.strip_prefix("backfill.batch.after@") {
+        // The batch that committed is in the checkpoint, exactly.
+        let n: u64 = n.parse().expect("batch number");
+        assert_eq!(st["backfill"]["batches"], n);
+        assert_eq!(st["backfill"]["rows_copied"], n * 200);
+    }
+    if let Some(n) = fault.strip_prefix("backfill.batch.before@") {
+        let n: u64 = n.parse().expect("batch number");
+        assert_eq!(st["backfill"]["batches"], n - 1);
+        assert_eq!(st["backfill"]["rows_copied"], (n - 1) * 200);
+    }
+    writer.wait_for(20).await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
+    writer.wait_for(10).await;
+    let disagreements = writer.stop().await;
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    compare_with_mirror(&db, true).await;
+    let st = status_json(&db, plan).await;
+    assert_eq!(st["phase"], "done");
+    // No batch was copied twice: copied rows never exceed the rows there were to copy.
+    let copied = st["backfill"]["rows_copied"].as_u64().expect("rows_copied");
+    assert!(
+        copied <= SEED_ROWS as u64 + 2 * 1000,
+        "copied {copied} rows"
+    );
+    db.drop().await;
+}
+
+pub async fn an_edited_plan_is_refused_with_what_changed(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-twice", 100));
+    let plan_path = path.to_str().expect("utf-8 path");
+    ok(
+        &db.turnout(
+            &["run", plan_path, "--until", "dual_writing", "--yes"],
+            None,
+        ),
+        "start",
+    );
+
+    // An edited plan: the migration was started with batch_size 100.
+    let edited_path = db.plan_file(
+        "edited.yaml",
+        &plan(kind, "items-twice", 100).replace("items_tag_idx", "items_tag_ix"),
+    );
+    let edited = db.turnout(
+        &["run", edited_path.to_str().expect("utf-8"), "--yes"],
+        None,
+    );
+    assert_eq!(edited.status.code(), Some(2), "{}", stderr(&edited));
+    assert!(
+        stderr(&edited).contains("items_tag_ix") && stderr(&edited).contains("different plan"),
+        "{}",
+        stderr(&edited)
+    );
+    db.drop().await;
+}
+
+/// Holds the migration's lock with the library while the binary tries to run it.
+pub async fn a_second_turnout_is_refused_while_the_first_holds_the_lock(kind: Kind) {
+    use turnout::db::{Backend, Database};
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-locked", 100));
+    let holder = Database::connect(&db.url).await.expect("connect");
+    turnout::with_backend!(&holder, b => {
+        b.ensure_state_table().await.expect("state table");
+        b.lock("items-locked").await.expect("first lock");
+    });
+    let second = db.turnout(&["run", path.to_str().expect("utf-8"), "--yes"], None);
+    assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another turnout"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        turnout_tables(&db).await.is_empty(),
+        "the refused run changed the database"
+    );
+    turnout::with_backend!(&holder, b => b.unlock("items-locked").await.expect("unlock"));
+    ok(
+        &db.turnout(&["run", path.to_str().expect("utf-8"), "--yes"], None),
+        "run after the lock is free",
+    );
+    db.drop().await;
+}
+
+/// A planted difference in the shadow is reported as a row diff with its key, exit 1.
+pub async fn verify_reports_a_planted_difference(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-verify", 500));
+    let plan = path.to_str().expect("utf-8");
+    ok(
+        &db.turnout(&["run", plan, "--until", "backfilled", "--yes"], None),
+        "backfill",
+    );
+    db.exec("UPDATE _items_new SET total = total + 1 WHERE id = 42")
+        .await;
+    db.exec("DELETE FROM _items_new WHERE id = 1999").await;
+    let out = db.turnout(&["verify", plan], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let report = stdout(&out);
+    assert!(report.contains("row with key [42] differs"), "{report}");
+    assert!(
+        report.contains("row with key [1999] is missing from the shadow table"),
+        "{report}"
+    );
+    let cutover = db.turnout(&["run", plan, "--yes"], None);
+    assert_eq!(
+        cutover.status.code(),
+        Some(1),
+        "cutover must be refused after a failed verify"
+    );
+    assert_eq!(status_json(&db, plan).await["phase"], "backfilled");
+    db.drop().await;
+}
