@@ -109,9 +109,12 @@ fn sql_err(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
     move |e| Error::db(context, e)
 }
 
+/// The MySQL error number (`1205`), not the SQLSTATE that `code()` gives.
 fn db_code(e: &sqlx::Error) -> Option<String> {
     match e {
-        sqlx::Error::Database(d) => d.code().map(|c| c.to_string()),
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number().to_string()),
         _ => None,
     }
 }
@@ -611,10 +614,10 @@ impl<'a> Gen<'a> {
                 .reverse
                 .iter()
                 .filter(|mp| !old_key.contains(&mp.target.as_str()))
-                .map(|mp| format!("{q} = VALUES({q})", q = quote(&mp.target)))
+                .map(|mp| format!("{old}.{q} = VALUES({old}.{q})", q = quote(&mp.target)))
                 .collect();
             let sets = if sets.is_empty() {
-                vec![format!("{q} = {q}", q = quote(old_key[0]))]
+                vec![format!("{old}.{q} = {old}.{q}", q = quote(old_key[0]))]
             } else {
                 sets
             };
@@ -762,12 +765,14 @@ impl<'a> Gen<'a> {
             self.n.q(&self.n.table),
             conds.join(" AND ")
         );
+        // Qualified: the derived table has columns of the same names.
+        let shadow = self.n.q(&self.n.shadow);
         let new_key = self.m.new_key();
         let same: Vec<String> = new_key
             .iter()
-            .map(|k| format!("{q} <=> VALUES({q})", q = quote(k)))
+            .map(|k| format!("{shadow}.{q} <=> VALUES({shadow}.{q})", q = quote(k)))
             .collect();
-        let k0 = quote(new_key[0]);
+        let k0 = format!("{shadow}.{}", quote(new_key[0]));
         let sql = format!(
             "{} ON DUPLICATE KEY UPDATE {k0} = IF({}, {k0}, NULL)",
             self.insert_mapped(&self.n.q(&self.n.shadow), &self.m.forward, &src),
@@ -1425,12 +1430,24 @@ impl Backend for MySql {
         })
     }
 
-    async fn unlock(&self, _migration: &str) -> Result<()> {
-        // Closing the session releases every named lock it holds, however often taken.
-        if let Some(c) = self.lock_conn.lock().await.take() {
+    async fn unlock(&self, migration: &str) -> Result<()> {
+        if let Some(mut c) = self.lock_conn.lock().await.take() {
+            // Release explicitly (once per time taken) so the lock is free when this
+            // returns; a closing session releases it too, but only once the server has
+            // noticed the disconnect.
+            for _ in 0..1000 {
+                let released: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+                    .bind(lock_name(migration))
+                    .fetch_one(&mut c)
+                    .await
+                    .map_err(sql_err("releasing the migration lock"))?;
+                if released != Some(1) {
+                    break;
+                }
+            }
             c.close()
                 .await
-                .map_err(sql_err("releasing the migration lock"))?;
+                .map_err(sql_err("closing the lock session"))?;
         }
         Ok(())
     }
@@ -2441,7 +2458,9 @@ mod tests {
         );
         let rev = g.reverse_triggers();
         assert!(
-            rev[0].contains("ON DUPLICATE KEY UPDATE `na``me` = VALUES(`na``me`)"),
+            rev[0].contains(
+                "ON DUPLICATE KEY UPDATE `db`.`_t_old`.`na``me` = VALUES(`db`.`_t_old`.`na``me`)"
+            ),
             "{}",
             rev[0]
         );
@@ -2454,7 +2473,7 @@ mod tests {
         let copy = g.batch_insert(Some(&["5".into()]), &["9".into()]);
         assert!(
             copy.sql
-                .contains("ON DUPLICATE KEY UPDATE `id` = IF(`id` <=> VALUES(`id`), `id`, NULL)"),
+                .contains("ON DUPLICATE KEY UPDATE `db`.`_t_new`.`id` = IF(`db`.`_t_new`.`id` <=> VALUES(`db`.`_t_new`.`id`), `db`.`_t_new`.`id`, NULL)"),
             "{}",
             copy.sql
         );
