@@ -2338,6 +2338,31 @@ fn lock_name(migration: &str) -> String {
     }
 }
 
+/// Finds which mapping made a probe fail, compiling each expression on its own, so the
+/// refusal names the column.
+async fn name_failing_column(
+    conn: &mut sqlx::MySqlConnection,
+    maps: &[Mapped],
+    src: &str,
+    what: &str,
+    table: &str,
+    whole: sqlx::Error,
+) -> String {
+    for mp in maps {
+        let probe = format!("SELECT {} FROM {src}", Gen::value(mp));
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(probe))
+            .execute(&mut *conn)
+            .await
+        {
+            return format!(
+                "column {:?}: the {what} does not work on {table}: {e}",
+                mp.target
+            );
+        }
+    }
+    format!("the {what}s do not work on {table}: {whole}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2513,29 +2538,4 @@ mod tests {
         assert!(lock_name(&"x".repeat(200)).chars().count() <= 64);
         assert_eq!(lock_name("m"), "turnout:m");
     }
-}
-
-/// Finds which mapping made a probe fail, compiling each expression on its own, so the
-/// refusal names the column.
-async fn name_failing_column(
-    conn: &mut sqlx::MySqlConnection,
-    maps: &[Mapped],
-    src: &str,
-    what: &str,
-    table: &str,
-    whole: sqlx::Error,
-) -> String {
-    for mp in maps {
-        let probe = format!("SELECT {} FROM {src}", Gen::value(mp));
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(probe))
-            .execute(&mut *conn)
-            .await
-        {
-            return format!(
-                "column {:?}: the {what} does not work on {table}: {e}",
-                mp.target
-            );
-        }
-    }
-    format!("the {what}s do not work on {table}: {whole}")
 }
