@@ -3,10 +3,18 @@
 //! the process at once, as SIGKILL would: no destructor, no goodbye to the database.
 //! Release builds ignore the variable.
 
-/// Crashes here if `TURNOUT_FAULT` names `point` (debug builds only).
+/// Crashes here if `TURNOUT_FAULT` names `point`; sleeps here if `TURNOUT_DELAY` is
+/// `point:milliseconds` (debug builds only; the delay gives tests a window to act in).
 pub fn point(point: &str) {
     if !cfg!(debug_assertions) {
         return;
+    }
+    if let Ok(delay) = std::env::var("TURNOUT_DELAY")
+        && let Some((name, ms)) = delay.split_once(':')
+        && name == point
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     if let Ok(wanted) = std::env::var("TURNOUT_FAULT") {
         // `name` crashes at the first visit; `name@3` at the third.

@@ -107,6 +107,14 @@ pub trait Backend {
     async fn lock(&self, migration: &str) -> Result<()>;
     async fn unlock(&self, migration: &str) -> Result<()>;
 
+    /// Confirms the lock is still this turnout's (its session may have been ended by the
+    /// server), taking it again when it is free; [`Error::LockHeld`] when another turnout
+    /// took it meanwhile. Called before every batch and every step.
+    async fn keep_lock(&self, migration: &str) -> Result<()> {
+        let _ = migration;
+        Ok(())
+    }
+
     /// The table's shape, or `None` when there is no such table.
     async fn describe(&self, schema: Option<&str>, table: &str) -> Result<Option<TableShape>>;
 

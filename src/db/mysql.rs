@@ -1430,6 +1430,26 @@ impl Backend for MySql {
         })
     }
 
+    async fn keep_lock(&self, migration: &str) -> Result<()> {
+        {
+            let mut guard = self.lock_conn.lock().await;
+            if let Some(c) = guard.as_mut() {
+                let mine: std::result::Result<Option<i64>, _> =
+                    sqlx::query_scalar("SELECT CAST(IS_USED_LOCK(?) = CONNECTION_ID() AS SIGNED)")
+                        .bind(lock_name(migration))
+                        .fetch_one(c)
+                        .await;
+                if let Ok(Some(1)) = mine {
+                    return Ok(());
+                }
+            }
+            // The session died (and its lock with it) or lost the lock: start afresh.
+            *guard = None;
+        }
+        tracing::warn!("the migration lock's session was lost; taking the lock again");
+        self.lock(migration).await
+    }
+
     async fn unlock(&self, migration: &str) -> Result<()> {
         if let Some(mut c) = self.lock_conn.lock().await.take() {
             // Release explicitly (once per time taken) so the lock is free when this

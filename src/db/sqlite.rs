@@ -533,6 +533,24 @@ impl Backend for Sqlite {
         Ok(())
     }
 
+    async fn keep_lock(&self, migration: &str) -> Result<()> {
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM turnout_lease WHERE name = ?1")
+                .bind(migration)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Error::db("reading the lease", e))?;
+        match holder {
+            Some(h) if h == self.holder => Ok(()),
+            // Taken over after our heartbeat went stale: the other turnout owns it now.
+            Some(h) => Err(Error::LockHeld {
+                name: migration.to_string(),
+                holder: h,
+            }),
+            None => self.lock(migration).await,
+        }
+    }
+
     async fn unlock(&self, migration: &str) -> Result<()> {
         if let Some(beat) = self.heartbeat.lock().await.take() {
             beat.abort();

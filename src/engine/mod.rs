@@ -130,6 +130,7 @@ async fn load_or_start<B: Backend>(b: &B, plan: &Plan) -> Result<State> {
 /// Runs the one step that leads out of the current phase.
 async fn step<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
     let name = st.phase.next_step().unwrap_or("nothing");
+    b.keep_lock(&st.name).await?;
     let started = Instant::now();
     s.observer.phase_started(name);
     fault::point(&format!("phase.{name}.before"));
@@ -305,6 +306,7 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
             return Err(s.interrupted(st.phase));
         }
         throttle(b, s).await?;
+        b.keep_lock(&st.name).await?;
         fault::point("backfill.batch.before");
         let t0 = Instant::now();
         let current = st.clone();
@@ -533,6 +535,7 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
+        b.keep_lock(&st.name).await?;
         fault::point("cutover.attempt");
         let mut next = st.entered(
             Phase::CutOver,
@@ -628,6 +631,7 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
         let mut rolling = st.entered(Phase::RollingBack, format!("rollback started from {from}"));
         rolling.rollback_from = Some(from);
         b.save_state(&rolling.to_row()).await?;
+        b.keep_lock(&rolling.name).await?;
         fault::point("rollback.before");
         let done = rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} is as it was", m.table));
         b.rollback(&m, &done.to_row()).await?;

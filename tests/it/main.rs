@@ -2,6 +2,7 @@
 //! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
 
 mod bad_plans;
+mod connections;
 mod examples;
 mod faults;
 mod harness;
@@ -115,4 +116,9 @@ fn the_demo_runs_twice_on_a_small_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_example_plans_pass_check() {
     examples::example_plans_pass_check(harness::Kind::MySql, "mysql").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_lost_connections_are_survived() {
+    connections::lost_connections_are_survived(harness::Kind::MySql).await;
 }
