@@ -131,13 +131,15 @@ fn shape(kind: &str, rows: u64) -> Shape {
         },
         "mysql" => Shape {
             create: "CREATE TABLE bench (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(64), created_at DATETIME(6) NOT NULL, KEY bench_customer (customer_id)) ENGINE=InnoDB".into(),
-            fill: (0..rows.div_ceil(100_000))
-                .map(|chunk| {
-                    let lo = chunk * 100_000 + 1;
-                    let hi = ((chunk + 1) * 100_000).min(rows);
-                    format!("INSERT INTO bench (customer_id, amount_cents, status, note, created_at) WITH RECURSIVE n(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM n WHERE i < {hi}) SELECT FLOOR(RAND() * 50000), FLOOR(RAND() * 100000), ELT(1 + i % 3, 'new', 'paid', 'shipped'), IF(i % 5 = 0, NULL, CONCAT('order ', i)), NOW(6) - INTERVAL i MINUTE FROM n")
-                })
-                .chain(["ANALYZE TABLE bench".to_string()])
+            fill: std::iter::once("CREATE TABLE nums (i INT PRIMARY KEY)".to_string())
+                .chain(std::iter::once(format!(
+                    "INSERT INTO nums VALUES {}",
+                    (0..10_000).map(|i| format!("({i})")).collect::<Vec<_>>().join(",")
+                )))
+                .chain((0..rows.div_ceil(10_000)).map(|a| {
+                    format!("INSERT INTO bench (id, customer_id, amount_cents, status, note, created_at) SELECT {a} * 10000 + i + 1, FLOOR(RAND() * 50000), FLOOR(RAND() * 100000), ELT(1 + i % 3, 'new', 'paid', 'shipped'), IF(i % 5 = 0, NULL, CONCAT('order ', i)), NOW(6) - INTERVAL i MINUTE FROM nums WHERE {a} * 10000 + i + 1 <= {rows}")
+                }))
+                .chain(["DROP TABLE nums".to_string(), "ANALYZE TABLE bench".to_string()])
                 .collect(),
             copy_table: "CREATE TABLE bench_copy (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id BIGINT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(64), created_at DATETIME(6) NOT NULL, KEY bench_copy_customer (customer_id), KEY bench_copy_created (created_at)) ENGINE=InnoDB".into(),
             copy: "INSERT INTO bench_copy SELECT id, customer_id, amount_cents, status, note, created_at FROM bench".into(),

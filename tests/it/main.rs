@@ -77,6 +77,11 @@ macro_rules! scenarios {
                 crate::faults::every_fault_point_is_survived($kind).await;
             }
 
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_value_that_does_not_fit_stops_the_backfill() {
+                s::a_value_that_does_not_fit_stops_the_backfill($kind).await;
+            }
+
             #[test]
             fn random_plans_keep_every_write() {
                 crate::random_plans::random_plans_keep_every_write($kind);

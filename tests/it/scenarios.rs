@@ -403,3 +403,21 @@ pub async fn verify_reports_a_planted_difference(kind: Kind) {
     assert_eq!(status_json(&db, plan).await["phase"], "backfilled");
     db.drop().await;
 }
+
+/// A value that does not fit its new column stops the backfill with the table, the
+/// row's key and the column, instead of vanishing or being stored wrong.
+pub async fn a_value_that_does_not_fit_stops_the_backfill(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let yaml = "version: 1\nname: items-notnull\ntable: items\nchanges:\n  - alter_column: {name: note, nullable: false}\nbackfill: {batch_size: 3}\n";
+    let path = db.plan_file("plan.yaml", yaml);
+    let out = db.turnout(&["run", path.to_str().expect("utf-8"), "--yes"], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}{err}", stdout(&out));
+    // Seeded notes are NULL on every fifth row: the first is key 5, in the second batch.
+    assert!(err.contains("items") && err.contains("note") && err.contains('5'), "{err}");
+    let st = status_json(&db, path.to_str().expect("utf-8")).await;
+    assert_eq!(st["phase"], "dual_writing");
+    assert_eq!(st["backfill"]["rows_copied"], 3, "the batch with the bad row must not be committed");
+    db.drop().await;
+}
