@@ -84,7 +84,9 @@ pub enum Error {
     },
 
     /// A value that does not fit its new column, found by backfill or a trigger. Exit 1.
-    #[error("{table}: row with key {key}: column {column}: {message}\nThe batch was not copied and the checkpoint is where it was: fix that row and run `turnout resume`, or run `turnout rollback` and change the plan")]
+    #[error(
+        "{table}: row with key {key}: column {column}: {message}\nThe batch was not copied and the checkpoint is where it was: fix that row and run `turnout resume`, or run `turnout rollback` and change the plan"
+    )]
     Data {
         table: String,
         key: String,

@@ -82,6 +82,11 @@ macro_rules! scenarios {
                 s::a_value_that_does_not_fit_stops_the_backfill($kind).await;
             }
 
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ctrl_c_stops_after_the_batch_and_resumes() {
+                s::ctrl_c_stops_after_the_batch_and_resumes($kind).await;
+            }
+
             #[test]
             fn random_plans_keep_every_write() {
                 crate::random_plans::random_plans_keep_every_write($kind);

@@ -415,9 +415,63 @@ pub async fn a_value_that_does_not_fit_stops_the_backfill(kind: Kind) {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{}{err}", stdout(&out));
     // Seeded notes are NULL on every fifth row: the first is key 5, in the second batch.
-    assert!(err.contains("items") && err.contains("note") && err.contains('5'), "{err}");
+    assert!(
+        err.contains("items") && err.contains("note") && err.contains('5'),
+        "{err}"
+    );
     let st = status_json(&db, path.to_str().expect("utf-8")).await;
     assert_eq!(st["phase"], "dual_writing");
-    assert_eq!(st["backfill"]["rows_copied"], 3, "the batch with the bad row must not be committed");
+    assert_eq!(
+        st["backfill"]["rows_copied"], 3,
+        "the batch with the bad row must not be committed"
+    );
+    db.drop().await;
+}
+
+/// Ctrl-C finishes the batch in hand, saves the checkpoint, says how to resume, exits 130.
+pub async fn ctrl_c_stops_after_the_batch_and_resumes(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file(
+        "plan.yaml",
+        &plan(kind, "items-ctrl-c", 50).replace("batch_size: 50", "batch_size: 50\n  pause: 100ms"),
+    );
+    let path = path.to_str().expect("utf-8").to_string();
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 29);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args(["run", &path, "--yes"])
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("turnout resume"), "{}", stderr(&out));
+    let st = status_json(&db, &path).await;
+    assert_eq!(st["phase"], "dual_writing");
+    let batches = st["backfill"]["batches"].as_u64().expect("batches");
+    assert!(
+        batches > 0 && st["backfill"]["rows_copied"] == batches * 50,
+        "{st}"
+    );
+    ok(&db.turnout(&["resume", &path, "--yes"], None), "resume");
+    assert!(writer.stop().await.is_empty());
+    compare_with_mirror(&db, true).await;
     db.drop().await;
 }
