@@ -396,7 +396,7 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             let db = Database::connect(database_url(&cli.database_url)?).await?;
             let states = with_backend!(&db, b => engine::status(b, name.as_deref()).await)?;
             if *json {
-                let out: Vec<_> = states.iter().map(status_json).collect();
+                let out: Vec<_> = states.iter().map(|e| status_json(&e.state, &e.failures)).collect();
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             } else if states.is_empty() {
                 println!(
@@ -404,8 +404,8 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
                     name.map(|n| format!(" named {n:?}")).unwrap_or_default()
                 );
             } else {
-                for st in &states {
-                    println!("{}", status_text(st));
+                for e in &states {
+                    println!("{}", status_text(&e.state, &e.failures));
                 }
             }
             Ok(0)
@@ -438,7 +438,7 @@ fn rate_and_eta(st: &State) -> (Option<f64>, Option<Duration>) {
     (Some(rate), eta)
 }
 
-fn status_text(st: &State) -> String {
+fn status_text(st: &State, failures: &[String]) -> String {
     let (rate, eta) = rate_and_eta(st);
     let mut out = format!("{}: {}", st.name, st.phase);
     if let Some(m) = &st.migration {
@@ -481,7 +481,7 @@ fn status_text(st: &State) -> String {
     out
 }
 
-fn status_json(st: &State) -> serde_json::Value {
+fn status_json(st: &State, failures: &[String]) -> serde_json::Value {
     let (rate, eta) = rate_and_eta(st);
     serde_json::json!({
         "name": st.name,
@@ -498,6 +498,7 @@ fn status_json(st: &State) -> serde_json::Value {
         },
         "verify": st.verify,
         "cutover_attempts": st.cutover_attempts,
+        "trigger_failures": failures,
         "last_checkpoint": st.updated_at,
         "events": st.events,
     })

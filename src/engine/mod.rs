@@ -641,14 +641,31 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
     .await
 }
 
+/// One migration as `turnout status` shows it.
+pub struct StatusEntry {
+    pub state: State,
+    /// Writes the triggers could not map (`on_error: record`), as recorded.
+    pub failures: Vec<String>,
+}
+
 /// `turnout status`: every migration's state, or one.
-pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<State>> {
+pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<StatusEntry>> {
     b.ensure_state_table().await?;
     let rows = match name {
         Some(n) => b.load_state(n).await?.into_iter().collect(),
         None => b.list_states().await?,
     };
-    rows.iter().map(State::from_row).collect()
+    let mut out = Vec::new();
+    for row in &rows {
+        let state = State::from_row(row)?;
+        let live = matches!(state.phase, Phase::DualWriting | Phase::Backfilled | Phase::Verified | Phase::CutOver);
+        let failures = match (&state.migration, live) {
+            (Some(m), true) => b.trigger_failures(m).await?,
+            _ => Vec::new(),
+        };
+        out.push(StatusEntry { state, failures });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
