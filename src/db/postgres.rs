@@ -50,7 +50,8 @@ const BATCH_ATTEMPTS: u32 = 5;
 
 pub struct Postgres {
     pub pool: PgPool,
-    options: PgConnectOptions,
+    /// Boxed: the options are large and `Database` holds this backend inline.
+    options: Box<PgConnectOptions>,
     /// The connection's default schema: where `turnout_state` and `turnout_failures` live.
     home: String,
     /// The session that holds the advisory locks, for as long as this backend lives.
@@ -1052,7 +1053,7 @@ impl Postgres {
             .map_err(|e| Error::Unreachable(format!("{shown}: {e}")))?;
         Ok(Postgres {
             pool,
-            options,
+            options: Box::new(options),
             // No schema of the search_path exists: fall back to the standard one.
             home: home.unwrap_or_else(|| "public".to_string()),
             lock_conn: Mutex::new(None),
