@@ -388,14 +388,33 @@ impl<'a> Gen<'a> {
 
     /// `INSERT INTO target … SELECT <mapped> FROM (<rows>) AS t ON CONFLICT (key) …`; the
     /// plan's expressions read the source row's columns unqualified, whatever `rows` is.
-    fn upsert(&self, d: &Direction, rows: &str, update: bool) -> String {
-        let targets: Vec<&str> = d.mapped.iter().map(|mp| mp.target.as_str()).collect();
-        let exprs = d
-            .mapped
+    /// `INSERT INTO target (…) SELECT <mapped> FROM (<rows>) AS t`, no conflict clause.
+    fn insert_select(
+        &self,
+        target: &str,
+        mapped: &[Mapped],
+        overriding: bool,
+        rows: &str,
+    ) -> String {
+        let targets: Vec<&str> = mapped.iter().map(|mp| mp.target.as_str()).collect();
+        let exprs = mapped
             .iter()
             .map(|mp| render_source(mp, &|c| quote(c), &loose_cast))
             .collect::<Vec<_>>()
             .join(", ");
+        format!(
+            "INSERT INTO {target} ({}){} SELECT {exprs} FROM ({rows}) AS t",
+            list(&targets),
+            if overriding {
+                " OVERRIDING SYSTEM VALUE"
+            } else {
+                ""
+            },
+        )
+    }
+
+    fn upsert(&self, d: &Direction, rows: &str, update: bool) -> String {
+        let targets: Vec<&str> = d.mapped.iter().map(|mp| mp.target.as_str()).collect();
         let sets: Vec<String> = targets
             .iter()
             .filter(|t| !d.target_key.contains(t))
@@ -407,14 +426,8 @@ impl<'a> Gen<'a> {
             "DO NOTHING".to_string()
         };
         format!(
-            "INSERT INTO {} ({}){} SELECT {exprs} FROM ({rows}) AS t ON CONFLICT ({}) {action}",
-            d.target,
-            list(&targets),
-            if d.overriding {
-                " OVERRIDING SYSTEM VALUE"
-            } else {
-                ""
-            },
+            "{} ON CONFLICT ({}) {action}",
+            self.insert_select(&d.target, d.mapped, d.overriding, rows),
             list(&d.target_key)
         )
     }
@@ -603,7 +616,7 @@ impl<'a> Gen<'a> {
     /// The next batch's size and last key, read from the committed rows (no lock): the copy
     /// then takes exactly the range up to that key, so a row whose key an application
     /// changes mid-batch can never push the cursor past rows not yet copied.
-    fn batch_bounds(&self, has_cursor: bool, limit: u64) -> String {
+    fn batch_bounds(&self, has_cursor: bool, limit: &str) -> String {
         let key = self.old_key();
         format!(
             "SELECT count(*) OVER (), {} FROM (SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {limit}) AS b ORDER BY {} LIMIT 1",
@@ -1456,21 +1469,31 @@ impl Backend for Postgres {
 
     async fn lock(&self, migration: &str) -> Result<()> {
         let mut guard = self.lock_conn.lock().await;
-        let conn = match &mut *guard {
-            Some(c) => c,
-            None => {
-                let c = PgConnection::connect_with(&self.options)
-                    .await
-                    .map_err(|e| Error::db("connecting for the migration lock", e))?;
-                guard.insert(c)
+        let mut fresh = false;
+        let got = loop {
+            let conn = match &mut *guard {
+                Some(c) => c,
+                None => {
+                    fresh = true;
+                    let c = PgConnection::connect_with(&self.options)
+                        .await
+                        .map_err(|e| Error::db("connecting for the migration lock", e))?;
+                    guard.insert(c)
+                }
+            };
+            let r: std::result::Result<bool, sqlx::Error> =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                    .bind(LOCK_CLASS)
+                    .bind(format!("turnout:{migration}"))
+                    .fetch_one(&mut *conn)
+                    .await;
+            match r {
+                Ok(got) => break got,
+                // The lock session died (and its locks with it): take them on a new one.
+                Err(e) if !fresh && crate::error::is_connection_error(&e) => *guard = None,
+                Err(e) => return Err(Error::db("taking the migration lock", e)),
             }
         };
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(LOCK_CLASS)
-            .bind(format!("turnout:{migration}"))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| Error::db("taking the migration lock", e))?;
         if got {
             return Ok(());
         }
@@ -1699,53 +1722,33 @@ impl Backend for Postgres {
                 break;
             }
         }
-        let probe = |d: &Direction, mp: &Mapped, rows: &str| {
-            let single = Direction {
-                label: d.label,
-                source: d.source.clone(),
-                target: d.target.clone(),
-                mapped: std::slice::from_ref(mp),
-                source_key: d.source_key.clone(),
-                target_key: vec![],
-                source_columns: d.source_columns.clone(),
-                overriding: d.overriding,
-                func: d.func.clone(),
-                trunc_func: d.trunc_func.clone(),
-                trigger: d.trigger.clone(),
-                trunc_trigger: d.trunc_trigger.clone(),
-            };
-            // Without ON CONFLICT: only this column's expression and assignment are checked.
-            let full = g.upsert(&single, rows, false);
-            let plain = full
-                .split(" ON CONFLICT")
-                .next()
-                .unwrap_or(&full)
-                .to_string();
-            format!("EXPLAIN {plain}")
+        // Only this column's expression and its assignment to the target are checked.
+        let probe = |target: &str, overriding: bool, mp: &Mapped, rows: &str| {
+            format!(
+                "EXPLAIN {}",
+                g.insert_select(target, std::slice::from_ref(mp), overriding, rows)
+            )
         };
         if created {
-            let f = g.forward();
             let live_rows = format!("SELECT {} FROM {} LIMIT 0", list(&g.old_cols()), g.live());
-            let r = g.reverse();
             let new_rows = format!("SELECT {} FROM {} LIMIT 0", list(&g.new_cols()), g.shadow());
-            let mut reverse_probe = r;
             // Before cutover the old table is still `<table>`.
-            reverse_probe.target = g.live();
-            let cases: Vec<(String, String, String)> = m
+            let overriding = has_identity_always(&m.before);
+            let cases: Vec<(String, String, &str)> = m
                 .forward
                 .iter()
                 .map(|mp| {
                     (
                         format!("column {:?}: the forward expression", mp.target),
-                        probe(&f, mp, &live_rows),
-                        "the live table".to_string(),
+                        probe(&g.shadow(), false, mp, &live_rows),
+                        "the live table",
                     )
                 })
                 .chain(m.reverse.iter().map(|mp| {
                     (
                         format!("column {:?}: the reverse expression", mp.target),
-                        probe(&reverse_probe, mp, &new_rows),
-                        "the new shape".to_string(),
+                        probe(&g.live(), overriding, mp, &new_rows),
+                        "the new shape",
                     )
                 }))
                 .collect();
@@ -1831,8 +1834,7 @@ impl Backend for Postgres {
                 phase: "backfill (each batch)",
                 statements: vec![
                     "BEGIN".into(),
-                    g.batch_bounds(true, 1000)
-                        .replace("LIMIT 1000", "LIMIT :batch_size"),
+                    g.batch_bounds(true, ":batch_size"),
                     g.batch_copy(true),
                     "-- save the checkpoint".into(),
                     "COMMIT".into(),
@@ -1917,7 +1919,7 @@ impl Backend for Postgres {
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await.map_err(ctx)?;
-            let mut q = sqlx::query(sql(g.batch_bounds(cursor.is_some(), limit)));
+            let mut q = sqlx::query(sql(g.batch_bounds(cursor.is_some(), &limit.to_string())));
             if let Some(c) = &cursor {
                 q = bind_texts(q, c);
             }
@@ -1987,6 +1989,8 @@ impl Backend for Postgres {
         let g = self.gen_for(m);
         let ctx = |e| Error::db(format!("verify of {}", m.table), e);
         let nkey = m.key.len();
+        // At least one difference is collected: it is what makes verification fail.
+        let max_diffs = req.max_diffs.max(1);
         // One snapshot for the whole comparison, while the application keeps writing.
         let mut tx = self
             .pool
@@ -2028,7 +2032,7 @@ impl Backend for Postgres {
                 let (live_hash, shadow_hash): (String, String) = (r.get(1), r.get(2));
                 report.rows += rows.max(0) as u64;
                 report.chunks += 1;
-                let room = req.max_diffs.saturating_sub(report.diffs.len() as u64);
+                let room = max_diffs.saturating_sub(report.diffs.len() as u64);
                 if live_hash != shadow_hash && room > 0 {
                     let found = bind_range(sqlx::query(sql(g.chunk_diffs(
                         lo.is_some(),
@@ -2052,7 +2056,7 @@ impl Backend for Postgres {
                 Some(h) => lo = Some(h),
                 None => break,
             }
-            if report.diffs.len() as u64 >= req.max_diffs {
+            if report.diffs.len() as u64 >= max_diffs {
                 break;
             }
         }
@@ -2329,7 +2333,7 @@ mod tests {
              ORDER BY \"id\" FOR SHARE) AS t ON CONFLICT (\"id\") DO NOTHING"
         );
         assert_eq!(
-            g.batch_bounds(false, 500),
+            g.batch_bounds(false, "500"),
             "SELECT count(*) OVER (), jsonb_build_array(b.\"id\"::text)::text FROM (SELECT \"id\" FROM \"sales\".\"orders\" WHERE true ORDER BY \"id\" LIMIT 500) AS b ORDER BY b.\"id\" DESC LIMIT 1"
         );
     }
@@ -2390,5 +2394,42 @@ mod tests {
         reject.on_error = OnError::Reject;
         let g = Gen::new(&reject, "public");
         assert!(!g.dual_write(&g.forward())[0].contains("EXCEPTION"));
+    }
+
+    /// The forward trigger of `on_error: record`, reviewed as a whole: a change to the
+    /// trigger SQL shows up here.
+    #[test]
+    fn forward_trigger_function_snapshot() {
+        let m = migration();
+        let g = Gen::new(&m, "public");
+        insta::assert_snapshot!(g.dual_write(&g.forward())[0], @r#"
+        CREATE OR REPLACE FUNCTION "sales"."turnout_orders_amount_35db6da0_fwd"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $turnout$
+        #variable_conflict use_column
+        BEGIN
+          BEGIN
+          IF TG_OP = 'DELETE' THEN
+            DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
+            RETURN NULL;
+          END IF;
+          IF TG_OP = 'UPDATE' AND ROW(OLD."id") IS DISTINCT FROM ROW(NEW."id") THEN
+            DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
+          END IF;
+          INSERT INTO "sales"."_orders_new" ("id", "comment", "amount") SELECT "id", "note", CAST((amount_cents / 100.0) AS numeric) FROM (SELECT NEW."id" AS "id", NEW."amount_cents" AS "amount_cents", NEW."note" AS "note") AS t ON CONFLICT ("id") DO UPDATE SET "comment" = EXCLUDED."comment", "amount" = EXCLUDED."amount";
+          RETURN NULL;
+          EXCEPTION WHEN OTHERS THEN
+            IF TG_OP <> 'INSERT' THEN
+              DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+              DELETE FROM "sales"."_orders_new" WHERE "id" = NEW."id";
+              INSERT INTO "public"."turnout_failures" (migration, direction, key, error) VALUES (E'orders-amount', 'forward', jsonb_build_array(NEW."id")::text, SQLERRM);
+            ELSE
+              INSERT INTO "public"."turnout_failures" (migration, direction, key, error) VALUES (E'orders-amount', 'forward', jsonb_build_array(OLD."id")::text, SQLERRM);
+            END IF;
+            RETURN NULL;
+          END;
+        END
+        $turnout$
+        "#);
     }
 }
