@@ -665,7 +665,7 @@ impl<'a> Gen<'a> {
     /// The mapped live rows of a range, with the new key, the comparable row text and the
     /// JSON image. Only mapped columns are compared: a column filled by its default alone
     /// (a volatile one included) has nothing on the live side to compare with.
-    fn live_images(&self, lo: bool, hi: bool) -> String {
+    fn live_images(&self, lo: bool, hi: bool, with_image: bool) -> String {
         let old_key = self.old_key();
         let exprs: Vec<(String, String)> = self
             .m
@@ -679,7 +679,7 @@ impl<'a> Gen<'a> {
             })
             .collect();
         format!(
-            "SELECT {}, ROW({})::text AS r, {} AS img FROM (SELECT {} FROM {} WHERE {}) AS t",
+            "SELECT {}, ROW({})::text AS r{} FROM (SELECT {} FROM {} WHERE {}) AS t",
             old_key
                 .iter()
                 .enumerate()
@@ -691,14 +691,18 @@ impl<'a> Gen<'a> {
                 .map(|(_, e)| e.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            json_image(&exprs),
+            if with_image {
+                format!(", {} AS img", json_image(&exprs))
+            } else {
+                String::new()
+            },
             list(&self.old_cols()),
             self.live(),
             self.range("", &old_key, lo, hi)
         )
     }
 
-    fn shadow_images(&self, lo: bool, hi: bool) -> String {
+    fn shadow_images(&self, lo: bool, hi: bool, with_image: bool) -> String {
         let new_key = self.new_key();
         let cols: Vec<(String, String)> = self
             .m
@@ -707,7 +711,7 @@ impl<'a> Gen<'a> {
             .map(|mp| (mp.target.clone(), format!("s.{}", quote(&mp.target))))
             .collect();
         format!(
-            "SELECT {}, ROW({})::text AS r, {} AS img FROM {} AS s WHERE {}",
+            "SELECT {}, ROW({})::text AS r{} FROM {} AS s WHERE {}",
             new_key
                 .iter()
                 .enumerate()
@@ -718,7 +722,11 @@ impl<'a> Gen<'a> {
                 .map(|(_, e)| e.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            json_image(&cols),
+            if with_image {
+                format!(", {} AS img", json_image(&cols))
+            } else {
+                String::new()
+            },
             self.shadow(),
             self.range("s.", &new_key, lo, hi)
         )
@@ -732,9 +740,9 @@ impl<'a> Gen<'a> {
             .join(", ");
         let agg = format!("md5(coalesce(string_agg(md5(r), '' ORDER BY {ks}), ''))");
         format!(
-            "SELECT (SELECT count(*) FROM ({l}) AS l), (SELECT {agg} FROM ({l}) AS l), (SELECT {agg} FROM ({s}) AS s)",
-            l = self.live_images(lo, hi),
-            s = self.shadow_images(lo, hi)
+            "SELECT l.n, l.h, s.h FROM (SELECT count(*) AS n, {agg} AS h FROM ({l}) AS l) AS l, (SELECT {agg} AS h FROM ({s}) AS s) AS s",
+            l = self.live_images(lo, hi, false),
+            s = self.shadow_images(lo, hi, false)
         )
     }
 
@@ -759,8 +767,8 @@ impl<'a> Gen<'a> {
         format!(
             "SELECT {key}, l.img::text, s.img::text FROM ({}) AS l FULL JOIN ({}) AS s ON {on} \
              WHERE l.r IS DISTINCT FROM s.r ORDER BY {order} LIMIT {limit}",
-            self.live_images(lo, hi),
-            self.shadow_images(lo, hi)
+            self.live_images(lo, hi, true),
+            self.shadow_images(lo, hi, true)
         )
     }
 
