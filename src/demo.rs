@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions, Row, SqlitePool};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Progress;
@@ -68,7 +68,8 @@ pub async fn run(file: &Path, rows: u64, cancel: CancellationToken, bars: bool) 
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        .disable_statement_logging();
     let app = SqlitePoolOptions::new()
         .max_connections(2)
         .connect_with(opts.clone())

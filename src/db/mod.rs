@@ -35,6 +35,9 @@ pub struct BatchDone {
     pub rows: u64,
     /// The key of the last row read; the next batch starts after it.
     pub last: Option<Cursor>,
+    /// A rest the database asks for before the next batch, so waiting application
+    /// writes get their turn (SQLite's single writer); zero elsewhere.
+    pub rest: std::time::Duration,
 }
 
 /// How to compare the live table with its shadow.

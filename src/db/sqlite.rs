@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::db::{
@@ -25,6 +25,18 @@ use crate::schema::{Column, Generated, Index, Migration, TableShape};
 /// How long a lease lives without a heartbeat before another turnout may take it over.
 const LEASE_STALE_AFTER: Duration = Duration::from_secs(30);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// SQLite has one writer, and a waiting application polls for the lock with growing
+/// sleeps (SQLite's busy handler: steps of at most 25 ms during the first ~128 ms of a
+/// wait, then 50 ms, then 100 ms). A gap after each batch at least as long as the poll
+/// step the waiter has reached guarantees it gets in before the next batch: then no
+/// application write waits much longer than one batch.
+fn gap_after(batch: Duration) -> Duration {
+    match batch.as_millis() {
+        0..=100 => Duration::from_millis(30),
+        101..=300 => Duration::from_millis(55),
+        _ => Duration::from_millis(105),
+    }
+}
 
 pub struct Sqlite {
     pub pool: SqlitePool,
@@ -52,7 +64,8 @@ impl Sqlite {
             .map_err(|e| Error::Unreachable(format!("{shown}: {e}")))?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            .disable_statement_logging();
         Self::with_options(opts, &shown).await
     }
 
@@ -806,50 +819,88 @@ impl Backend for Sqlite {
             String::new()
         };
         let live = quote(&m.table);
-        let rows = format!(
-            "SELECT {} FROM {live} {filter} ORDER BY {} LIMIT {limit}",
-            list(&old_cols),
-            list(&key)
-        );
         let ctx = |e| Error::db(format!("backfill of {}", m.table), e);
 
+        let began = std::time::Instant::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(ctx)?;
-        let bounds = sqlx::query(sql(format!(
-            "SELECT count(*), (SELECT {} FROM ({rows}) AS b ORDER BY {} LIMIT 1) FROM ({rows}) AS a",
-            key_json(&key, "b."),
-            key.iter().map(|k| format!("b.{} DESC", quote(k))).collect::<Vec<_>>().join(", ")
+        // The batch's last key, found on the primary key alone; the copy is then a range.
+        let hi: Option<String> = sqlx::query_scalar(sql(format!(
+            "SELECT {} FROM {live} {filter} ORDER BY {} LIMIT 1 OFFSET {}",
+            key_json(&key, ""),
+            list(&key),
+            limit.saturating_sub(1)
         )))
         .bind(cursor.as_deref())
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(ctx)?;
-        let count: i64 = bounds.get(0);
-        let last: Option<String> = bounds.get(1);
+        let mut range = Vec::new();
+        if cursor.is_some() {
+            range.push(after_cursor(&key, "?1"));
+        }
+        if hi.is_some() {
+            range.push(at_or_before(&key, "?2"));
+        }
+        let range = if range.is_empty() {
+            "true".to_string()
+        } else {
+            range.join(" AND ")
+        };
+        let rows = format!("SELECT {} FROM {live} WHERE {range}", list(&old_cols));
+        let (count, last) = match &hi {
+            Some(h) => (limit, Some(h.clone())),
+            None => {
+                let tail = sqlx::query(sql(format!(
+                    "SELECT count(*), (SELECT {} FROM {live} WHERE {range} ORDER BY {} LIMIT 1) FROM {live} WHERE {range}",
+                    key_json(&key, ""),
+                    key.iter().map(|k| format!("{} DESC", quote(k))).collect::<Vec<_>>().join(", ")
+                )))
+                .bind(cursor.as_deref())
+                .bind(hi.as_deref())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(ctx)?;
+                (
+                    tail.get::<i64, _>(0).max(0) as u64,
+                    tail.get::<Option<String>, _>(1),
+                )
+            }
+        };
         if count > 0
             && let Err(e) = sqlx::query(sql(upsert(&f, &rows, false)))
                 .bind(cursor.as_deref())
+                .bind(hi.as_deref())
                 .execute(&mut *tx)
                 .await
         {
             drop(tx);
             return Err(self
-                .explain_batch_error(m, &rows, cursor.as_deref(), e)
+                .explain_batch_error(m, &rows, cursor.as_deref(), hi.as_deref(), e)
                 .await);
         }
         let done = BatchDone {
-            rows: count.max(0) as u64,
+            rows: count,
             last: last.and_then(|l| serde_json::from_str(&l).ok()),
+            rest: gap_after(began.elapsed()),
         };
         save_in(&mut *tx, &checkpoint(&done)).await?;
         tx.commit().await.map_err(ctx)?;
+        // Fold this batch's pages back into the database file now, on turnout's time, so
+        // the WAL stays small and no application commit inherits a long checkpoint.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.pool)
+            .await;
         Ok(done)
     }
 
     async fn finish_backfill(&self, m: &Migration) -> Result<()> {
-        sqlx::query(sql(format!("ANALYZE {}", quote(&m.shadow))))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::db("analyzing the shadow table", e))?;
+        sqlx::query(sql(format!(
+            "PRAGMA analysis_limit = 1000; ANALYZE {}",
+            quote(&m.shadow)
+        )))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::db("analyzing the shadow table", e))?;
         Ok(())
     }
 
@@ -1043,10 +1094,13 @@ impl Backend for Sqlite {
     ) -> Result<CutoverOutcome> {
         let n = names(m);
         let ctx = |e| Error::db(format!("cutover of {}", m.table), e);
-        sqlx::query(sql(format!("ANALYZE {}", quote(&m.shadow))))
-            .execute(&self.pool)
-            .await
-            .ok();
+        sqlx::query(sql(format!(
+            "PRAGMA analysis_limit = 1000; ANALYZE {}",
+            quote(&m.shadow)
+        )))
+        .execute(&self.pool)
+        .await
+        .ok();
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
         let ms = lock_timeout.as_millis().max(1);
         sqlx::query(sql(format!("PRAGMA busy_timeout = {ms}")))
@@ -1122,6 +1176,7 @@ impl Backend for Sqlite {
                 .await
                 .map_err(ctx)?;
         }
+        crate::fault::point("cleanup.inside");
         save_in(&mut *tx, save).await?;
         tx.commit().await.map_err(ctx)
     }
@@ -1195,6 +1250,7 @@ impl Sqlite {
         m: &Migration,
         rows: &str,
         cursor: Option<&str>,
+        hi: Option<&str>,
         e: sqlx::Error,
     ) -> Error {
         let message = db_message(&e);
@@ -1218,6 +1274,7 @@ impl Sqlite {
                     "SELECT {keys} FROM ({rows}) AS t WHERE ({expr}) IS NULL LIMIT 1"
                 )))
                 .bind(cursor)
+                .bind(hi)
                 .fetch_optional(&self.pool)
                 .await
                 .ok()

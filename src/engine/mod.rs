@@ -319,6 +319,12 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
             ))
             .await?;
         fault::point("backfill.batch.after");
+        tracing::debug!(
+            rows = done.rows,
+            size = batch,
+            took_ms = t0.elapsed().as_millis() as u64,
+            "batch committed"
+        );
         st = after_batch(&current, &done, batch);
         s.observer.backfill_progress(
             st.backfill.rows_copied,
@@ -330,8 +336,9 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         if cfg.batch_size == BatchSize::Auto {
             batch = tune(batch, t0.elapsed(), cfg.target_batch_time);
         }
-        if !cfg.pause.is_zero() {
-            tokio::time::sleep(cfg.pause).await;
+        let rest = cfg.pause.max(done.rest);
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
         }
     }
     b.finish_backfill(&m).await?;

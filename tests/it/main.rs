@@ -3,8 +3,10 @@
 
 mod bad_plans;
 mod examples;
+mod faults;
 mod harness;
 mod names;
+mod random_plans;
 mod scenarios;
 
 /// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
@@ -67,6 +69,16 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn every_bad_plan_is_refused_and_touches_nothing() {
                 crate::bad_plans::every_bad_plan_is_refused_and_touches_nothing($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_fault_point_is_survived() {
+                crate::faults::every_fault_point_is_survived($kind).await;
+            }
+
+            #[test]
+            fn random_plans_keep_every_write() {
+                crate::random_plans::random_plans_keep_every_write($kind);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

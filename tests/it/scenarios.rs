@@ -83,7 +83,7 @@ cutover:
 }
 
 /// Rows of the live table in the writer's terms, next to the mirror's.
-async fn compare_with_mirror(db: &TestDb, migrated: bool) {
+pub async fn compare_with_mirror(db: &TestDb, migrated: bool) {
     let t = |c: &str| db.text(c);
     let live = if migrated {
         format!(
