@@ -178,7 +178,7 @@ fn start_writer(
         while !stop.load(Ordering::Relaxed) {
             n += 1;
             let id = 1 + (n.wrapping_mul(2_654_435_761) % rows);
-            let sql = if n % 4 == 0 {
+            let sql = if n.is_multiple_of(4) {
                 format!(
                     "INSERT INTO bench (customer_id, amount_cents, status, note, created_at) VALUES ({}, 100, 'new', 'w', {})",
                     n % 50_000,

@@ -1680,19 +1680,24 @@ impl Backend for MySql {
             problems.push(format!("the new shape of {t} is not valid: {e}"));
             return Ok(problems);
         }
-        let fwd = g.insert_mapped(
-            &quote(&tmp_new),
-            &m.forward,
-            &format!(
-                "(SELECT {} FROM {} LIMIT 0) AS turnout_src",
-                g.old_columns(),
-                n.q(t)
-            ),
+        let fwd_src = format!(
+            "(SELECT {} FROM {} LIMIT 0) AS turnout_src",
+            g.old_columns(),
+            n.q(t)
         );
+        let fwd = g.insert_mapped(&quote(&tmp_new), &m.forward, &fwd_src);
         if let Err(e) = sqlx::raw_sql(AssertSqlSafe(fwd)).execute(&mut *conn).await {
-            problems.push(format!(
-                "a forward expression (from/using) does not work on {t}: {e}"
-            ));
+            problems.push(
+                name_failing_column(
+                    &mut conn,
+                    &m.forward,
+                    &fwd_src,
+                    "forward expression (from/using)",
+                    t,
+                    e,
+                )
+                .await,
+            );
         }
         let create_old = format!("CREATE TEMPORARY TABLE {} LIKE {}", quote(&tmp_old), n.q(t));
         if sqlx::raw_sql(AssertSqlSafe(create_old))
@@ -1701,19 +1706,24 @@ impl Backend for MySql {
             .is_ok()
         {
             let cols: Vec<String> = m.after.columns.iter().map(|c| quote(&c.name)).collect();
-            let rev = g.insert_mapped(
-                &quote(&tmp_old),
-                &m.reverse,
-                &format!(
-                    "(SELECT {} FROM {} LIMIT 0) AS turnout_src",
-                    cols.join(", "),
-                    quote(&tmp_new)
-                ),
+            let rev_src = format!(
+                "(SELECT {} FROM {} LIMIT 0) AS turnout_src",
+                cols.join(", "),
+                quote(&tmp_new)
             );
+            let rev = g.insert_mapped(&quote(&tmp_old), &m.reverse, &rev_src);
             if let Err(e) = sqlx::raw_sql(AssertSqlSafe(rev)).execute(&mut *conn).await {
-                problems.push(format!(
-                    "a reverse expression does not work on the new shape of {t}: {e}"
-                ));
+                problems.push(
+                    name_failing_column(
+                        &mut conn,
+                        &m.reverse,
+                        &rev_src,
+                        "reverse expression",
+                        t,
+                        e,
+                    )
+                    .await,
+                );
             }
         }
         let drop = format!(
@@ -1826,6 +1836,7 @@ impl Backend for MySql {
                 None => BatchDone {
                     rows: 0,
                     last: after.as_ref().map(|a| serde_json::json!(a)),
+                    rest: std::time::Duration::ZERO,
                 },
                 Some(last) => {
                     if let Err(e) =
@@ -1836,6 +1847,7 @@ impl Backend for MySql {
                     BatchDone {
                         rows: keys.len() as u64,
                         last: Some(serde_json::json!(last)),
+                        rest: std::time::Duration::ZERO,
                     }
                 }
             };
@@ -1991,6 +2003,7 @@ impl Backend for MySql {
                 }
             }
             crate::fault::point("mysql.cutover.after_swap");
+            crate::fault::point("cutover.inside");
             Ok(CutoverOutcome::Swapped)
         }
         .await;
@@ -2020,6 +2033,7 @@ impl Backend for MySql {
             self.ddl_retry(&mut conn, &sql, "cleanup: dropping a trigger")
                 .await?;
         }
+        crate::fault::point("cleanup.inside");
         if !keep_old {
             self.ddl_retry(
                 &mut conn,
@@ -2075,6 +2089,7 @@ impl Backend for MySql {
             self.ddl_retry(&mut conn, &sql, "rollback: dropping a trigger")
                 .await?;
         }
+        crate::fault::point("rollback.inside");
         self.ddl_retry(
             &mut conn,
             &format!("DROP TABLE IF EXISTS {}", n.q(&n.shadow)),
@@ -2321,6 +2336,31 @@ fn lock_name(migration: &str) -> String {
             hash_hex(migration, 16)
         )
     }
+}
+
+/// Finds which mapping made a probe fail, compiling each expression on its own, so the
+/// refusal names the column.
+async fn name_failing_column(
+    conn: &mut sqlx::MySqlConnection,
+    maps: &[Mapped],
+    src: &str,
+    what: &str,
+    table: &str,
+    whole: sqlx::Error,
+) -> String {
+    for mp in maps {
+        let probe = format!("SELECT {} FROM {src}", Gen::value(mp));
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(probe))
+            .execute(&mut *conn)
+            .await
+        {
+            return format!(
+                "column {:?}: the {what} does not work on {table}: {e}",
+                mp.target
+            );
+        }
+    }
+    format!("the {what}s do not work on {table}: {whole}")
 }
 
 #[cfg(test)]

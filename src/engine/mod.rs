@@ -417,7 +417,13 @@ pub fn render_diff(d: &RowDiff) -> String {
     };
     let (left, right) = (pretty(&d.expected), pretty(&d.shadow));
     let diff = similar::TextDiff::from_lines(&left, &right);
-    let mut out = format!("row with key {}", d.key);
+    // Backends render keys as a JSON array or as values joined by ", "; show one form.
+    let key = if d.key.starts_with('[') {
+        d.key.clone()
+    } else {
+        format!("[{}]", d.key)
+    };
+    let mut out = format!("row with key {key}");
     match (&d.expected, &d.shadow) {
         (Some(_), None) => out.push_str(" is missing from the shadow table\n"),
         (None, Some(_)) => out.push_str(" is in the shadow table but not in the live table\n"),

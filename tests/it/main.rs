@@ -90,6 +90,7 @@ macro_rules! scenarios {
 }
 
 scenarios!(sqlite, Kind::Sqlite);
+scenarios!(mysql, Kind::MySql);
 
 #[test]
 fn wrong_urls_and_servers_that_are_down_exit_3_without_the_password() {
@@ -109,4 +110,9 @@ async fn sqlite_example_plans_pass_check() {
 #[test]
 fn the_demo_runs_twice_on_a_small_table() {
     examples::the_demo_runs_twice_on_a_small_table();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_example_plans_pass_check() {
+    examples::example_plans_pass_check(harness::Kind::MySql, "mysql").await;
 }

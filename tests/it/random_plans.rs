@@ -8,9 +8,20 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 
-use crate::harness::{stderr, stdout, Kind, TestDb, Writer};
+use crate::harness::{Kind, TestDb, Writer, stderr, stdout};
 
-const NAMES: &[&str] = &["a b", "Select", "naïve", "x\"y", "from", "semi;colon", "UPPER", "d-1", "it's", "ß"];
+const NAMES: &[&str] = &[
+    "a b",
+    "Select",
+    "naïve",
+    "x\"y",
+    "from",
+    "semi;colon",
+    "UPPER",
+    "d-1",
+    "it's",
+    "ß",
+];
 const ROWS: i64 = 300;
 
 #[derive(Debug, Clone, Copy)]
@@ -38,9 +49,25 @@ pub struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     let ty = prop_oneof![Just(Ty::Int), Just(Ty::Text)];
-    let op = prop_oneof![Just(Op::Add), Just(Op::Replace), Just(Op::Rename), Just(Op::Alter), Just(Op::Index)];
-    (any::<bool>(), prop::collection::vec((ty, any::<bool>()), 1..4), prop::collection::vec(op, 1..4), 0..5usize)
-        .prop_map(|(composite, extras, ops, rollback_at)| Case { composite, extras, ops, rollback_at })
+    let op = prop_oneof![
+        Just(Op::Add),
+        Just(Op::Replace),
+        Just(Op::Rename),
+        Just(Op::Alter),
+        Just(Op::Index)
+    ];
+    (
+        any::<bool>(),
+        prop::collection::vec((ty, any::<bool>()), 1..4),
+        prop::collection::vec(op, 1..4),
+        0..5usize,
+    )
+        .prop_map(|(composite, extras, ops, rollback_at)| Case {
+            composite,
+            extras,
+            ops,
+            rollback_at,
+        })
 }
 
 fn q(kind: Kind, name: &str) -> String {
@@ -74,9 +101,17 @@ struct Built {
 
 fn build(kind: Kind, c: &Case, n: usize) -> Built {
     let (t, m) = (format!("t{n}"), format!("m{n}"));
-    let key_ty = if kind == Kind::Sqlite && !c.composite { "INTEGER" } else { "BIGINT" };
+    let key_ty = if kind == Kind::Sqlite && !c.composite {
+        "INTEGER"
+    } else {
+        "BIGINT"
+    };
     let int = sql_type(kind, Ty::Int, false);
-    let mut cols = vec![format!("id {key_ty} NOT NULL"), format!("qty {int} NOT NULL"), format!("tag {int}")];
+    let mut cols = vec![
+        format!("id {key_ty} NOT NULL"),
+        format!("qty {int} NOT NULL"),
+        format!("tag {int}"),
+    ];
     if c.composite {
         cols.push(format!("k2 {int} NOT NULL DEFAULT 1"));
     }
@@ -87,9 +122,17 @@ fn build(kind: Kind, c: &Case, n: usize) -> Built {
             (Ty::Text, false, _) => " NOT NULL DEFAULT 'z'",
             (Ty::Int, false, _) => not_null,
         };
-        cols.push(format!("{} {}{not_null}", q(kind, &column(i)), sql_type(kind, *ty, false)));
+        cols.push(format!(
+            "{} {}{not_null}",
+            q(kind, &column(i)),
+            sql_type(kind, *ty, false)
+        ));
     }
-    let key = if c.composite { "PRIMARY KEY (id, k2)" } else { "PRIMARY KEY (id)" };
+    let key = if c.composite {
+        "PRIMARY KEY (id, k2)"
+    } else {
+        "PRIMARY KEY (id)"
+    };
     let mut ddl = Vec::new();
     for table in [&t, &m] {
         ddl.push(format!("CREATE TABLE {table} ({}, {key})", cols.join(", ")));
@@ -97,7 +140,15 @@ fn build(kind: Kind, c: &Case, n: usize) -> Built {
     let mut names: Vec<String> = vec!["id".into(), "qty".into(), "tag".into()];
     let mut values = Vec::new();
     for r in 1..=ROWS {
-        let mut v = vec![r.to_string(), (r * 3 % 100).to_string(), if r % 4 == 0 { "NULL".into() } else { (r % 7).to_string() }];
+        let mut v = vec![
+            r.to_string(),
+            (r * 3 % 100).to_string(),
+            if r % 4 == 0 {
+                "NULL".into()
+            } else {
+                (r % 7).to_string()
+            },
+        ];
         for (i, (ty, nullable)) in c.extras.iter().enumerate() {
             let null = *nullable && (r + i as i64) % 5 == 0;
             v.push(match (null, ty) {
@@ -112,14 +163,25 @@ fn build(kind: Kind, c: &Case, n: usize) -> Built {
         names.push(q(kind, &column(i)));
     }
     for table in [&t, &m] {
-        ddl.push(format!("INSERT INTO {table} ({}) VALUES {}", names.join(", "), values.join(", ")));
+        ddl.push(format!(
+            "INSERT INTO {table} ({}) VALUES {}",
+            names.join(", "),
+            values.join(", ")
+        ));
     }
 
     let mut changes = Vec::new();
     let mut used = vec![false; c.extras.len()];
-    let mut carried: Vec<(String, String)> = (0..c.extras.len()).map(|i| (column(i), column(i))).collect();
+    let mut carried: Vec<(String, String)> = (0..c.extras.len())
+        .map(|i| (column(i), column(i)))
+        .collect();
     for (j, op) in c.ops.iter().enumerate() {
-        let Some(i) = (0..c.extras.len()).map(|k| (j + k) % c.extras.len()).find(|k| !used[*k]) else { break };
+        let Some(i) = (0..c.extras.len())
+            .map(|k| (j + k) % c.extras.len())
+            .find(|k| !used[*k])
+        else {
+            break;
+        };
         used[i] = true;
         let (ty, _) = c.extras[i];
         let col = column(i);
@@ -128,8 +190,17 @@ fn build(kind: Kind, c: &Case, n: usize) -> Built {
         let json = |v: &str| serde_json::to_string(v).expect("json");
         match op {
             Op::Add => changes.push(match ty {
-                Ty::Int => format!("{{\"add_column\": {{\"name\": {}, \"type\": \"BIGINT\", \"from\": {}}}}}", json(&fresh), json(&format!("{qc} + 1"))),
-                Ty::Text => format!("{{\"add_column\": {{\"name\": {}, \"type\": {}, \"from\": {}}}}}", json(&fresh), json(sql_type(kind, Ty::Text, false)), json(&qc)),
+                Ty::Int => format!(
+                    "{{\"add_column\": {{\"name\": {}, \"type\": \"BIGINT\", \"from\": {}}}}}",
+                    json(&fresh),
+                    json(&format!("{qc} + 1"))
+                ),
+                Ty::Text => format!(
+                    "{{\"add_column\": {{\"name\": {}, \"type\": {}, \"from\": {}}}}}",
+                    json(&fresh),
+                    json(sql_type(kind, Ty::Text, false)),
+                    json(&qc)
+                ),
             }),
             Op::Replace => {
                 let qf = q(kind, &fresh);
@@ -137,17 +208,32 @@ fn build(kind: Kind, c: &Case, n: usize) -> Built {
                     Ty::Int => (format!("{qc} + 1"), format!("{qf} - 1")),
                     Ty::Text => (qc.clone(), qf.clone()),
                 };
+                // The replacement keeps the old column's NULL-ability, and a default whose
+                // reverse is the old default, so rows the writer adds after cutover copy back.
+                let not_null = match (ty, c.extras[i].1) {
+                    (_, true) => String::new(),
+                    (Ty::Int, false) => ", \"nullable\": false, \"default\": \"1\"".into(),
+                    (Ty::Text, false) => ", \"nullable\": false, \"default\": \"'z'\"".into(),
+                };
                 changes.push(format!(
-                    "{{\"add_column\": {{\"name\": {}, \"type\": {}, \"from\": {}}}}}",
+                    "{{\"add_column\": {{\"name\": {}, \"type\": {}, \"from\": {}{not_null}}}}}",
                     json(&fresh),
                     json(sql_type(kind, ty, true)),
                     json(&from)
                 ));
-                changes.push(format!("{{\"drop_column\": {{\"name\": {}, \"reverse\": {}}}}}", json(&col), json(&back)));
+                changes.push(format!(
+                    "{{\"drop_column\": {{\"name\": {}, \"reverse\": {}}}}}",
+                    json(&col),
+                    json(&back)
+                ));
                 carried.retain(|(old, _)| old != &col);
             }
             Op::Rename => {
-                changes.push(format!("{{\"rename_column\": {{\"from\": {}, \"to\": {}}}}}", json(&col), json(&fresh)));
+                changes.push(format!(
+                    "{{\"rename_column\": {{\"from\": {}, \"to\": {}}}}}",
+                    json(&col),
+                    json(&fresh)
+                ));
                 for (old, new) in carried.iter_mut() {
                     if old == &col {
                         *new = fresh.clone();
@@ -156,13 +242,27 @@ fn build(kind: Kind, c: &Case, n: usize) -> Built {
             }
             Op::Alter => {
                 let change = match ty {
-                    Ty::Int => format!("{{\"alter_column\": {{\"name\": {}, \"type\": \"BIGINT\", \"using\": {}, \"reverse\": {}}}}}", json(&col), json(&format!("{qc} * 2")), json(&format!("{qc} / 2"))),
-                    Ty::Text => format!("{{\"alter_column\": {{\"name\": {}, \"using\": {}, \"reverse\": {}}}}}", json(&col), json(&format!("upper({qc})")), json(&format!("lower({qc})"))),
+                    Ty::Int => format!(
+                        "{{\"alter_column\": {{\"name\": {}, \"type\": \"BIGINT\", \"using\": {}, \"reverse\": {}}}}}",
+                        json(&col),
+                        json(&format!("{qc} * 2")),
+                        json(&format!("{qc} / 2"))
+                    ),
+                    Ty::Text => format!(
+                        "{{\"alter_column\": {{\"name\": {}, \"using\": {}, \"reverse\": {}}}}}",
+                        json(&col),
+                        json(&format!("upper({qc})")),
+                        json(&format!("lower({qc})"))
+                    ),
                 };
                 changes.push(change);
                 carried.retain(|(old, _)| old != &col);
             }
-            Op::Index => changes.push(format!("{{\"add_index\": {{\"name\": {}, \"columns\": [{}]}}}}", json(&format!("ix{n} {j}")), json(&col))),
+            Op::Index => changes.push(format!(
+                "{{\"add_index\": {{\"name\": {}, \"columns\": [{}]}}}}",
+                json(&format!("ix{n} {j}")),
+                json(&col)
+            )),
         }
     }
     let plan = format!(
@@ -185,7 +285,11 @@ async fn same_rows(db: &TestDb, t: &str, m: &str, cols: &[(String, String)]) -> 
     let mirror = db.rows(&format!("SELECT {}", pick(m, true))).await;
     if live != mirror {
         let at = live.iter().zip(&mirror).position(|(a, b)| a != b);
-        return Err(format!("{t} differs from {m}: {} vs {} rows, first at {at:?}", live.len(), mirror.len()));
+        return Err(format!(
+            "{t} differs from {m}: {} vs {} rows, first at {at:?}",
+            live.len(),
+            mirror.len()
+        ));
     }
     Ok(())
 }
@@ -195,12 +299,22 @@ fn turnout_ok(db: &TestDb, args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("turnout {args:?}: {}{}", stdout(&out), stderr(&out)))
+        Err(format!(
+            "turnout {args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        ))
     }
 }
 
 async fn run_case(db: &TestDb, c: &Case, n: usize) -> Result<(), String> {
-    const PHASES: [&str; 5] = ["prepared", "dual_writing", "backfilled", "verified", "cut_over"];
+    const PHASES: [&str; 5] = [
+        "prepared",
+        "dual_writing",
+        "backfilled",
+        "verified",
+        "cut_over",
+    ];
     for rollback in [false, true] {
         let n = n * 2 + usize::from(rollback);
         let b = build(db.kind, c, n);
@@ -213,7 +327,10 @@ async fn run_case(db: &TestDb, c: &Case, n: usize) -> Result<(), String> {
         let writer = Writer::start(db.pool.clone(), &t, &m, ROWS, n as u64 + 1);
         writer.wait_for(3).await;
         let outcome = if rollback {
-            let r = turnout_ok(db, &["run", path, "--until", PHASES[c.rollback_at], "--yes"]);
+            let r = turnout_ok(
+                db,
+                &["run", path, "--until", PHASES[c.rollback_at], "--yes"],
+            );
             writer.wait_for(3).await;
             r.and_then(|_| turnout_ok(db, &["rollback", path]))
         } else {
@@ -228,35 +345,51 @@ async fn run_case(db: &TestDb, c: &Case, n: usize) -> Result<(), String> {
         // After a rollback every old column must be back exactly; after done, every
         // carried column (and the writer's) — the computed ones were verified in the database.
         let cols: Vec<(String, String)> = if rollback {
-            (0..c.extras.len()).map(|i| (column(i), column(i))).collect()
+            (0..c.extras.len())
+                .map(|i| (column(i), column(i)))
+                .collect()
         } else {
             b.carried.clone()
         };
-        same_rows(db, &t, &m, &cols).await.map_err(|e| format!("{e}\nplan: {}", b.plan))?;
+        same_rows(db, &t, &m, &cols)
+            .await
+            .map_err(|e| format!("{e}\nplan: {}", b.plan))?;
     }
     Ok(())
 }
 
 pub fn random_plans_keep_every_write(kind: Kind) {
-    let cases: u32 = std::env::var("TURNOUT_RANDOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cases: u32 = std::env::var("TURNOUT_RANDOM_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let db = rt.block_on(TestDb::new(kind));
     let counter = std::sync::atomic::AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 50,
         source_file: Some(file!()),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel("proptest-regressions"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
         ..Config::default()
     });
     let result = runner.run(&case(), |c| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        rt.block_on(run_case(&db, &c, n)).map_err(TestCaseError::fail)
+        rt.block_on(run_case(&db, &c, n))
+            .map_err(TestCaseError::fail)
     });
     let ran = counter.load(std::sync::atomic::Ordering::Relaxed);
     rt.block_on(db.drop());
     if let Err(e) = result {
         panic!("{kind:?}: {e}");
     }
-    println!("{kind:?}: {ran} random plans, each run to done and to a phase then rolled back, all exact");
+    println!(
+        "{kind:?}: {ran} random plans, each run to done and to a phase then rolled back, all exact"
+    );
 }
