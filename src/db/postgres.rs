@@ -1096,7 +1096,14 @@ impl Postgres {
 
     /// Runs `body` in a transaction whose locks wait at most [`DDL_LOCK_TIMEOUT`], retrying
     /// a lock timeout or a deadlock so a busy table delays the step instead of failing it.
-    async fn ddl_txn(&self, context: &str, stmts: &[String], save: &StateRow) -> Result<()> {
+    /// `fault` names the crash point visited inside the transaction (fault-injection tests).
+    async fn ddl_txn(
+        &self,
+        context: &str,
+        stmts: &[String],
+        save: &StateRow,
+        fault: Option<&str>,
+    ) -> Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1109,6 +1116,9 @@ impl Postgres {
                 .execute(&mut *tx)
                 .await?;
                 run_all(&mut tx, stmts).await?;
+                if let Some(point) = fault {
+                    crate::fault::point(point);
+                }
                 sqlx::query(sql(save_sql(&self.home)))
                     .bind(&save.name)
                     .bind(&save.plan_hash)
@@ -1873,6 +1883,7 @@ impl Backend for Postgres {
             &format!("prepare: creating {}", m.shadow),
             &g.create_shadow(),
             save,
+            None,
         )
         .await
     }
@@ -1883,6 +1894,7 @@ impl Backend for Postgres {
             &format!("dual-write: creating the triggers on {}", m.table),
             &g.dual_write(&g.forward()),
             save,
+            None,
         )
         .await
     }
@@ -1936,6 +1948,7 @@ impl Backend for Postgres {
                 let done = BatchDone {
                     rows: 0,
                     last: None,
+                    rest: Duration::ZERO,
                 };
                 save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
                 tx.commit().await.map_err(ctx)?;
@@ -1971,6 +1984,8 @@ impl Backend for Postgres {
             let done = BatchDone {
                 rows: rows.max(0) as u64,
                 last: Some(last_cursor),
+                // Row locks, not a single writer: the application never waits for a rest.
+                rest: Duration::ZERO,
             };
             save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
             tx.commit().await.map_err(ctx)?;
@@ -2129,6 +2144,7 @@ impl Backend for Postgres {
             &format!("cleanup of {}", m.table),
             &g.cleanup(keep_old),
             save,
+            Some("cleanup.inside"),
         )
         .await
     }
