@@ -396,7 +396,10 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             let db = Database::connect(database_url(&cli.database_url)?).await?;
             let states = with_backend!(&db, b => engine::status(b, name.as_deref()).await)?;
             if *json {
-                let out: Vec<_> = states.iter().map(|e| status_json(&e.state, &e.failures)).collect();
+                let out: Vec<_> = states
+                    .iter()
+                    .map(|e| status_json(&e.state, &e.failures))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             } else if states.is_empty() {
                 println!(
@@ -465,6 +468,13 @@ fn status_text(st: &State, failures: &[String]) -> String {
             if passed { "passed" } else { "FAILED" },
             st.verify.rows_checked,
             st.verify.mismatches
+        ));
+    }
+    if !failures.is_empty() {
+        out.push_str(&format!(
+            "\n  {} application writes the triggers could not map (cutover is refused until the plan is fixed): {}",
+            failures.len(),
+            failures.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
         ));
     }
     out.push_str(&format!(

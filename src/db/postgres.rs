@@ -1521,6 +1521,21 @@ impl Backend for Postgres {
         })
     }
 
+    async fn keep_lock(&self, migration: &str) -> Result<()> {
+        {
+            let mut guard = self.lock_conn.lock().await;
+            if let Some(conn) = &mut *guard {
+                // A session lock lives as long as its session: a live session still holds it.
+                if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            *guard = None;
+        }
+        tracing::warn!("the migration lock's session was lost; taking the lock again");
+        self.lock(migration).await
+    }
+
     async fn unlock(&self, migration: &str) -> Result<()> {
         let mut guard = self.lock_conn.lock().await;
         if let Some(conn) = &mut *guard {

@@ -658,7 +658,10 @@ pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<StatusE
     let mut out = Vec::new();
     for row in &rows {
         let state = State::from_row(row)?;
-        let live = matches!(state.phase, Phase::DualWriting | Phase::Backfilled | Phase::Verified | Phase::CutOver);
+        let live = matches!(
+            state.phase,
+            Phase::DualWriting | Phase::Backfilled | Phase::Verified | Phase::CutOver
+        );
         let failures = match (&state.migration, live) {
             (Some(m), true) => b.trigger_failures(m).await?,
             _ => Vec::new(),

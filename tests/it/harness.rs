@@ -13,7 +13,6 @@ pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
 pub enum Kind {
     Sqlite,
     Postgres,

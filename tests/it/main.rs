@@ -102,6 +102,7 @@ macro_rules! scenarios {
 
 scenarios!(sqlite, Kind::Sqlite);
 scenarios!(mysql, Kind::MySql);
+scenarios!(postgres, Kind::Postgres);
 
 #[test]
 fn wrong_urls_and_servers_that_are_down_exit_3_without_the_password() {
@@ -131,4 +132,14 @@ async fn mysql_example_plans_pass_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_lost_connections_are_survived() {
     connections::lost_connections_are_survived(harness::Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_example_plans_pass_check() {
+    examples::example_plans_pass_check(harness::Kind::Postgres, "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lost_connections_are_survived() {
+    connections::lost_connections_are_survived(harness::Kind::Postgres).await;
 }
