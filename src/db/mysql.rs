@@ -1390,7 +1390,9 @@ impl Backend for MySql {
             .as_mut()
             .ok_or_else(|| Error::State("lock connection vanished".into()))?;
         let name = lock_name(migration);
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+        // A short wait, not zero: a turnout killed a moment ago still holds the lock
+        // until the server notices its connection is gone.
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 2)")
             .bind(&name)
             .fetch_one(&mut *conn)
             .await

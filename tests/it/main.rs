@@ -143,3 +143,13 @@ async fn postgres_example_plans_pass_check() {
 async fn postgres_lost_connections_are_survived() {
     connections::lost_connections_are_survived(harness::Kind::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hostile_names_and_types() {
+    names::hostile_names_migrate_and_roll_back(harness::Kind::Postgres, names::postgres()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_hostile_names_and_types() {
+    names::hostile_names_migrate_and_roll_back(harness::Kind::MySql, names::mysql()).await;
+}
