@@ -2,7 +2,7 @@
 //! writer inserts, updates (primary keys too) and deletes; then resume, or rollback for
 //! the points inside rollback, must end with the table equal to the writer's mirror.
 
-use crate::harness::{Kind, TestDb, Writer, stderr, stdout};
+use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 use crate::scenarios::{SEED_ROWS, compare_with_mirror, plan, seed};
 
 /// Points on the forward path; `@n` crashes at the n-th visit.
@@ -29,16 +29,6 @@ pub const FORWARD: &[&str] = &[
 
 /// Points inside rollback, each tried from before and after cutover.
 pub const ROLLBACK: &[&str] = &["rollback.before", "rollback.inside", "rollback.after"];
-
-fn ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-}
 
 fn crashed(out: &std::process::Output, point: &str) {
     assert!(

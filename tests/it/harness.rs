@@ -395,3 +395,14 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Asserts a turnout run succeeded, showing its output when it did not.
+pub fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}

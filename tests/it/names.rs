@@ -2,7 +2,7 @@
 //! hold spaces, quotes, reserved words, mixed case and non-ASCII, with a composite key,
 //! NULLs and the database's awkward types, migrated to done and rolled back after cutover.
 
-use crate::harness::{Kind, TestDb, stderr, stdout};
+use crate::harness::{Kind, TestDb, ok};
 
 pub struct Case {
     /// Creates the hostile table and fills it, plus a `snap` copy of it.
@@ -47,16 +47,6 @@ backfill: {batch_size: 64}
         original: format!(r#"SELECT {typed} FROM {t} ORDER BY "Key Part", "select""#),
         snapshot: format!(r#"SELECT {typed} FROM snap ORDER BY "Key Part", "select""#),
     }
-}
-
-fn ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
 }
 
 pub async fn hostile_names_migrate_and_roll_back(kind: Kind, case: Case) {

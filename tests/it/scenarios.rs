@@ -2,7 +2,7 @@
 //! `scenarios!` macro in main.rs: a migration under a concurrent writer, SIGKILL and
 //! resume, rollback from every phase, a second turnout refused, an edited plan refused.
 
-use crate::harness::{Kind, TestDb, Writer, stderr, stdout};
+use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 
 pub const SEED_ROWS: i64 = 2000;
 
@@ -162,16 +162,6 @@ async fn turnout_tables(db: &TestDb) -> Vec<String> {
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
         .collect()
-}
-
-fn ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
 }
 
 async fn status_json(db: &TestDb, plan: &str) -> serde_json::Value {
