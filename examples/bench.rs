@@ -143,7 +143,8 @@ fn shape(kind: &str, rows: u64) -> Shape {
                 .collect(),
             copy_table: "CREATE TABLE bench_copy (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id BIGINT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(64), created_at DATETIME(6) NOT NULL, KEY bench_copy_customer (customer_id), KEY bench_copy_created (created_at)) ENGINE=InnoDB".into(),
             copy: "INSERT INTO bench_copy SELECT id, customer_id, amount_cents, status, note, created_at FROM bench".into(),
-            plan_changes: "  - alter_column: {name: customer_id, type: BIGINT}\n  - add_index: {name: bench_created, columns: [created_at]}\n",
+            // Batches of 0.5 s, as pt-online-schema-change's default --chunk-time.
+            plan_changes: "  - alter_column: {name: customer_id, type: BIGINT}\n  - add_index: {name: bench_created, columns: [created_at]}\nbackfill:\n  target_batch_time: 500ms\n",
             pt_alter: "MODIFY customer_id BIGINT NOT NULL, ADD KEY bench_created (created_at)",
         },
         _ => Shape {
@@ -317,6 +318,21 @@ async fn bench(kind: &str, rows: u64, pt_osc: bool) {
     );
 
     if pt_osc && kind == "mysql" {
+        let have = Command::new("sh")
+            .args(["-c", "command -v pt-online-schema-change"])
+            .output()
+            .map(|o| o.status.success());
+        if have.ok() != Some(true) {
+            println!("installing percona-toolkit for pt-online-schema-change");
+            let _ = Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "--no-install-recommends",
+                    "percona-toolkit",
+                ])
+                .status();
+        }
         let db = open(kind).await;
         run_all(&db.pool, &s.create).await;
         for f in &s.fill {
