@@ -57,6 +57,12 @@ pub enum Error {
     #[error("cannot reach the database: {0}")]
     Unreachable(String),
 
+    /// The database refused for lack of privileges. Exit 3.
+    #[error(
+        "the database refused {context}: {message}\nThe user in the database URL lacks a privilege turnout needs (see the README's security section)"
+    )]
+    Denied { context: String, message: String },
+
     /// Another turnout holds this migration's lock. Exit 3.
     #[error(
         "migration {name:?} is being run by another turnout ({holder}); wait for it to finish, or stop it, then run `turnout resume`"
@@ -136,6 +142,7 @@ impl Error {
             | Error::Refused { .. }
             | Error::PlanChanged { .. } => 2,
             Error::Unreachable(_)
+            | Error::Denied { .. }
             | Error::LockHeld { .. }
             | Error::LockTimeout { .. }
             | Error::ConnectionLost { .. } => 3,
@@ -156,6 +163,13 @@ impl Error {
                 message: source.to_string(),
                 plan: "PLAN".into(),
             };
+        }
+        if is_privilege_error(&source) {
+            let message = match &source {
+                sqlx::Error::Database(d) => d.message().to_string(),
+                other => other.to_string(),
+            };
+            return Error::Denied { context, message };
         }
         Error::Database { context, source }
     }
@@ -190,6 +204,24 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Errors that mean "not allowed": PostgreSQL insufficient_privilege (42501); MySQL
+/// access denied (1044, 1045, 1142, 1143, 1227, 1370); SQLite read-only database (8).
+pub fn is_privilege_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1044 | 1045 | 1142 | 1143 | 1227 | 1370);
+    }
+    if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return matches!(
+            d.code().as_deref(),
+            Some("8" | "264" | "520" | "776" | "1032")
+        );
+    }
+    d.code().as_deref() == Some("42501")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

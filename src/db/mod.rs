@@ -255,6 +255,50 @@ pub fn render_source(
 mod tests {
     use super::redact;
 
+    const HOSTILE: &[&str] = &[
+        "a\"b",
+        "a`b",
+        "x; DROP TABLE t; --",
+        "/* c */",
+        "it's",
+        "\"\"",
+        "``",
+        "名前 😀",
+        "-- x",
+    ];
+
+    /// Undoes one dialect's quoting: what the database would read as the name.
+    fn unquote(quoted: &str, q: char) -> Option<String> {
+        let inner = quoted.strip_prefix(q)?.strip_suffix(q)?;
+        let doubled = format!("{q}{q}");
+        // Every quote inside must come doubled, or the name would end early.
+        if inner.replace(&doubled, "").contains(q) {
+            return None;
+        }
+        Some(inner.replace(&doubled, &q.to_string()))
+    }
+
+    #[test]
+    fn each_dialect_quotes_every_hostile_name_into_exactly_that_name() {
+        for name in HOSTILE {
+            assert_eq!(
+                unquote(&super::postgres::quote(name), '"').as_deref(),
+                Some(*name),
+                "postgres {name}"
+            );
+            assert_eq!(
+                unquote(&super::sqlite::quote(name), '"').as_deref(),
+                Some(*name),
+                "sqlite {name}"
+            );
+            assert_eq!(
+                unquote(&super::mysql::quote(name), '`').as_deref(),
+                Some(*name),
+                "mysql {name}"
+            );
+        }
+    }
+
     #[test]
     fn redact_hides_the_password_only() {
         assert_eq!(

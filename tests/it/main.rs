@@ -9,6 +9,7 @@ mod harness;
 mod names;
 mod random_plans;
 mod scenarios;
+mod security;
 
 /// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
 macro_rules! scenarios {
@@ -152,4 +153,19 @@ async fn postgres_hostile_names_and_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_hostile_names_and_types() {
     names::hostile_names_migrate_and_roll_back(harness::Kind::MySql, names::mysql()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_user_without_privileges_is_refused_with_exit_3() {
+    security::a_user_without_privileges_is_refused_with_exit_3(harness::Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_user_without_privileges_is_refused_with_exit_3() {
+    security::a_user_without_privileges_is_refused_with_exit_3(harness::Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_password_never_reaches_any_output() {
+    security::the_password_never_reaches_any_output(harness::Kind::Postgres).await;
 }
