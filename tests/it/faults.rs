@@ -27,8 +27,24 @@ pub const FORWARD: &[&str] = &[
     "phase.cleanup.after",
 ];
 
+/// Points only one database has, between the steps of its own cutover and rollback.
+fn specific(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::MySql => &["mysql.cutover.before_swap", "mysql.cutover.after_swap"],
+        _ => &[],
+    }
+}
+
 /// Points inside rollback, each tried from before and after cutover.
 pub const ROLLBACK: &[&str] = &["rollback.before", "rollback.inside", "rollback.after"];
+
+/// Rollback points only one database has, reached from after cutover.
+fn specific_rollback(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::MySql => &["mysql.rollback.after_swap_back"],
+        _ => &[],
+    }
+}
 
 fn crashed(out: &std::process::Output, point: &str) {
     assert!(
@@ -41,7 +57,7 @@ fn crashed(out: &std::process::Output, point: &str) {
 
 pub async fn every_fault_point_is_survived(kind: Kind) {
     let mut survived = 0;
-    for point in FORWARD {
+    for point in FORWARD.iter().chain(specific(kind)) {
         let db = TestDb::new(kind).await;
         seed(&db).await;
         let path = db.plan_file("plan.yaml", &plan(kind, "items-fault", 400));
@@ -60,8 +76,12 @@ pub async fn every_fault_point_is_survived(kind: Kind) {
         survived += 1;
         db.drop().await;
     }
-    for point in ROLLBACK {
-        for until in ["backfilled", "cut_over"] {
+    let rollback_cases = ROLLBACK
+        .iter()
+        .flat_map(|p| [(*p, "backfilled"), (*p, "cut_over")])
+        .chain(specific_rollback(kind).iter().map(|p| (*p, "cut_over")));
+    for (point, until) in rollback_cases {
+        {
             let db = TestDb::new(kind).await;
             seed(&db).await;
             let path = db.plan_file("plan.yaml", &plan(kind, "items-fault-rb", 400));
@@ -86,5 +106,8 @@ pub async fn every_fault_point_is_survived(kind: Kind) {
         }
     }
     println!("{kind:?}: survived {survived} fault points with exact equality");
-    assert_eq!(survived, FORWARD.len() + 2 * ROLLBACK.len());
+    assert_eq!(
+        survived,
+        FORWARD.len() + specific(kind).len() + 2 * ROLLBACK.len() + specific_rollback(kind).len()
+    );
 }
