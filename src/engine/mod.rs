@@ -115,6 +115,12 @@ async fn load_or_start<B: Backend>(b: &B, plan: &Plan) -> Result<State> {
     match b.load_state(&plan.file.name).await? {
         Some(row) => {
             let st = State::from_row(&row)?;
+            if st.plan_hash != plan.hash && st.phase == Phase::Done {
+                return Err(Error::Usage(format!(
+                    "migration {:?} already finished with another plan; give this plan a new `name` to run it as a new migration",
+                    st.name
+                )));
+            }
             if st.plan_hash != plan.hash && st.phase != Phase::RolledBack {
                 return Err(Error::PlanChanged {
                     name: st.name.clone(),

@@ -88,6 +88,11 @@ macro_rules! scenarios {
                 s::ctrl_c_stops_after_the_batch_and_resumes($kind).await;
             }
 
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn step_runs_one_phase_at_a_time() {
+                s::step_runs_one_phase_at_a_time($kind).await;
+            }
+
             #[test]
             fn random_plans_keep_every_write() {
                 crate::random_plans::random_plans_keep_every_write($kind);

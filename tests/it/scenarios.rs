@@ -465,3 +465,30 @@ pub async fn ctrl_c_stops_after_the_batch_and_resumes(kind: Kind) {
     compare_with_mirror(&db, true).await;
     db.drop().await;
 }
+
+/// `turnout step` runs exactly one phase at a time, in the contract's order.
+pub async fn step_runs_one_phase_at_a_time(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-step", 500));
+    let path = path.to_str().expect("utf-8");
+    for phase in [
+        "prepared",
+        "dual_writing",
+        "backfilled",
+        "verified",
+        "cut_over",
+        "done",
+    ] {
+        ok(&db.turnout(&["step", path, "--yes"], None), phase);
+        assert_eq!(status_json(&db, path).await["phase"], phase);
+    }
+    let again = db.turnout(&["rollback", path], None);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "rollback after done must be refused"
+    );
+    assert!(stderr(&again).contains("is done"), "{}", stderr(&again));
+    db.drop().await;
+}
