@@ -578,6 +578,23 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
 
 async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
     let m = st.migration()?.clone();
+    // Cutover checked there were none; a forward failure now happened in the moment
+    // between that check and the swap, and its row is missing from the new table.
+    // Cleanup would make that final: the old table still has it, so roll back instead.
+    let late: Vec<String> = b
+        .trigger_failures(&m)
+        .await?
+        .into_iter()
+        .filter(|f| f.starts_with("forward"))
+        .collect();
+    if !late.is_empty() {
+        return Err(Error::State(format!(
+            "{} writes made just before cutover could not be mapped ({}); the new table lacks them, the old one has them. Cleanup is refused: run `turnout rollback {}`",
+            late.len(),
+            late.join("; "),
+            s.plan.path
+        )));
+    }
     let keep = s.plan.file.cleanup.keep_old_table;
     let what = if keep {
         format!("reverse triggers dropped; {} kept", m.old)
