@@ -102,9 +102,13 @@ pub enum Error {
 
     /// Verification found differences. Exit 1.
     #[error(
-        "verification found {mismatches} differing rows between {table} and its shadow; cutover is refused"
+        "verification found {mismatches} differing rows between {table} and its shadow; cutover is refused{details}"
     )]
-    VerifyFailed { table: String, mismatches: u64 },
+    VerifyFailed {
+        table: String,
+        mismatches: u64,
+        details: String,
+    },
 
     /// A phase failed in the database. Exit 1.
     #[error("{context}: {source}")]

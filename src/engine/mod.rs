@@ -447,14 +447,50 @@ pub fn render_diff(d: &RowDiff) -> String {
     out
 }
 
+/// The failures the triggers recorded, as the tail of a verification message.
+fn failure_details(failures: &[String]) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    format!(
+        ".\n{} application writes could not be mapped (dual_write.on_error: record): {}\nRoll back, fix the plan's expressions (or the rows), and start again",
+        failures.len(),
+        failures
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+/// Compares, and when the comparison itself fails on a row the triggers recorded as
+/// unmappable, reports that as the verification's finding rather than a crash.
+async fn compare_or_failures<B: Backend>(
+    b: &B,
+    s: &Session<'_>,
+    st: &State,
+) -> Result<(VerifyReport, Vec<String>)> {
+    match compare(b, s, st).await {
+        Ok(report) => Ok((report, b.trigger_failures(st.migration()?).await?)),
+        Err(e @ (Error::Database { .. } | Error::Data { .. })) => {
+            let failures = b.trigger_failures(st.migration()?).await?;
+            if failures.is_empty() {
+                return Err(e);
+            }
+            Ok((VerifyReport::default(), failures))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
     if s.plan.file.verify.mode == VerifyMode::Off {
         let next = st.entered(Phase::Verified, "verification skipped (verify.mode: off)");
         b.save_state(&next.to_row()).await?;
         return Ok(next);
     }
-    let report = compare(b, s, &st).await?;
-    let failures = b.trigger_failures(st.migration()?).await?;
+    let (report, failures) = compare_or_failures(b, s, &st).await?;
     st.verify = state::VerifyProgress {
         rows_checked: report.rows,
         chunks: report.chunks,
@@ -476,6 +512,7 @@ async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Resul
         return Err(Error::VerifyFailed {
             table: st.migration()?.table.clone(),
             mismatches: st.verify.mismatches,
+            details: failure_details(&failures),
         });
     }
     let sampled = if report.chunks_skipped > 0 {
@@ -504,12 +541,12 @@ pub async fn verify_only<B: Backend>(b: &B, s: &Session<'_>) -> Result<VerifyRep
                 st.name, st.phase
             )));
         }
-        let report = compare(b, s, &st).await?;
-        let failures = b.trigger_failures(st.migration()?).await?;
+        let (report, failures) = compare_or_failures(b, s, &st).await?;
         if !report.diffs.is_empty() || !failures.is_empty() {
             return Err(Error::VerifyFailed {
                 table: st.migration()?.table.clone(),
                 mismatches: (report.diffs.len() + failures.len()) as u64,
+                details: failure_details(&failures),
             });
         }
         Ok(report)

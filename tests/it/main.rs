@@ -174,3 +174,13 @@ async fn mysql_a_user_without_privileges_is_refused_with_exit_3() {
 async fn postgres_the_password_never_reaches_any_output() {
     security::the_password_never_reaches_any_output(harness::Kind::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failing_mapping_is_recorded_or_rejected() {
+    scenarios::a_failing_mapping_is_recorded_or_rejected(harness::Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_failing_mapping_is_recorded_or_rejected() {
+    scenarios::a_failing_mapping_is_recorded_or_rejected(harness::Kind::MySql).await;
+}

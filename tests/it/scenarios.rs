@@ -492,3 +492,99 @@ pub async fn step_runs_one_phase_at_a_time(kind: Kind) {
     assert!(stderr(&again).contains("is done"), "{}", stderr(&again));
     db.drop().await;
 }
+
+/// A mapping that fails for a row the application writes: `record` keeps the write and
+/// reports it (verify and cutover refuse, rollback restores); `reject` fails the write.
+pub async fn a_failing_mapping_is_recorded_or_rejected(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let yaml = |on_error: &str| {
+        format!(
+            "version: 1\nname: items-{on_error}\ntable: items\nchanges:\n  - add_column: {{name: x, type: BIGINT, from: 'CASE WHEN id > 4000 THEN qty / 0 ELSE qty END'}}\ndual_write: {{on_error: {on_error}}}\n"
+        )
+    };
+    let record = db.plan_file("record.yaml", &yaml("record"));
+    let record = record.to_str().expect("utf-8");
+    ok(
+        &db.turnout(&["run", record, "--until", "dual_writing", "--yes"], None),
+        "dual-write",
+    );
+    db.exec("INSERT INTO items (id, qty) VALUES (5000, 7)")
+        .await;
+    let st = status_json(&db, record).await;
+    assert_eq!(
+        st["trigger_failures"].as_array().map(Vec::len),
+        Some(1),
+        "{st}"
+    );
+    // The backfill reaches the same row and stops there, naming it.
+    let run = db.turnout(&["run", record, "--yes"], None);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "the migration must stop:\n{}{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(stderr(&run).contains("5000"), "{}", stderr(&run));
+    ok(&db.turnout(&["rollback", record], None), "rollback");
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT {} FROM items WHERE id = 5000",
+            db.text("qty")
+        ))
+        .await,
+        vec![vec![Some("7".to_string())]]
+    );
+
+    // After the backfill: an update the mapping cannot store is kept and recorded, its
+    // shadow row is left out, and verify fails naming it.
+    let late = db.plan_file(
+        "late.yaml",
+        "version: 1\nname: items-late\ntable: items\nchanges:\n  - add_column: {name: x, type: BIGINT, from: 'CASE WHEN qty = 4242 THEN qty / 0 ELSE qty END'}\n",
+    );
+    let late = late.to_str().expect("utf-8");
+    ok(
+        &db.turnout(&["run", late, "--until", "backfilled", "--yes"], None),
+        "backfill",
+    );
+    db.exec("UPDATE items SET qty = 4242 WHERE id = 17").await;
+    let verify = db.turnout(&["run", late, "--yes"], None);
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+    assert!(
+        stdout(&verify).contains("row with key [17]") || stderr(&verify).contains("17"),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+    assert_eq!(status_json(&db, late).await["phase"], "backfilled");
+    ok(&db.turnout(&["rollback", late], None), "rollback");
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT {} FROM items WHERE id = 17",
+            db.text("qty")
+        ))
+        .await,
+        vec![vec![Some("4242".to_string())]]
+    );
+
+    let reject = db.plan_file("reject.yaml", &yaml("reject"));
+    let reject = reject.to_str().expect("utf-8");
+    ok(
+        &db.turnout(&["run", reject, "--until", "dual_writing", "--yes"], None),
+        "dual-write",
+    );
+    let refused = db
+        .pool
+        .exec("INSERT INTO items (id, qty) VALUES (5001, 7)", &[])
+        .await;
+    assert!(refused.is_err(), "reject must fail the application's write");
+    ok(&db.turnout(&["rollback", reject], None), "rollback");
+    db.drop().await;
+}
