@@ -42,7 +42,8 @@ type Conn = PoolConnection<sqlx::MySql>;
 /// Why a backfill batch did not commit: the copy itself (narrowed to a row when it is a
 /// value that does not fit) or anything else.
 enum BatchFail {
-    Copy(Vec<Vec<String>>, sqlx::Error),
+    /// The copy up to this last key failed.
+    Copy(Vec<String>, sqlx::Error),
     Other(Error),
 }
 
@@ -747,6 +748,19 @@ impl<'a> Gen<'a> {
     /// the shadow was written by a trigger and is newer: keep it. A clash on another
     /// unique index is not that, and setting the key to NULL turns it into an error
     /// instead of a silently skipped row (INSERT IGNORE would also swallow truncation).
+    /// The key `limit` rows on, read with a locking read that takes the same next-key
+    /// locks over the batch as reading every key, without shipping them.
+    fn batch_last_key(&self, after: Option<&[String]>, limit: u64) -> Bound {
+        let mut b = self.batch_keys(after, 1);
+        b.sql = b.sql.replace(
+            " LIMIT 1 LOCK IN SHARE MODE",
+            &format!(
+                " LIMIT 1 OFFSET {} LOCK IN SHARE MODE",
+                limit.saturating_sub(1)
+            ),
+        );
+        b
+    }
     fn batch_insert(&self, after: Option<&[String]>, last: &[String]) -> Bound {
         let cols = self.old_key_cols();
         let mut conds = Vec::new();
@@ -1845,16 +1859,30 @@ impl Backend for MySql {
         self.exec(&mut conn, "START TRANSACTION", "backfill")
             .await?;
         let result: std::result::Result<BatchDone, BatchFail> = async {
-            let keys = Self::rows(&mut conn, &g.batch_keys(after.as_deref(), limit.max(1)))
+            let parse = |rows: Vec<Vec<Option<String>>>| -> Result<Vec<Vec<String>>> {
+                rows.into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .map(|s| parse_key_json(&s))
+                    .collect()
+            };
+            let last_key = Self::rows(&mut conn, &g.batch_last_key(after.as_deref(), limit.max(1)))
                 .await
                 .map_err(|e| BatchFail::Other(Error::db("backfill: reading the next batch", e)))?;
-            let keys: Vec<Vec<String>> = keys
-                .into_iter()
-                .filter_map(|r| r.into_iter().next().flatten())
-                .map(|s| parse_key_json(&s))
-                .collect::<Result<_>>()
-                .map_err(BatchFail::Other)?;
-            let done = match keys.last() {
+            let last_key = parse(last_key).map_err(BatchFail::Other)?;
+            // A full batch: `limit` rows up to that key. The tail: read its keys.
+            let (count, last) = match last_key.into_iter().next() {
+                Some(last) => (limit.max(1), Some(last)),
+                None => {
+                    let keys = Self::rows(&mut conn, &g.batch_keys(after.as_deref(), limit.max(1)))
+                        .await
+                        .map_err(|e| {
+                            BatchFail::Other(Error::db("backfill: reading the next batch", e))
+                        })?;
+                    let keys = parse(keys).map_err(BatchFail::Other)?;
+                    (keys.len() as u64, keys.last().cloned())
+                }
+            };
+            let done = match last {
                 None => BatchDone {
                     rows: 0,
                     last: after.as_ref().map(|a| serde_json::json!(a)),
@@ -1862,12 +1890,12 @@ impl Backend for MySql {
                 },
                 Some(last) => {
                     if let Err(e) =
-                        Self::rows(&mut conn, &g.batch_insert(after.as_deref(), last)).await
+                        Self::rows(&mut conn, &g.batch_insert(after.as_deref(), &last)).await
                     {
-                        return Err(BatchFail::Copy(keys, e));
+                        return Err(BatchFail::Copy(last, e));
                     }
                     BatchDone {
-                        rows: keys.len() as u64,
+                        rows: count,
                         last: Some(serde_json::json!(last)),
                         rest: std::time::Duration::ZERO,
                     }
@@ -1889,7 +1917,16 @@ impl Backend for MySql {
                 // Nothing of the batch may stay: not its rows, not its checkpoint.
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
                 match fail {
-                    BatchFail::Copy(keys, e) if is_data_error(&e) => {
+                    BatchFail::Copy(_last, e) if is_data_error(&e) => {
+                        // Only now are the batch's keys needed, to find the row.
+                        let keys =
+                            Self::rows(&mut conn, &g.batch_keys(after.as_deref(), limit.max(1)))
+                                .await
+                                .map_err(sql_err("backfill: reading the failed batch"))?
+                                .into_iter()
+                                .filter_map(|r| r.into_iter().next().flatten())
+                                .map(|s| parse_key_json(&s))
+                                .collect::<Result<Vec<_>>>()?;
                         Err(self.find_bad_row(&g, &keys, &e).await?)
                     }
                     BatchFail::Copy(_, e) => Err(Error::db("backfill: copying the batch", e)),
