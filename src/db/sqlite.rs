@@ -1325,3 +1325,52 @@ fn is_busy(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Column, Index, TableShape};
+
+    fn migration() -> Migration {
+        let col = |name: &str, t: &str, nullable: bool| Column {
+            name: name.into(),
+            sql_type: t.into(),
+            nullable,
+            default: None,
+            generated: None,
+        };
+        let before = TableShape {
+            columns: vec![
+                col("id", "INTEGER", false),
+                col("amount_cents", "INTEGER", false),
+                col("note", "TEXT", true),
+            ],
+            primary_key: vec!["id".into()],
+            indexes: vec![Index {
+                name: "orders_note".into(),
+                columns: vec!["note".into()],
+                unique: false,
+            }],
+        };
+        let plan = crate::plan::parse(
+            "version: 1\nname: m\ntable: orders\nchanges:\n  - add_column: {name: amount, type: NUMERIC, from: amount_cents / 100.0}\n  - drop_column: {name: amount_cents, reverse: 'CAST(round(amount * 100) AS INTEGER)'}\n  - rename_column: {from: note, to: comment}\n",
+            "p.yaml",
+        )
+        .expect("plan");
+        Migration::derive(&plan, &before).expect("derive")
+    }
+
+    /// The SQL of every phase, reviewed as a snapshot: a change to it is deliberate.
+    #[tokio::test]
+    async fn the_sql_of_every_phase() {
+        let db = Sqlite::connect("sqlite::memory:")
+            .await
+            .expect("in-memory sqlite");
+        let phases = db.preview(&migration());
+        let text: String = phases
+            .iter()
+            .map(|p| format!("-- {}\n{}\n", p.phase, p.statements.join(";\n")))
+            .collect();
+        insta::assert_snapshot!(text);
+    }
+}

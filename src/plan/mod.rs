@@ -516,6 +516,30 @@ mod tests {
         assert!(p.message.contains("duration"), "{p}");
     }
 
+    /// The messages operators read, reviewed as a snapshot.
+    #[test]
+    fn refusals_read_well() {
+        let cases = [
+            GOOD.replace(
+                "      type: integer\n",
+                "      type: integer\n      colour: red\n",
+            ),
+            format!("{GOOD}cutover:\n  lock_timeout: soon\n"),
+            format!("{GOOD}backfill:\n  batch_size: 0\n"),
+            GOOD.replace("to: b", "to: a"),
+            GOOD.replace("version: 1", "version: 3"),
+            "version: 1\nname: m\ntable: t\nchanges: []\n".to_string(),
+        ];
+        let text: String = cases
+            .iter()
+            .map(|c| match parse(c, "plan.yaml") {
+                Err(e) => format!("{e}\n"),
+                Ok(_) => "accepted\n".into(),
+            })
+            .collect();
+        insta::assert_snapshot!(text);
+    }
+
     #[test]
     fn a_semantic_problem_is_located_too() {
         let p = problem(&GOOD.replace("to: b", "to: a"));
