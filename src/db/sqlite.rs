@@ -732,12 +732,19 @@ impl Backend for Sqlite {
         let r = reverse(m, &n);
         let old_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
         let key = m.old_key();
-        let batch_rows = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT :batch_size",
-            list(&old_cols),
+        let last_key = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT 1 OFFSET :batch_size - 1",
+            key_json(&key, ""),
             quote(&m.table),
             after_cursor(&key, ":cursor"),
             list(&key)
+        );
+        let batch_rows = format!(
+            "SELECT {} FROM {} WHERE {} AND {}",
+            list(&old_cols),
+            quote(&m.table),
+            after_cursor(&key, ":cursor"),
+            at_or_before(&key, ":last_key")
         );
         let mut cutover = vec!["BEGIN IMMEDIATE".to_string()];
         cutover.extend(drop_triggers(&f));
@@ -766,7 +773,13 @@ impl Backend for Sqlite {
             },
             PhaseSql {
                 phase: "backfill (each batch)",
-                statements: vec![upsert(&f, &batch_rows, false)],
+                statements: vec![
+                    "BEGIN IMMEDIATE".into(),
+                    last_key,
+                    upsert(&f, &batch_rows, false),
+                    "-- save the checkpoint".into(),
+                    "COMMIT".into(),
+                ],
             },
             PhaseSql {
                 phase: "cutover",
