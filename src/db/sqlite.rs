@@ -96,6 +96,26 @@ impl Sqlite {
         quote(name)
     }
 
+    /// A write transaction. The busy timeout already waits for the application's writes;
+    /// past it, a few more tries with a pause, as an application would retry.
+    async fn begin_immediate(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        let mut tries = 0;
+        loop {
+            match self.pool.begin_with("BEGIN IMMEDIATE").await {
+                Err(e) if is_busy(&e) && tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(
+                        "the database stayed locked through the busy timeout; trying again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn exists(&self, kind: &str, name: &str) -> Result<bool> {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = ?1 AND name = ?2")
@@ -457,8 +477,7 @@ impl Backend for Sqlite {
 
     async fn save_state(&self, row: &StateRow) -> Result<()> {
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_immediate()
             .await
             .map_err(|e| Error::db("saving the checkpoint", e))?;
         save_in(&mut *tx, row).await?;
@@ -475,8 +494,7 @@ impl Backend for Sqlite {
             .unwrap_or_default()
             .to_string();
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_immediate()
             .await
             .map_err(|e| Error::db("taking the lease", e))?;
         let current = sqlx::query(
@@ -794,8 +812,7 @@ impl Backend for Sqlite {
 
     async fn prepare(&self, m: &Migration, save: &StateRow) -> Result<()> {
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_immediate()
             .await
             .map_err(|e| Error::db("prepare", e))?;
         for stmt in create_shadow(m) {
@@ -811,8 +828,7 @@ impl Backend for Sqlite {
     async fn start_dual_write(&self, m: &Migration, save: &StateRow) -> Result<()> {
         let f = forward(m, &names(m));
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_immediate()
             .await
             .map_err(|e| Error::db("dual-write", e))?;
         for stmt in triggers(&f) {
@@ -853,7 +869,7 @@ impl Backend for Sqlite {
         let ctx = |e| Error::db(format!("backfill of {}", m.table), e);
 
         let began = std::time::Instant::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(ctx)?;
+        let mut tx = self.begin_immediate().await.map_err(ctx)?;
         // The batch's last key, found on the primary key alone; the copy is then a range.
         let hi: Option<String> = sqlx::query_scalar(sql(format!(
             "SELECT {} FROM {live} {filter} ORDER BY {} LIMIT 1 OFFSET {}",
@@ -1196,7 +1212,7 @@ impl Backend for Sqlite {
 
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()> {
         let ctx = |e| Error::db(format!("cleanup of {}", m.table), e);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(ctx)?;
+        let mut tx = self.begin_immediate().await.map_err(ctx)?;
         let mut stmts = drop_triggers(&reverse(m, &names(m)));
         if !keep_old {
             stmts.push(format!("DROP TABLE IF EXISTS {}", quote(&m.old)));
