@@ -301,11 +301,11 @@ impl Migration {
             .iter()
             .filter_map(|col| {
                 if let Some(explicit) = reverse_expr.get(&col.name) {
-                    let new_type_differs = true;
+                    // A plan's reverse expression is cast back to the old column's type.
                     return explicit.clone().map(|s| Mapped {
                         target: col.name.clone(),
                         source: s,
-                        cast: Some(col.sql_type.clone()).filter(|_| new_type_differs),
+                        cast: Some(col.sql_type.clone()),
                     });
                 }
                 let pos = origin
