@@ -24,6 +24,22 @@ pub struct StateRow {
     pub body: String,
 }
 
+impl StateRow {
+    /// A `turnout_state` row read as (name, plan_hash, phase, body), from any driver.
+    pub fn from_sql<R: sqlx::Row>(r: &R) -> StateRow
+    where
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        StateRow {
+            name: r.get(0),
+            plan_hash: r.get(1),
+            phase: r.get(2),
+            body: r.get(3),
+        }
+    }
+}
+
 /// Where keyset pagination stands: the last primary key done, in a form the database
 /// module chose (it alone reads it back). Stored in the state row.
 pub type Cursor = serde_json::Value;

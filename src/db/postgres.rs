@@ -1449,12 +1449,7 @@ impl Backend for Postgres {
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| Error::db("reading turnout_state", e))?;
-        Ok(row.map(|r| StateRow {
-            name: r.get(0),
-            plan_hash: r.get(1),
-            phase: r.get(2),
-            body: r.get(3),
-        }))
+        Ok(row.as_ref().map(StateRow::from_sql))
     }
 
     async fn list_states(&self) -> Result<Vec<StateRow>> {
@@ -1465,15 +1460,7 @@ impl Backend for Postgres {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::db("reading turnout_state", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StateRow {
-                name: r.get(0),
-                plan_hash: r.get(1),
-                phase: r.get(2),
-                body: r.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| StateRow::from_sql(&r)).collect())
     }
 
     async fn save_state(&self, row: &StateRow) -> Result<()> {

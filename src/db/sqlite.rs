@@ -450,12 +450,7 @@ impl Backend for Sqlite {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| Error::db("reading turnout_state", e))?;
-        Ok(row.map(|r| StateRow {
-            name: r.get(0),
-            plan_hash: r.get(1),
-            phase: r.get(2),
-            body: r.get(3),
-        }))
+        Ok(row.as_ref().map(StateRow::from_sql))
     }
 
     async fn list_states(&self) -> Result<Vec<StateRow>> {
@@ -464,15 +459,7 @@ impl Backend for Sqlite {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| Error::db("reading turnout_state", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StateRow {
-                name: r.get(0),
-                plan_hash: r.get(1),
-                phase: r.get(2),
-                body: r.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| StateRow::from_sql(&r)).collect())
     }
 
     async fn save_state(&self, row: &StateRow) -> Result<()> {
