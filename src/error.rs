@@ -111,7 +111,9 @@ pub enum Error {
     },
 
     /// A phase failed in the database. Exit 1.
-    #[error("{context}: {source}")]
+    #[error(
+        "{context}: {source}\nThe last checkpoint is saved: `turnout status` shows where the migration stands, and `turnout resume` carries on once the cause is fixed (every step is safe to repeat)"
+    )]
     Database {
         context: String,
         #[source]
