@@ -60,7 +60,7 @@ impl Session<'_> {
 const FIRST_AUTO_BATCH: u64 = 1_000;
 const MIN_AUTO_BATCH: u64 = 50;
 const MAX_AUTO_BATCH: u64 = 50_000;
-const VERIFY_CHUNK_ROWS: u64 = 2_000;
+const VERIFY_CHUNK_ROWS: u64 = 10_000;
 
 /// Runs the migration from wherever its state stands, up to `opts.until` or `done`.
 pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Result<State> {

@@ -16,7 +16,7 @@ pub const FORWARD: &[&str] = &[
     "backfill.batch.after@2",
     "phase.backfill.after",
     "phase.verify.before",
-    "verify.chunk@2",
+    "verify.chunk@1",
     "phase.verify.after",
     "phase.cutover.before",
     "cutover.attempt",
