@@ -364,26 +364,29 @@ pub fn old_name(table: &str) -> String {
     format!("_{table}_old")
 }
 
+/// Shapes the unit tests of every module start from.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Column, Index, TableShape};
 
-    fn col(name: &str, t: &str, nullable: bool) -> Column {
+    pub fn col(name: &str, sql_type: &str, nullable: bool) -> Column {
         Column {
             name: name.into(),
-            sql_type: t.into(),
+            sql_type: sql_type.into(),
             nullable,
             default: None,
             generated: None,
         }
     }
 
-    fn orders() -> TableShape {
+    /// `orders (id, amount_cents, note)` keyed by id, with an index on note, in a
+    /// dialect's types: `[id, amount_cents, note]`.
+    pub fn orders(types: [&str; 3], cents_nullable: bool) -> TableShape {
         TableShape {
             columns: vec![
-                col("id", "bigint", false),
-                col("amount_cents", "integer", true),
-                col("note", "text", true),
+                col("id", types[0], false),
+                col("amount_cents", types[1], cents_nullable),
+                col("note", types[2], true),
             ],
             primary_key: vec!["id".into()],
             indexes: vec![Index {
@@ -392,6 +395,15 @@ mod tests {
                 unique: false,
             }],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orders() -> TableShape {
+        super::fixtures::orders(["bigint", "integer", "text"], true)
     }
 
     fn plan(changes: &str) -> Plan {

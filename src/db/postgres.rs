@@ -2271,30 +2271,10 @@ mod tests {
         assert_eq!(loose_type("integer[]"), "integer[]");
     }
 
-    fn col(name: &str, t: &str, nullable: bool) -> Column {
-        Column {
-            name: name.into(),
-            sql_type: t.into(),
-            nullable,
-            default: None,
-            generated: None,
-        }
-    }
+    use crate::schema::fixtures::col;
 
     fn migration() -> Migration {
-        let before = TableShape {
-            columns: vec![
-                col("id", "bigint", false),
-                col("amount_cents", "integer", true),
-                col("note", "text", true),
-            ],
-            primary_key: vec!["id".into()],
-            indexes: vec![Index {
-                name: "orders_note".into(),
-                columns: vec!["note".into()],
-                unique: false,
-            }],
-        };
+        let before = crate::schema::fixtures::orders(["bigint", "integer", "text"], true);
         let after = TableShape {
             columns: vec![
                 col("id", "bigint", false),

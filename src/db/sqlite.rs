@@ -1345,29 +1345,9 @@ fn is_busy(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Column, Index, TableShape};
 
     fn migration() -> Migration {
-        let col = |name: &str, t: &str, nullable: bool| Column {
-            name: name.into(),
-            sql_type: t.into(),
-            nullable,
-            default: None,
-            generated: None,
-        };
-        let before = TableShape {
-            columns: vec![
-                col("id", "INTEGER", false),
-                col("amount_cents", "INTEGER", false),
-                col("note", "TEXT", true),
-            ],
-            primary_key: vec!["id".into()],
-            indexes: vec![Index {
-                name: "orders_note".into(),
-                columns: vec!["note".into()],
-                unique: false,
-            }],
-        };
+        let before = crate::schema::fixtures::orders(["INTEGER", "INTEGER", "TEXT"], false);
         let plan = crate::plan::parse(
             "version: 1\nname: m\ntable: orders\nchanges:\n  - add_column: {name: amount, type: NUMERIC, from: amount_cents / 100.0}\n  - drop_column: {name: amount_cents, reverse: 'CAST(round(amount * 100) AS INTEGER)'}\n  - rename_column: {from: note, to: comment}\n",
             "p.yaml",
