@@ -60,6 +60,14 @@ pub async fn seed(db: &TestDb) {
     }
 }
 
+/// A fresh database with `items` and `mirror` seeded, and the standard plan written.
+pub async fn seeded_with_plan(kind: Kind, name: &str, batch: u64) -> (TestDb, std::path::PathBuf) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, name, batch));
+    (db, path)
+}
+
 pub fn plan(kind: Kind, name: &str, batch: u64) -> String {
     let (_, _, big) = types(kind);
     format!(
@@ -299,9 +307,7 @@ pub async fn killed_then_resumed(kind: Kind, fault: &str) {
 }
 
 pub async fn an_edited_plan_is_refused_with_what_changed(kind: Kind) {
-    let db = TestDb::new(kind).await;
-    seed(&db).await;
-    let path = db.plan_file("plan.yaml", &plan(kind, "items-twice", 100));
+    let (db, path) = seeded_with_plan(kind, "items-twice", 100).await;
     let plan_path = path.to_str().expect("utf-8 path");
     ok(
         &db.turnout(
@@ -332,9 +338,7 @@ pub async fn an_edited_plan_is_refused_with_what_changed(kind: Kind) {
 /// Holds the migration's lock with the library while the binary tries to run it.
 pub async fn a_second_turnout_is_refused_while_the_first_holds_the_lock(kind: Kind) {
     use turnout::db::{Backend, Database};
-    let db = TestDb::new(kind).await;
-    seed(&db).await;
-    let path = db.plan_file("plan.yaml", &plan(kind, "items-locked", 100));
+    let (db, path) = seeded_with_plan(kind, "items-locked", 100).await;
     let holder = Database::connect(&db.url).await.expect("connect");
     turnout::with_backend!(&holder, b => {
         b.ensure_state_table().await.expect("state table");
@@ -361,9 +365,7 @@ pub async fn a_second_turnout_is_refused_while_the_first_holds_the_lock(kind: Ki
 
 /// A planted difference in the shadow is reported as a row diff with its key, exit 1.
 pub async fn verify_reports_a_planted_difference(kind: Kind) {
-    let db = TestDb::new(kind).await;
-    seed(&db).await;
-    let path = db.plan_file("plan.yaml", &plan(kind, "items-verify", 500));
+    let (db, path) = seeded_with_plan(kind, "items-verify", 500).await;
     let plan = path.to_str().expect("utf-8");
     ok(
         &db.turnout(&["run", plan, "--until", "backfilled", "--yes"], None),
@@ -470,9 +472,7 @@ pub async fn ctrl_c_stops_after_the_batch_and_resumes(kind: Kind) {
 
 /// `turnout step` runs exactly one phase at a time, in the contract's order.
 pub async fn step_runs_one_phase_at_a_time(kind: Kind) {
-    let db = TestDb::new(kind).await;
-    seed(&db).await;
-    let path = db.plan_file("plan.yaml", &plan(kind, "items-step", 500));
+    let (db, path) = seeded_with_plan(kind, "items-step", 500).await;
     let path = path.to_str().expect("utf-8");
     for phase in [
         "prepared",
