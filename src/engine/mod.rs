@@ -315,14 +315,20 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         b.keep_lock(&st.name).await?;
         fault::point("backfill.batch.before");
         let t0 = Instant::now();
-        let current = st.clone();
+        // The state saved inside the batch's transaction is the one we carry on with.
+        let committed = std::sync::Mutex::new(None);
         let done = b
-            .copy_batch(&m, current.backfill.cursor.as_ref(), batch, &|d| {
-                after_batch(&current, d, batch).to_row()
+            .copy_batch(&m, st.backfill.cursor.as_ref(), batch, &|d| {
+                let next = after_batch(&st, d, batch);
+                let row = next.to_row();
+                if let Ok(mut slot) = committed.lock() {
+                    *slot = Some(next);
+                }
+                row
             })
             .instrument(info_span!(
                 "batch",
-                n = current.backfill.batches + 1,
+                n = st.backfill.batches + 1,
                 size = batch
             ))
             .await?;
@@ -333,7 +339,10 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
             took_ms = t0.elapsed().as_millis() as u64,
             "batch committed"
         );
-        st = after_batch(&current, &done, batch);
+        st = match committed.into_inner().ok().flatten() {
+            Some(next) => next,
+            None => after_batch(&st, &done, batch),
+        };
         s.observer.backfill_progress(
             st.backfill.rows_copied,
             st.backfill.estimated_rows.max(st.backfill.rows_copied),
