@@ -124,6 +124,7 @@ async fn verify(b: &MySql, m: &Migration) -> turnout::db::VerifyReport {
         chunk_rows: 97,
         sample_rate: None,
         max_diffs: 20,
+        workers: 3,
     };
     b.verify(m, &req, &|_| {}, &|| false).await.expect("verify")
 }
@@ -742,6 +743,14 @@ async fn verify_reports_planted_differences() {
     assert!(verify(&b, &m).await.diffs.is_empty());
     exec(&pool, "UPDATE _t_new SET status = 'WRONG' WHERE id = 7").await;
     exec(&pool, "DELETE FROM _t_new WHERE id = 300").await;
+    // A decimal a cent off and a NULL turned into an empty string: columns verify
+    // hashes as they are, without a cast.
+    exec(
+        &pool,
+        "UPDATE _t_new SET amount = amount + 0.01 WHERE id = 150",
+    )
+    .await;
+    exec(&pool, "UPDATE _t_new SET comment = '' WHERE id = 14").await;
     exec(
         &pool,
         "INSERT INTO _t_new (id, status, amount) VALUES (99999, 'GHOST', 1)",
@@ -749,7 +758,12 @@ async fn verify_reports_planted_differences() {
     .await;
     let report = verify(&b, &m).await;
     let keys: Vec<&str> = report.diffs.iter().map(|d| d.key.as_str()).collect();
-    assert_eq!(keys, ["7", "300", "99999"], "{:?}", report.diffs);
+    assert_eq!(
+        keys,
+        ["7", "14", "150", "300", "99999"],
+        "{:?}",
+        report.diffs
+    );
     let d7 = &report.diffs[0];
     assert!(
         d7.expected.as_deref().is_some_and(|e| !e.contains("WRONG")),
@@ -759,12 +773,13 @@ async fn verify_reports_planted_differences() {
         d7.shadow.as_deref().is_some_and(|e| e.contains("WRONG")),
         "{d7:?}"
     );
-    assert!(report.diffs[1].shadow.is_none() && report.diffs[2].expected.is_none());
+    assert!(report.diffs[3].shadow.is_none() && report.diffs[4].expected.is_none());
     // A sample checks fewer chunks; stop() ends early.
     let req = VerifyRequest {
         chunk_rows: 50,
         sample_rate: Some(0.0),
         max_diffs: 5,
+        workers: 2,
     };
     let sampled = b
         .verify(&m, &req, &|_| {}, &|| false)

@@ -65,6 +65,9 @@ pub struct VerifyRequest {
     pub sample_rate: Option<f64>,
     /// Stop narrowing after this many differing rows.
     pub max_diffs: u64,
+    /// Chunks compared at once, each on a connection of its own (MySQL/MariaDB; the
+    /// other backends compare one chunk at a time).
+    pub workers: usize,
 }
 
 /// A row that differs: its primary key and the two row images (JSON objects, `None`

@@ -61,6 +61,9 @@ const FIRST_AUTO_BATCH: u64 = 1_000;
 const MIN_AUTO_BATCH: u64 = 50;
 const MAX_AUTO_BATCH: u64 = 50_000;
 const VERIFY_CHUNK_ROWS: u64 = 10_000;
+/// Chunks compared at once where the backend can: two keep a second core busy without
+/// taking over a small server.
+const VERIFY_WORKERS: usize = 2;
 
 /// Runs the migration from wherever its state stands, up to `opts.until` or `done`.
 pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Result<State> {
@@ -397,6 +400,7 @@ async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &State) -> Result<Verif
     let cfg = &s.plan.file.verify;
     let req = VerifyRequest {
         chunk_rows: VERIFY_CHUNK_ROWS,
+        workers: VERIFY_WORKERS,
         sample_rate: (cfg.mode == VerifyMode::Sample).then_some(cfg.sample_rate),
         max_diffs: cfg.max_diffs,
     };

@@ -30,7 +30,12 @@ pub const FORWARD: &[&str] = &[
 /// Points only one database has, between the steps of its own cutover and rollback.
 fn specific(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::MySql => &["mysql.cutover.before_swap", "mysql.cutover.after_swap"],
+        Kind::MySql => &[
+            "mysql.backfill.before_indexes",
+            "mysql.backfill.after_indexes",
+            "mysql.cutover.before_swap",
+            "mysql.cutover.after_swap",
+        ],
         _ => &[],
     }
 }
