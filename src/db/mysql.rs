@@ -2212,7 +2212,20 @@ impl Backend for MySql {
                 }
             }
             crate::fault::point("mysql.cutover.before_swap");
-            match sqlx::raw_sql(AssertSqlSafe(g.swap())).execute(&mut *conn).await {
+            let Some(mut sentry) = self.sentry(&g, secs).await? else {
+                return Ok(CutoverOutcome::LockTimeout);
+            };
+            let swapper: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_err("cutover: naming the swapping session"))?;
+            let swap = g.swap();
+            let (swapped, _) = tokio::join!(
+                sqlx::raw_sql(AssertSqlSafe(swap)).execute(&mut *conn),
+                Self::release_sentry(&mut sentry, swapper),
+            );
+            let _ = sentry.close().await;
+            match swapped {
                 Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
                 r => {
                     r.map_err(sql_err("cutover: swapping the tables"))?;
@@ -2366,6 +2379,58 @@ impl Backend for MySql {
 }
 
 impl MySql {
+    /// A session holding `LOCK TABLES <table> READ` while the swap queues behind it, so
+    /// that the swap takes `<table>` before any writer does. Without it the RENAME locks
+    /// `_<table>_new` first (its name sorts first), a writer that already holds
+    /// `<table>` and waits for `_<table>_new` (its trigger writes there) is chosen as
+    /// the deadlock victim, and MariaDB's retry of its statement fails with 1146: 3-8
+    /// statements per swap with eight writers, none with the sentry (measured on
+    /// MariaDB 10.11). None: the lock was not granted within `secs`.
+    async fn sentry(&self, g: &Gen<'_>, secs: u64) -> Result<Option<MySqlConnection>> {
+        let mut sentry = self.conn().await?.detach();
+        self.exec(
+            &mut sentry,
+            &format!("SET SESSION lock_wait_timeout = {secs}"),
+            "cutover",
+        )
+        .await?;
+        match sqlx::raw_sql(AssertSqlSafe(format!(
+            "LOCK TABLES {} READ",
+            g.n.q(&g.n.table)
+        )))
+        .execute(&mut sentry)
+        .await
+        {
+            Ok(_) => Ok(Some(sentry)),
+            Err(e) if is_lock_timeout(&e) => {
+                let _ = sentry.close().await;
+                Ok(None)
+            }
+            Err(e) => Err(Error::db("cutover: locking the table for the swap", e)),
+        }
+    }
+
+    /// Unlocks once the swap waits for the table (or after a second regardless: the
+    /// swap is then waiting for something else, and goes on without the sentry's help).
+    async fn release_sentry(sentry: &mut MySqlConnection, swapper: u64) {
+        for _ in 0..500 {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT CAST(STATE AS CHAR) FROM information_schema.PROCESSLIST WHERE ID = ?",
+            )
+            .bind(swapper)
+            .fetch_optional(&mut *sentry)
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+            if state.is_some_and(|s| s.contains("metadata lock")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut *sentry).await;
+    }
+
     /// Compares chunks until none is left: each worker claims the next key range and
     /// hashes it on both sides in a snapshot of its own. One snapshot per chunk is
     /// enough: the triggers keep the two tables equal at every commit, so any snapshot
