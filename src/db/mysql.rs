@@ -1094,7 +1094,12 @@ impl<'a> Gen<'a> {
             "ALTER TABLE {} AUTO_INCREMENT = <live AUTO_INCREMENT>",
             n.q(&n.shadow)
         ));
+        cutover.push(format!(
+            "/* a second session, until the RENAME waits for the table */ LOCK TABLES {} READ",
+            n.q(&n.table)
+        ));
         cutover.push(self.swap());
+        cutover.push("/* the second session */ UNLOCK TABLES".into());
         let mut cleanup = self.drop_triggers(&n.reverse);
         cleanup.extend(self.drop_triggers(&n.forward));
         cleanup.push(format!("DROP TABLE IF EXISTS {}", n.q(&n.old)));
@@ -2827,14 +2832,22 @@ mod tests {
         );
         assert!(fwd[0].contains("IF turnout_gate = 'f' THEN"));
         assert!(
-            fwd[1].contains("IF NOT (OLD.`id` <=> NEW.`id`) THEN DELETE"),
+            fwd[1].contains("IF NOT (OLD.`id` <=> NEW.`id`) THEN DELETE FROM `db`.`_t_new` WHERE `id` = OLD.`id`; END IF"),
             "{}",
             fwd[1]
         );
+        // The update trigger upserts; only a key change deletes.
+        assert!(
+            fwd[1].contains("ON DUPLICATE KEY UPDATE `db`.`_t_new`.`label` = IF(`db`.`_t_new`.`id` <=> VALUES(`db`.`_t_new`.`id`), VALUES(`db`.`_t_new`.`label`), `db`.`_t_new`.`label`), `db`.`_t_new`.`id` = IF(`db`.`_t_new`.`id` <=> VALUES(`db`.`_t_new`.`id`), `db`.`_t_new`.`id`, NULL)"),
+            "{}",
+            fwd[1]
+        );
+        assert_eq!(fwd[1].matches("DELETE").count(), 1, "{}", fwd[1]);
+        assert!(!fwd[0].contains("DELETE"), "{}", fwd[0]);
         let rev = g.reverse_triggers();
         assert!(
             rev[0].contains(
-                "ON DUPLICATE KEY UPDATE `db`.`_t_old`.`na``me` = VALUES(`db`.`_t_old`.`na``me`)"
+                "ON DUPLICATE KEY UPDATE `db`.`_t_old`.`na``me` = IF(`db`.`_t_old`.`id` <=> VALUES(`db`.`_t_old`.`id`), VALUES(`db`.`_t_old`.`na``me`), `db`.`_t_old`.`na``me`), `db`.`_t_old`.`id` = IF("
             ),
             "{}",
             rev[0]
