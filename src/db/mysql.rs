@@ -20,6 +20,11 @@
 //! (`_t_old` before the swap) is accepted by both servers as long as that statement does
 //! not run. The gate is read with `LOCK IN SHARE MODE` so an application transaction
 //! whose snapshot predates the gate still sees the current direction.
+//!
+//! The RENAME takes its metadata locks in name order, `_t_new` before `t`, so a second
+//! session holds `LOCK TABLES t READ` until the RENAME queues for `t` (see
+//! `MySql::sentry`): otherwise a writer holding `t` while it waits for `_t_new` is the
+//! deadlock victim, and its statement fails with 1146.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
