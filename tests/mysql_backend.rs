@@ -214,6 +214,56 @@ async fn orders_table(pool: &MySqlPool, rows: usize) {
     }
 }
 
+/// A table of `rows` orders, its migration prepared and dual-writing.
+async fn orders_in_dual_write(rows: usize) -> (TestDb, MySqlPool, MySql, Migration) {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    orders_table(&pool, rows).await;
+    let b = MySql::connect(&db.url).await.expect("connect");
+    b.ensure_state_table().await.expect("state table");
+    let m = migration(&b, ORDERS_PLAN).await;
+    prepare_and_dual_write(&b, &m).await;
+    (db, pool, b, m)
+}
+
+async fn prepare_and_dual_write(b: &MySql, m: &Migration) {
+    b.prepare(m, &state(m, "prepared")).await.expect("prepare");
+    b.start_dual_write(m, &state(m, "dual_writing"))
+        .await
+        .expect("dual-write");
+}
+
+/// Rolls back and checks the live table holds exactly what the writers committed.
+async fn rollback_to_the_mirror(b: &MySql, m: &Migration, pool: &MySqlPool) {
+    b.rollback(m, &state(m, "rolled_back"))
+        .await
+        .expect("rollback");
+    assert_same(
+        "after rollback",
+        &strings(pool, T_OLD).await,
+        &strings(pool, MIRROR_OLD).await,
+    );
+}
+
+async fn eight_writers(db: &TestDb) -> Vec<Writer> {
+    let mut writers = Vec::new();
+    for i in 0..8 {
+        writers.push(Writer::start(db.pool().await, 1 + i));
+    }
+    writers
+}
+
+/// Stops the writers; what they did, summed.
+async fn finish_all(writers: Vec<Writer>) -> BTreeMap<String, u64> {
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for w in writers {
+        for (k, v) in w.finish().await {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
 struct Writer {
     stop: Arc<AtomicBool>,
     pause: Arc<tokio::sync::Mutex<()>>,
@@ -489,32 +539,13 @@ async fn full_migration_under_concurrent_writes_loses_nothing() {
 /// the old one, and no writer's statement fails, not even one in flight at the swap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn cutover_under_eight_writers_loses_nothing() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    orders_table(&pool, 2000).await;
-    let b = MySql::connect(&db.url).await.expect("connect");
-    b.ensure_state_table().await.expect("state table");
-    let m = migration(&b, ORDERS_PLAN).await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
-    let mut writers = Vec::new();
-    for i in 0..8 {
-        writers.push(Writer::start(db.pool().await, 1 + i));
-    }
+    let (db, pool, b, m) = orders_in_dual_write(2000).await;
+    let writers = eight_writers(&db).await;
     backfill(&b, &m, 500, None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     cutover(&b, &m).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut total: BTreeMap<String, u64> = BTreeMap::new();
-    for w in writers {
-        for (k, v) in w.finish().await {
-            *total.entry(k).or_default() += v;
-        }
-    }
+    let total = finish_all(writers).await;
     eprintln!("8 writers: {total:?}");
     assert!(
         total.get("shape flip").copied().unwrap_or(0) >= 8,
@@ -534,14 +565,7 @@ async fn cutover_under_eight_writers_loses_nothing() {
         &strings(&pool, OLD_OLD).await,
         &strings(&pool, MIRROR_OLD).await,
     );
-    b.rollback(&m, &state(&m, "rolled_back"))
-        .await
-        .expect("rollback");
-    assert_same(
-        "after rollback",
-        &strings(&pool, T_OLD).await,
-        &strings(&pool, MIRROR_OLD).await,
-    );
+    rollback_to_the_mirror(&b, &m, &pool).await;
     assert_clean(&db, &pool, &["t", "mirror"]).await;
     db.drop().await;
 }
@@ -631,12 +655,7 @@ changes:
   - add_index: {name: "idx ``x", columns: ["from"], unique: true}
 "#;
     let m = migration(&b, plan).await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
+    prepare_and_dual_write(&b, &m).await;
     exec(&pool, "INSERT INTO `ta``blé order` VALUES (3, 'z', '{\"e\": \"🙂\"}', X'AB', 1.5, NULL, 'née 🙂')").await;
     backfill(&b, &m, 1, None).await;
     exec(&pool, "UPDATE `ta``blé order` SET `key part` = 9, `tëxt` = NULL WHERE `key part` = 1 AND `select` = 'b'").await;
@@ -684,12 +703,7 @@ async fn a_value_that_does_not_fit_stops_backfill_with_its_key() {
     let b = MySql::connect(&db.url).await.expect("connect");
     b.ensure_state_table().await.expect("state");
     let m = migration(&b, "version: 1\nname: narrow\ntable: t\nchanges:\n  - alter_column: {name: code, type: 'varchar(3)'}\n").await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
+    prepare_and_dual_write(&b, &m).await;
     let err = b
         .copy_batch(&m, None, 100, &|_| state(&m, "checkpointed"))
         .await
@@ -730,18 +744,7 @@ async fn a_value_that_does_not_fit_stops_backfill_with_its_key() {
 /// (5) Verify reports a planted difference with its key, and a missing and an extra row.
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_reports_planted_differences() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    orders_table(&pool, 500).await;
-    let b = MySql::connect(&db.url).await.expect("connect");
-    b.ensure_state_table().await.expect("state");
-    let m = migration(&b, ORDERS_PLAN).await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
+    let (db, pool, b, m) = orders_in_dual_write(500).await;
     backfill(&b, &m, 200, None).await;
     assert!(verify(&b, &m).await.diffs.is_empty());
     exec(&pool, "UPDATE _t_new SET status = 'WRONG' WHERE id = 7").await;
@@ -824,18 +827,7 @@ async fn a_second_lock_is_refused_with_the_holder() {
 /// and a later attempt succeeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn cutover_times_out_cleanly_behind_a_long_transaction() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    orders_table(&pool, 100).await;
-    let b = MySql::connect(&db.url).await.expect("connect");
-    b.ensure_state_table().await.expect("state");
-    let m = migration(&b, ORDERS_PLAN).await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
+    let (db, pool, b, m) = orders_in_dual_write(100).await;
     backfill(&b, &m, 1000, None).await;
     let mut holder = pool.acquire().await.expect("conn");
     sqlx::raw_sql("START TRANSACTION; SELECT COUNT(*) FROM t;")
@@ -876,19 +868,8 @@ async fn cutover_times_out_cleanly_behind_a_long_transaction() {
 /// (8) AUTO_INCREMENT continues above every id the live table ever handed out.
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_increment_continues_above_existing_ids() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    orders_table(&pool, 100).await;
+    let (db, pool, b, m) = orders_in_dual_write(100).await;
     exec(&pool, "DELETE FROM t WHERE id > 90").await; // counter stays at 101
-    let b = MySql::connect(&db.url).await.expect("connect");
-    b.ensure_state_table().await.expect("state");
-    let m = migration(&b, ORDERS_PLAN).await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
     backfill(&b, &m, 1000, None).await;
     cutover(&b, &m).await;
     b.cleanup(&m, false, &state(&m, "done"))
@@ -906,31 +887,12 @@ async fn auto_increment_continues_above_existing_ids() {
 /// same writers without triggers: none; with DELETE-then-INSERT triggers: about 15 %).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dual_write_triggers_add_no_deadlocks() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    orders_table(&pool, 2000).await;
-    let b = MySql::connect(&db.url).await.expect("connect");
-    b.ensure_state_table().await.expect("state table");
-    let m = migration(&b, ORDERS_PLAN).await;
-    b.prepare(&m, &state(&m, "prepared"))
-        .await
-        .expect("prepare");
-    b.start_dual_write(&m, &state(&m, "dual_writing"))
-        .await
-        .expect("dual-write");
-    let mut writers = Vec::new();
-    for i in 0..8 {
-        writers.push(Writer::start(db.pool().await, 1 + i));
-    }
+    let (db, pool, b, m) = orders_in_dual_write(2000).await;
+    let writers = eight_writers(&db).await;
     // A first batch, so writes fall both on copied rows and on rows not copied yet.
     backfill(&b, &m, 500, Some(1)).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let mut total: BTreeMap<String, u64> = BTreeMap::new();
-    for w in writers {
-        for (k, v) in w.finish().await {
-            *total.entry(k).or_default() += v;
-        }
-    }
+    let total = finish_all(writers).await;
     let deadlocks = total.get("error 1213").copied().unwrap_or(0);
     let done: u64 = ["insert", "update", "key change", "delete"]
         .iter()
@@ -938,14 +900,7 @@ async fn dual_write_triggers_add_no_deadlocks() {
         .sum();
     assert!(done > 500, "the writers hardly wrote: {total:?}");
     assert!(deadlocks * 100 <= done, "{deadlocks} deadlocks: {total:?}");
-    b.rollback(&m, &state(&m, "rolled_back"))
-        .await
-        .expect("rollback");
-    assert_same(
-        "after rollback",
-        &strings(&pool, T_OLD).await,
-        &strings(&pool, MIRROR_OLD).await,
-    );
+    rollback_to_the_mirror(&b, &m, &pool).await;
     db.drop().await;
 }
 
@@ -969,12 +924,7 @@ async fn a_unique_clash_in_the_new_shape_never_rewrites_the_other_row() {
             "version: 1\nname: unique-email\ntable: u\nchanges:\n  - add_index: {{name: u_email, columns: [email], unique: true}}\ndual_write:\n  on_error: {on_error}\n"
         );
         let m = migration(&b, &plan).await;
-        b.prepare(&m, &state(&m, "prepared"))
-            .await
-            .expect("prepare");
-        b.start_dual_write(&m, &state(&m, "dual_writing"))
-            .await
-            .expect("dual-write");
+        prepare_and_dual_write(&b, &m).await;
         // Row 1 copied, row 2 not yet: the update trigger inserts row 2, and its email
         // clashes with row 1's.
         backfill(&b, &m, 1, Some(1)).await;

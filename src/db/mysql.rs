@@ -816,11 +816,16 @@ impl<'a> Gen<'a> {
     /// Locks the next batch of live rows (shared, so a concurrent update or delete waits
     /// for this batch to commit and its trigger then rewrites or deletes the copy).
     fn batch_keys(&self, after: Option<&[String]>, limit: u64) -> Bound {
+        self.keys_after(after, &format!("LIMIT {limit} LOCK IN SHARE MODE"))
+    }
+
+    /// Live keys after `after` (all when None) in key order, as key JSON, then `tail`.
+    fn keys_after(&self, after: Option<&[String]>, tail: &str) -> Bound {
         let cols = self.old_key_cols();
         let cond = after.map(|a| key_cmp(&cols, a, ">", false));
         Bound {
             sql: format!(
-                "SELECT {} FROM {}{} ORDER BY {} LIMIT {limit} LOCK IN SHARE MODE",
+                "SELECT {} FROM {}{} ORDER BY {} {tail}",
                 self.key_json(&cols),
                 self.n.q(&self.n.table),
                 cond.as_ref()
@@ -839,15 +844,13 @@ impl<'a> Gen<'a> {
     /// The key `limit` rows on, read with a locking read that takes the same next-key
     /// locks over the batch as reading every key, without shipping them.
     fn batch_last_key(&self, after: Option<&[String]>, limit: u64) -> Bound {
-        let mut b = self.batch_keys(after, 1);
-        b.sql = b.sql.replace(
-            " LIMIT 1 LOCK IN SHARE MODE",
+        self.keys_after(
+            after,
             &format!(
-                " LIMIT 1 OFFSET {} LOCK IN SHARE MODE",
+                "LIMIT 1 OFFSET {} LOCK IN SHARE MODE",
                 limit.saturating_sub(1)
             ),
-        );
-        b
+        )
     }
     fn batch_insert(&self, after: Option<&[String]>, last: &[String]) -> Bound {
         let cols = self.old_key_cols();
@@ -2517,21 +2520,7 @@ impl MySql {
         lo: Option<&[String]>,
         req: &VerifyRequest,
     ) -> Result<Option<Vec<String>>> {
-        let cols = g.old_key_cols();
-        let cond = lo.map(|l| key_cmp(&cols, l, ">", false));
-        let b = Bound {
-            sql: format!(
-                "SELECT {} FROM {}{} ORDER BY {} LIMIT 1 OFFSET {}",
-                g.key_json(&cols),
-                g.n.q(&g.n.table),
-                cond.as_ref()
-                    .map(|c| format!(" WHERE {}", c.sql))
-                    .unwrap_or_default(),
-                Gen::order_by(&cols),
-                req.chunk_rows.max(1) - 1
-            ),
-            binds: cond.map(|c| c.binds).unwrap_or_default(),
-        };
+        let b = g.keys_after(lo, &format!("LIMIT 1 OFFSET {}", req.chunk_rows.max(1) - 1));
         let hi = Self::rows(conn, &b)
             .await
             .map_err(sql_err("verify: finding the chunk"))?;
