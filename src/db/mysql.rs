@@ -2233,9 +2233,14 @@ impl Backend for MySql {
                 .await
                 .map_err(sql_err("cutover: naming the swapping session"))?;
             let swap = g.swap();
+            let over = std::sync::atomic::AtomicBool::new(false);
             let (swapped, _) = tokio::join!(
-                sqlx::raw_sql(AssertSqlSafe(swap)).execute(&mut *conn),
-                Self::release_sentry(&mut sentry, swapper),
+                async {
+                    let r = sqlx::raw_sql(AssertSqlSafe(swap)).execute(&mut *conn).await;
+                    over.store(true, std::sync::atomic::Ordering::SeqCst);
+                    r
+                },
+                Self::release_sentry(&mut sentry, swapper, &over),
             );
             let _ = sentry.close().await;
             match swapped {
@@ -2424,9 +2429,17 @@ impl MySql {
     }
 
     /// Unlocks once the swap waits for the table (or after a second regardless: the
-    /// swap is then waiting for something else, and goes on without the sentry's help).
-    async fn release_sentry(sentry: &mut MySqlConnection, swapper: u64) {
+    /// swap is then waiting for something else, and goes on without the sentry's help;
+    /// or at once when the swap has already ended, in error).
+    async fn release_sentry(
+        sentry: &mut MySqlConnection,
+        swapper: u64,
+        over: &std::sync::atomic::AtomicBool,
+    ) {
         for _ in 0..500 {
+            if over.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             let state: Option<String> = sqlx::query_scalar(
                 "SELECT CAST(STATE AS CHAR) FROM information_schema.PROCESSLIST WHERE ID = ?",
             )
