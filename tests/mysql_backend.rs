@@ -961,3 +961,38 @@ async fn a_unique_clash_in_the_new_shape_never_rewrites_the_other_row() {
         db.drop().await;
     }
 }
+
+/// (11) Building the deferred indexes picks up where a killed turnout left off: an
+/// index already there is kept, and finishing twice changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_build_resumes_where_it_stopped() {
+    let (db, pool, b, m) = orders_in_dual_write(300).await;
+    assert!(
+        !index_names(&pool, "_t_new")
+            .await
+            .contains(&"t_status_idx".to_string()),
+        "a non-unique index waits for the end of the copy"
+    );
+    backfill(&b, &m, 100, Some(3)).await;
+    // What the server leaves when it finishes the ALTER of a turnout killed meanwhile.
+    exec(&pool, "ALTER TABLE _t_new ADD KEY t_status_idx (status)").await;
+    backfill(&b, &m, 100, None).await;
+    b.finish_backfill(&m).await.expect("finishing again");
+    let idx = index_names(&pool, "_t_new").await;
+    assert_eq!(idx, ["PRIMARY", "t_status_idx"], "{idx:?}");
+    assert!(verify(&b, &m).await.diffs.is_empty());
+    b.rollback(&m, &state(&m, "rolled_back"))
+        .await
+        .expect("rollback");
+    db.drop().await;
+}
+
+async fn index_names(pool: &MySqlPool, table: &str) -> Vec<String> {
+    strings(
+        pool,
+        &format!(
+            "SELECT DISTINCT CAST(INDEX_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table}' ORDER BY 1"
+        ),
+    )
+    .await
+}
