@@ -996,3 +996,56 @@ async fn index_names(pool: &MySqlPool, table: &str) -> Vec<String> {
     )
     .await
 }
+
+/// (12) A build left running by a killed turnout: the server goes on with its ALTER.
+/// Here another session's ALTER adds the same index and is held up by a reader; turnout
+/// waits for it (bounded, retried) and then finds the index built instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_build_left_running_is_waited_for() {
+    let (db, pool, b, m) = orders_in_dual_write(300).await;
+    backfill(&b, &m, 100, Some(100)).await;
+    let mut reader = pool.acquire().await.expect("conn");
+    sqlx::raw_sql("START TRANSACTION; SELECT COUNT(*) FROM _t_new;")
+        .execute(&mut *reader)
+        .await
+        .expect("reader");
+    let left_running = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            sqlx::raw_sql(
+                "ALTER TABLE _t_new ADD KEY t_status_idx (status), ALGORITHM=INPLACE, LOCK=NONE",
+            )
+            .execute(&pool)
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finishing = {
+        let b = MySql::connect(&db.url).await.expect("connect");
+        let m = m.clone();
+        tokio::spawn(async move { b.finish_backfill(&m).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !finishing.is_finished(),
+        "turnout waits for the build in flight"
+    );
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut *reader)
+        .await
+        .expect("commit");
+    left_running.await.expect("join").expect("the other ALTER");
+    finishing
+        .await
+        .expect("join")
+        .expect("turnout finds the index built");
+    assert_eq!(
+        index_names(&pool, "_t_new").await,
+        ["PRIMARY", "t_status_idx"]
+    );
+    assert!(verify(&b, &m).await.diffs.is_empty());
+    b.rollback(&m, &state(&m, "rolled_back"))
+        .await
+        .expect("rollback");
+    db.drop().await;
+}
