@@ -65,8 +65,8 @@ pub struct VerifyRequest {
     pub sample_rate: Option<f64>,
     /// Stop narrowing after this many differing rows.
     pub max_diffs: u64,
-    /// Chunks compared at once, each on a connection of its own (MySQL/MariaDB; the
-    /// other backends compare one chunk at a time).
+    /// Chunks compared at once, each on a connection of its own (PostgreSQL and
+    /// MySQL/MariaDB; SQLite compares one chunk at a time).
     pub workers: usize,
 }
 
@@ -85,6 +85,82 @@ pub struct VerifyReport {
     pub chunks: u64,
     pub chunks_skipped: u64,
     pub diffs: Vec<RowDiff>,
+}
+
+/// Verify's work list, shared by the workers comparing chunks at once: each claims the
+/// next key range in order; what they find is put back in key order at the end.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    /// The lower bound of the next chunk to claim (`Some(None)`: the table's start);
+    /// None when every chunk is claimed or enough differences are found.
+    next: Option<Option<Vec<String>>>,
+    /// Chunks claimed so far; a chunk's number orders its diffs.
+    claimed: u64,
+    diffs: std::collections::BTreeMap<u64, Vec<RowDiff>>,
+    /// At least one: a difference found is what makes verification fail.
+    max_diffs: u64,
+    report: VerifyReport,
+}
+
+/// A key range `(lo, hi]`; None: open on that side.
+pub type KeyRange = (Option<Vec<String>>, Option<Vec<String>>);
+
+impl Chunks {
+    pub fn new(max_diffs: u64) -> Chunks {
+        Chunks {
+            next: Some(None),
+            max_diffs: max_diffs.max(1),
+            ..Chunks::default()
+        }
+    }
+
+    /// The next chunk's lower bound, to be claimed with [`Chunks::claim`] once its upper
+    /// bound is found; None when there is nothing left to claim.
+    pub fn next_start(&mut self) -> Option<Option<Vec<String>>> {
+        self.next.take()
+    }
+
+    /// Claims `(lo, hi]`; the next chunk starts after `hi` (None: this one is the last).
+    pub fn claim(&mut self, lo: Option<Vec<String>>, hi: Option<Vec<String>>) -> (u64, KeyRange) {
+        self.next = hi.clone().map(Some);
+        self.claimed += 1;
+        (self.claimed, (lo, hi))
+    }
+
+    pub fn skipped(&mut self) {
+        self.report.chunks_skipped += 1;
+    }
+
+    /// Records chunk `n`; returns the rows compared so far. Once `max_diffs` rows differ
+    /// no further chunk is handed out.
+    pub fn compared(&mut self, n: u64, rows: u64, diffs: Vec<RowDiff>) -> u64 {
+        self.report.rows += rows;
+        self.report.chunks += 1;
+        if !diffs.is_empty() {
+            self.diffs.insert(n, diffs);
+        }
+        if self.found() >= self.max_diffs {
+            self.next = None;
+        }
+        self.report.rows
+    }
+
+    /// How many more differing rows are worth narrowing to.
+    pub fn room(&self) -> u64 {
+        self.max_diffs.saturating_sub(self.found())
+    }
+
+    fn found(&self) -> u64 {
+        self.diffs.values().map(|d| d.len() as u64).sum()
+    }
+
+    /// The report, diffs in key order, at most `max_diffs` of them.
+    pub fn into_report(self) -> VerifyReport {
+        let mut report = self.report;
+        report.diffs = self.diffs.into_values().flatten().collect();
+        report.diffs.truncate(self.max_diffs as usize);
+        report
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

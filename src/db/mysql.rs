@@ -36,7 +36,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use tokio::sync::Mutex;
 
 use crate::db::{
-    Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport,
+    Backend, BatchDone, Chunks, Cursor, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport,
     VerifyRequest, redact,
 };
 use crate::error::{Error, Result};
@@ -2140,25 +2140,14 @@ impl Backend for MySql {
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<VerifyReport> {
         let g = self.sql(m);
-        let shared = Mutex::new(Chunks {
-            next: Some(None),
-            claimed: 0,
-            diffs: BTreeMap::new(),
-            report: VerifyReport::default(),
-        });
+        let shared = Mutex::new(Chunks::new(req.max_diffs));
         let workers = req.workers.clamp(1, 4);
         let runs = (0..workers).map(|_| self.verify_worker(&g, &shared, req, progress, stop));
         let results = futures_util::future::join_all(runs).await;
         for r in results {
             r?;
         }
-        let Chunks {
-            diffs, mut report, ..
-        } = shared.into_inner();
-        // In key order, whichever worker found them first.
-        report.diffs = diffs.into_values().flatten().collect();
-        report.diffs.truncate(req.max_diffs as usize);
-        Ok(report)
+        Ok(shared.into_inner().into_report())
     }
 
     async fn cutover(
@@ -2492,20 +2481,18 @@ impl MySql {
             }
             let (n, range) = {
                 let mut chunks = shared.lock().await;
-                let Some(lo) = chunks.next.take() else {
+                let Some(lo) = chunks.next_start() else {
                     return Ok(());
                 };
                 let hi = self.chunk_end(g, &mut conn, lo.as_deref(), req).await?;
-                chunks.next = hi.clone().map(Some);
-                chunks.claimed += 1;
-                (chunks.claimed, (lo, hi))
+                chunks.claim(lo, hi)
             };
             let sampled = match req.sample_rate {
                 Some(rate) => rand::random::<f64>() < rate,
                 None => true,
             };
             if !sampled {
-                shared.lock().await.report.chunks_skipped += 1;
+                shared.lock().await.skipped();
                 continue;
             }
             self.exec(
@@ -2523,19 +2510,7 @@ impl MySql {
             let compared = self.compare_chunk(g, &mut conn, &range).await;
             let _ = sqlx::raw_sql("COMMIT").execute(&mut *conn).await;
             let (rows, diffs) = compared?;
-            let rows_done = {
-                let mut chunks = shared.lock().await;
-                chunks.report.rows += rows;
-                chunks.report.chunks += 1;
-                if !diffs.is_empty() {
-                    chunks.diffs.insert(n, diffs);
-                }
-                let found: usize = chunks.diffs.values().map(Vec::len).sum();
-                if req.max_diffs > 0 && found as u64 >= req.max_diffs {
-                    chunks.next = None;
-                }
-                chunks.report.rows
-            };
+            let rows_done = shared.lock().await.compared(n, rows, diffs);
             progress(rows_done);
         }
     }
@@ -2664,17 +2639,6 @@ impl MySql {
         }
         Ok(diffs)
     }
-}
-
-/// Verify's work list, shared by its workers.
-struct Chunks {
-    /// The lower bound of the next chunk to claim (`Some(None)`: the table's start);
-    /// None when every chunk is claimed.
-    next: Option<Option<Vec<String>>>,
-    /// Chunks claimed so far; a chunk's number orders its diffs.
-    claimed: u64,
-    diffs: BTreeMap<u64, Vec<RowDiff>>,
-    report: VerifyReport,
 }
 
 fn state_row(r: Vec<Option<String>>) -> StateRow {
