@@ -127,6 +127,11 @@ impl Chunks {
         (self.claimed, (lo, hi))
     }
 
+    /// After a worker's error: hand out no further chunk, so the others stop soon.
+    pub fn abandon(&mut self) {
+        self.next = None;
+    }
+
     pub fn skipped(&mut self) {
         self.report.chunks_skipped += 1;
     }
@@ -161,6 +166,18 @@ impl Chunks {
         report.diffs.truncate(self.max_diffs as usize);
         report
     }
+}
+
+/// Runs one verify worker; its error makes the others stop claiming chunks.
+pub async fn abandon_on_error<T>(
+    chunks: &tokio::sync::Mutex<Chunks>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let r = work.await;
+    if r.is_err() {
+        chunks.lock().await.abandon();
+    }
+    r
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

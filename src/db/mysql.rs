@@ -37,7 +37,7 @@ use tokio::sync::Mutex;
 
 use crate::db::{
     Backend, BatchDone, Chunks, Cursor, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport,
-    VerifyRequest, redact,
+    VerifyRequest, abandon_on_error, redact,
 };
 use crate::error::{Error, Result};
 use crate::schema::{Column, Generated, Index, Mapped, Migration, Source, TableShape};
@@ -2142,7 +2142,12 @@ impl Backend for MySql {
         let g = self.sql(m);
         let shared = Mutex::new(Chunks::new(req.max_diffs));
         let workers = req.workers.clamp(1, 4);
-        let runs = (0..workers).map(|_| self.verify_worker(&g, &shared, req, progress, stop));
+        let runs = (0..workers).map(|_| {
+            abandon_on_error(
+                &shared,
+                self.verify_worker(&g, &shared, req, progress, stop),
+            )
+        });
         let results = futures_util::future::join_all(runs).await;
         for r in results {
             r?;

@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::db::{
     Backend, BatchDone, Chunks, Cursor, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport,
-    VerifyRequest, render_source,
+    VerifyRequest, abandon_on_error, render_source,
 };
 use crate::error::{Error, Result};
 use crate::plan::OnError;
@@ -2114,9 +2114,12 @@ impl Backend for Postgres {
         }
         txs.insert(0, first);
         let chunks = Mutex::new(Chunks::new(req.max_diffs));
-        let runs = txs
-            .into_iter()
-            .map(|tx| self.verify_worker(&g, tx, &chunks, req, progress, stop));
+        let runs = txs.into_iter().map(|tx| {
+            abandon_on_error(
+                &chunks,
+                self.verify_worker(&g, tx, &chunks, req, progress, stop),
+            )
+        });
         for r in futures_util::future::join_all(runs).await {
             r?;
         }
