@@ -466,8 +466,8 @@ impl<'a> Gen<'a> {
 
     /// Secondary indexes built after the copy: inserting a million rows into a table
     /// that has only its primary key and then building each index from sorted input
-    /// takes about 3.6 s where inserting into all of them takes 5.8 s (measured on
-    /// MariaDB 10.11 in /tmp, 1M rows, two indexes). Unique indexes stay from the start:
+    /// takes about 3.6 s where inserting into all of them takes 5.8 s (measured by
+    /// hand on MariaDB 10.11, 1M rows, two indexes). Unique indexes stay from the start:
     /// the copy must meet a clash as an error, not find it when the index is built.
     pub fn deferred_indexes(&self) -> impl Iterator<Item = &Index> {
         self.m.after.indexes.iter().filter(|i| !i.unique)
@@ -886,6 +886,15 @@ impl<'a> Gen<'a> {
         Bound { sql, binds }
     }
 
+    /// The new table's type of a mapped column (text if the shape does not say).
+    fn target_type(&self, mp: &Mapped) -> &'a str {
+        self.m
+            .after
+            .column(&mp.target)
+            .map(|c| c.sql_type.as_str())
+            .unwrap_or("text")
+    }
+
     /// The mapped live rows (`expected`) or the shadow rows of a key range, canonicalised
     /// per target type, as `turnout_m` with columns `_k` (key JSON) and `_c0…`.
     fn verify_rows(
@@ -922,11 +931,7 @@ impl<'a> Gen<'a> {
             items.push(format!("{} AS _k", self.key_json(&cols)));
         }
         for (i, mp) in m.forward.iter().enumerate() {
-            let t = m
-                .after
-                .column(&mp.target)
-                .map(|c| c.sql_type.as_str())
-                .unwrap_or("text");
+            let t = self.target_type(mp);
             let (v, source_type) = if shadow {
                 (quote(&mp.target), Some(t))
             } else {
@@ -968,12 +973,9 @@ impl<'a> Gen<'a> {
             .forward
             .iter()
             .enumerate()
-            .map(|(i, mp)| {
-                let t = self.m.after.column(&mp.target).map(|c| c.sql_type.as_str());
-                match t.map(kind) {
-                    Some(Kind::Text | Kind::Json) | None => format!("CAST(_c{i} AS BINARY)"),
-                    Some(_) => format!("_c{i}"),
-                }
+            .map(|(i, mp)| match kind(self.target_type(mp)) {
+                Kind::Text | Kind::Json => format!("CAST(_c{i} AS BINARY)"),
+                _ => format!("_c{i}"),
             })
             .collect();
         let nulls: Vec<String> = (0..k).map(|i| format!("ISNULL(_c{i})")).collect();
@@ -997,12 +999,7 @@ impl<'a> Gen<'a> {
             .iter()
             .enumerate()
             .map(|(i, mp)| {
-                let t = m
-                    .after
-                    .column(&mp.target)
-                    .map(|c| c.sql_type.as_str())
-                    .unwrap_or("text");
-                let v = if kind(t) == Kind::Binary {
+                let v = if kind(self.target_type(mp)) == Kind::Binary {
                     format!("HEX(_c{i})")
                 } else {
                     format!("_c{i}")
