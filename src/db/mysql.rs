@@ -246,8 +246,9 @@ fn canon(expr: &str, sql_type: &str, mariadb: bool) -> String {
 }
 
 /// Whether a column of `source` type already reads as `canon(…, target)` would render
-/// it, so verify can hash the column as it is: a CAST per value doubles the cost of a
-/// checksum (92 → 53 ms per 100,000 rows measured on MariaDB 10.11).
+/// it, so verify can hash the column as it is, without a CAST per value (the generated
+/// checksum of 100,000 rows: 99 → 82 ms on the live side, 93 → 77 ms on the shadow side,
+/// measured on MariaDB 10.11).
 fn reads_as_canon(source: &str, target: &str) -> bool {
     let norm = |t: &str| t.to_ascii_lowercase().replace(' ', "");
     let plain_int = |t: &str| {
