@@ -13,10 +13,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Row, SqlitePool};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Progress;
 use crate::db::sqlite::Sqlite;
 use crate::engine::{self, Phase, RunOptions, Session};
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 
 pub const DEMO_PLAN: &str = r#"# The demo's migration: money in cents becomes a decimal amount, status values are
 # upper-cased, a column is renamed, and a new index is added, all while the

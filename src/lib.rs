@@ -4,7 +4,8 @@
 //!
 //! The tree follows the architecture: [`plan`] reads and checks plans, [`engine`] decides
 //! which phase comes next and what is persisted, [`db`] holds one module per database
-//! answering the engine's questions in its own SQL, and [`cli`] is the thin command line.
+//! answering the engine's questions in its own SQL, [`progress`] renders a running
+//! migration for a person, and [`cli`] is the thin command line on top that nothing imports.
 
 pub mod cli;
 pub mod db;
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod fault;
 pub mod plan;
+pub mod progress;
 pub mod schema;
 
 pub use error::{Error, Result};

@@ -2,25 +2,29 @@
 //! and turn the outcome into the exit codes of the product contract. Results go to
 //! stdout; logs and progress bars to stderr.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::Span;
-use tracing_indicatif::span_ext::IndicatifSpanExt;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::db::{Database, RowDiff};
-use crate::engine::{self, Observer, Phase, RunOptions, Session, State};
+use crate::db::Database;
+use crate::engine::{self, Phase, RunOptions, Session, State};
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan};
+use crate::progress::Progress;
 use crate::with_backend;
+
+mod confirm;
+mod logging;
+mod plan_source;
+mod status;
+
+use confirm::confirm;
+use logging::init_logging;
+use plan_source::show_in_source;
+use status::{status_json, status_text};
 
 #[derive(Debug, Parser)]
 #[command(name = "turnout", version, about = "Change the shape of a live table without downtime", long_about = None)]
@@ -144,74 +148,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The plan's line under a problem, with the key underlined (miette's rendering).
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("{key}")]
-struct InSource {
-    key: String,
-    #[source_code]
-    src: miette::NamedSource<String>,
-    #[label("{message}")]
-    at: miette::SourceSpan,
-    message: String,
-}
-
-fn show_in_source(p: &crate::error::PlanProblem) {
-    let (Some(loc), Ok(text)) = (&p.location, std::fs::read_to_string(&p.file)) else {
-        return;
-    };
-    let offset: usize = text
-        .lines()
-        .take(loc.line.saturating_sub(1))
-        .map(|l| l.len() + 1)
-        .sum::<usize>()
-        + loc.column.saturating_sub(1);
-    if offset > text.len() {
-        return;
-    }
-    let len = text[offset..]
-        .find([':', '\n', ',', '}'])
-        .unwrap_or(0)
-        .max(1);
-    let report = miette::Report::new(InSource {
-        key: if p.key.is_empty() {
-            "here".into()
-        } else {
-            p.key.clone()
-        },
-        src: miette::NamedSource::new(&p.file, text.clone()),
-        at: (offset, len).into(),
-        message: p.message.clone(),
-    });
-    eprintln!("{report:?}");
-}
-
-fn init_logging(verbose: u8, bars: bool) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "turnout=info",
-        _ => "turnout=debug,info",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    if bars {
-        let indicatif = tracing_indicatif::IndicatifLayer::new();
-        let fmt = tracing_subscriber::fmt::layer()
-            .with_writer(indicatif.get_stderr_writer())
-            .with_target(false);
-        let _ = tracing_subscriber::registry()
-            .with(fmt.with_filter(filter))
-            .with(indicatif.with_filter(tracing_indicatif::filter::IndicatifFilter::new(false)))
-            .try_init();
-    } else {
-        let fmt = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false);
-        let _ = tracing_subscriber::registry()
-            .with(fmt.with_filter(filter))
-            .try_init();
-    }
-}
-
 fn database_url(cli_url: &Option<String>) -> Result<&str> {
     cli_url.as_deref().ok_or_else(|| {
         Error::Usage("no database: pass --database-url URL or set DATABASE_URL (postgres://…, mysql://…, sqlite://…)".into())
@@ -226,31 +162,6 @@ fn parse_until(until: &Option<String>) -> Result<Option<Phase>> {
                 "--until {u:?}: expected one of prepared, dual_writing, backfilled, verified, cut_over, done"
             ))
         }),
-    }
-}
-
-/// Asks before touching the database, unless `--yes`; refuses when nobody can answer.
-fn confirm(plan: &Plan, yes: bool) -> Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(format!(
-            "stdin is not a terminal, so turnout cannot ask before changing {:?}; pass --yes to run without asking",
-            plan.file.table
-        )));
-    }
-    eprint!(
-        "Run migration {:?} on table {:?}? [y/N] ",
-        plan.file.name, plan.file.table
-    );
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Usage("not confirmed; nothing was changed".into()))
     }
 }
 
@@ -423,157 +334,5 @@ fn report_where(st: &State, plan: &Plan) {
             "migration {:?} is {}; next: {next} (`turnout run {}` to go on, `turnout rollback {}` to undo)",
             st.name, st.phase, plan.path, plan.path
         ),
-    }
-}
-
-fn rate_and_eta(st: &State) -> (Option<f64>, Option<Duration>) {
-    let b = &st.backfill;
-    let (Some(start), end) = (b.started_at, b.finished_at.unwrap_or(st.updated_at)) else {
-        return (None, None);
-    };
-    let secs = (end - start).num_milliseconds() as f64 / 1000.0;
-    if secs <= 0.0 || b.rows_copied == 0 {
-        return (None, None);
-    }
-    let rate = b.rows_copied as f64 / secs;
-    let left = b.estimated_rows.saturating_sub(b.rows_copied) as f64;
-    let eta = (st.phase == Phase::DualWriting).then(|| Duration::from_secs_f64(left / rate));
-    (Some(rate), eta)
-}
-
-fn status_text(st: &State, failures: &[String]) -> String {
-    let (rate, eta) = rate_and_eta(st);
-    let mut out = format!("{}: {}", st.name, st.phase);
-    if let Some(m) = &st.migration {
-        out.push_str(&format!(" (table {:?})", m.table));
-    }
-    if st.backfill.started_at.is_some() {
-        out.push_str(&format!(
-            "\n  backfill: {} of ~{} rows in {} batches",
-            st.backfill.rows_copied, st.backfill.estimated_rows, st.backfill.batches
-        ));
-        if let Some(r) = rate {
-            out.push_str(&format!(", {r:.0} rows/s"));
-        }
-        if let Some(e) = eta {
-            out.push_str(&format!(
-                ", ETA {}",
-                humantime::format_duration(Duration::from_secs(e.as_secs()))
-            ));
-        }
-    }
-    if let Some(passed) = st.verify.passed {
-        out.push_str(&format!(
-            "\n  verify: {} ({} rows, {} mismatches)",
-            if passed { "passed" } else { "FAILED" },
-            st.verify.rows_checked,
-            st.verify.mismatches
-        ));
-    }
-    if !failures.is_empty() {
-        out.push_str(&format!(
-            "\n  {} application writes the triggers could not map (cutover is refused until the plan is fixed): {}",
-            failures.len(),
-            failures.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
-        ));
-    }
-    out.push_str(&format!(
-        "\n  last checkpoint: {}",
-        st.updated_at.to_rfc3339()
-    ));
-    if let Some(e) = st.events.last() {
-        out.push_str(&format!(
-            "\n  last event: {} — {}",
-            e.at.to_rfc3339(),
-            e.message
-        ));
-    }
-    out
-}
-
-fn status_json(st: &State, failures: &[String]) -> serde_json::Value {
-    let (rate, eta) = rate_and_eta(st);
-    serde_json::json!({
-        "name": st.name,
-        "phase": st.phase,
-        "table": st.migration.as_ref().map(|m| m.table.clone()),
-        "plan_hash": st.plan_hash,
-        "backfill": {
-            "rows_copied": st.backfill.rows_copied,
-            "rows_estimated": st.backfill.estimated_rows,
-            "batches": st.backfill.batches,
-            "batch_size": st.backfill.batch_size,
-            "rows_per_second": rate,
-            "eta_seconds": eta.map(|e| e.as_secs()),
-        },
-        "verify": st.verify,
-        "cutover_attempts": st.cutover_attempts,
-        "trigger_failures": failures,
-        "last_checkpoint": st.updated_at,
-        "events": st.events,
-    })
-}
-
-/// Progress bars on stderr (when it is a terminal) and one result line per phase on stdout.
-pub struct Progress {
-    bars: bool,
-    span: Mutex<Option<Span>>,
-}
-
-impl Progress {
-    pub fn new(bars: bool) -> Progress {
-        Progress {
-            bars,
-            span: Mutex::new(None),
-        }
-    }
-
-    fn with_span(&self, f: impl FnOnce(&Span)) {
-        if let Ok(guard) = self.span.lock()
-            && let Some(span) = guard.as_ref()
-        {
-            f(span);
-        }
-    }
-}
-
-impl Observer for Progress {
-    fn phase_started(&self, phase: &str) {
-        if !self.bars || !matches!(phase, "backfill" | "verify") {
-            return;
-        }
-        let span = tracing::info_span!("progress", indicatif.pb_show = tracing::field::Empty);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg:>9} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
-        ) {
-            span.pb_set_style(&style.progress_chars("=> "));
-        }
-        span.pb_set_message(phase);
-        span.pb_start();
-        if let Ok(mut guard) = self.span.lock() {
-            *guard = Some(span);
-        }
-    }
-
-    fn phase_finished(&self, phase: &str, took: Duration, summary: &str) {
-        if let Ok(mut guard) = self.span.lock() {
-            guard.take();
-        }
-        println!("{phase:>10}  {:>8.2?}  {summary}", took);
-    }
-
-    fn backfill_progress(&self, done: u64, total: u64) {
-        self.with_span(|s| {
-            s.pb_set_length(total);
-            s.pb_set_position(done);
-        });
-    }
-
-    fn verify_progress(&self, done: u64, total: u64) {
-        self.backfill_progress(done, total);
-    }
-
-    fn diff(&self, _diff: &RowDiff, rendered: &str) {
-        println!("{rendered}");
     }
 }

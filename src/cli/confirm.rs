@@ -1,0 +1,31 @@
+//! The one question asked before a command changes the database.
+
+use std::io::{IsTerminal, Write};
+
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+
+/// Asks before touching the database, unless `--yes`; refuses when nobody can answer.
+pub(super) fn confirm(plan: &Plan, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "stdin is not a terminal, so turnout cannot ask before changing {:?}; pass --yes to run without asking",
+            plan.file.table
+        )));
+    }
+    eprint!(
+        "Run migration {:?} on table {:?}? [y/N] ",
+        plan.file.name, plan.file.table
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Usage("not confirmed; nothing was changed".into()))
+    }
+}

@@ -1,0 +1,93 @@
+//! `turnout status`: where each migration stands, as text for a person or JSON.
+
+use std::time::Duration;
+
+use crate::engine::{Phase, State};
+
+fn rate_and_eta(st: &State) -> (Option<f64>, Option<Duration>) {
+    let b = &st.backfill;
+    let (Some(start), end) = (b.started_at, b.finished_at.unwrap_or(st.updated_at)) else {
+        return (None, None);
+    };
+    let secs = (end - start).num_milliseconds() as f64 / 1000.0;
+    if secs <= 0.0 || b.rows_copied == 0 {
+        return (None, None);
+    }
+    let rate = b.rows_copied as f64 / secs;
+    let left = b.estimated_rows.saturating_sub(b.rows_copied) as f64;
+    let eta = (st.phase == Phase::DualWriting).then(|| Duration::from_secs_f64(left / rate));
+    (Some(rate), eta)
+}
+
+pub(super) fn status_text(st: &State, failures: &[String]) -> String {
+    let (rate, eta) = rate_and_eta(st);
+    let mut out = format!("{}: {}", st.name, st.phase);
+    if let Some(m) = &st.migration {
+        out.push_str(&format!(" (table {:?})", m.table));
+    }
+    if st.backfill.started_at.is_some() {
+        out.push_str(&format!(
+            "\n  backfill: {} of ~{} rows in {} batches",
+            st.backfill.rows_copied, st.backfill.estimated_rows, st.backfill.batches
+        ));
+        if let Some(r) = rate {
+            out.push_str(&format!(", {r:.0} rows/s"));
+        }
+        if let Some(e) = eta {
+            out.push_str(&format!(
+                ", ETA {}",
+                humantime::format_duration(Duration::from_secs(e.as_secs()))
+            ));
+        }
+    }
+    if let Some(passed) = st.verify.passed {
+        out.push_str(&format!(
+            "\n  verify: {} ({} rows, {} mismatches)",
+            if passed { "passed" } else { "FAILED" },
+            st.verify.rows_checked,
+            st.verify.mismatches
+        ));
+    }
+    if !failures.is_empty() {
+        out.push_str(&format!(
+            "\n  {} application writes the triggers could not map (cutover is refused until the plan is fixed): {}",
+            failures.len(),
+            failures.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+        ));
+    }
+    out.push_str(&format!(
+        "\n  last checkpoint: {}",
+        st.updated_at.to_rfc3339()
+    ));
+    if let Some(e) = st.events.last() {
+        out.push_str(&format!(
+            "\n  last event: {} — {}",
+            e.at.to_rfc3339(),
+            e.message
+        ));
+    }
+    out
+}
+
+pub(super) fn status_json(st: &State, failures: &[String]) -> serde_json::Value {
+    let (rate, eta) = rate_and_eta(st);
+    serde_json::json!({
+        "name": st.name,
+        "phase": st.phase,
+        "table": st.migration.as_ref().map(|m| m.table.clone()),
+        "plan_hash": st.plan_hash,
+        "backfill": {
+            "rows_copied": st.backfill.rows_copied,
+            "rows_estimated": st.backfill.estimated_rows,
+            "batches": st.backfill.batches,
+            "batch_size": st.backfill.batch_size,
+            "rows_per_second": rate,
+            "eta_seconds": eta.map(|e| e.as_secs()),
+        },
+        "verify": st.verify,
+        "cutover_attempts": st.cutover_attempts,
+        "trigger_failures": failures,
+        "last_checkpoint": st.updated_at,
+        "events": st.events,
+    })
+}
