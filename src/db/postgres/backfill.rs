@@ -1,0 +1,253 @@
+//! Backfill: rows are copied in key order, one batch per transaction committed with its
+//! checkpoint; a batch that deadlocks with the application is retried, and one that fails
+//! on a row's data is narrowed to the key and column that made it fail.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::errors::{db_message, is_conflict, sqlstate};
+use super::sql::{Gen, full_cast, list, loose_cast, quote};
+use super::state::save_in;
+use super::{Postgres, bind_texts, sql};
+use crate::db::{BatchDone, Cursor, StateRow, render_source};
+use crate::error::{Error, Result};
+use crate::schema::Migration;
+
+/// A batch that deadlocks with the application is retried this many times.
+const BATCH_ATTEMPTS: u32 = 5;
+
+/// The values of a cursor, as the text the key columns are cast back from.
+pub(super) fn cursor_values(c: &Cursor, n: usize) -> Result<Vec<String>> {
+    let bad = || {
+        Error::State(format!(
+            "the saved backfill cursor {c} is not a key of {n} values; roll back and start again"
+        ))
+    };
+    let arr = c.as_array().ok_or_else(bad)?;
+    if arr.len() != n {
+        return Err(bad());
+    }
+    arr.iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Null => Err(bad()),
+            other => Ok(other.to_string()),
+        })
+        .collect()
+}
+
+pub(super) fn parse_cursor(text: &str) -> Result<Cursor> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::State(format!(
+            "the database returned a key that is not JSON ({e}): {text}"
+        ))
+    })
+}
+
+impl Postgres {
+    pub(super) async fn count_live_rows(&self, m: &Migration) -> Result<u64> {
+        let g = self.gen_for(m);
+        let ctx = |e| Error::db("estimating rows", e);
+        // Counting is exact and cheap up to this many rows; beyond, the planner's estimate.
+        const COUNT_UP_TO: i64 = 100_000;
+        let counted: i64 = sqlx::query_scalar(sql(format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {COUNT_UP_TO}) AS c",
+            g.live()
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx)?;
+        if counted < COUNT_UP_TO {
+            return Ok(counted.max(0) as u64);
+        }
+        let estimate: Option<f64> = sqlx::query_scalar(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass($1)",
+        )
+        .bind(g.live())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ctx)?;
+        Ok(estimate.unwrap_or(0.0).max(counted as f64) as u64)
+    }
+
+    pub(super) async fn copy_next_batch(
+        &self,
+        m: &Migration,
+        after: Option<&Cursor>,
+        limit: u64,
+        checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
+    ) -> Result<BatchDone> {
+        let g = self.gen_for(m);
+        let ctx = |e| Error::db(format!("backfill of {}", m.table), e);
+        let cursor = after.map(|c| cursor_values(c, m.key.len())).transpose()?;
+        let limit = limit.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.pool.begin().await.map_err(ctx)?;
+            let mut q = sqlx::query(sql(g.batch_bounds(cursor.is_some(), &limit.to_string())));
+            if let Some(c) = &cursor {
+                q = bind_texts(q, c);
+            }
+            let bounds = q.fetch_optional(&mut *tx).await.map_err(ctx)?;
+            let Some(bounds) = bounds else {
+                let done = BatchDone {
+                    rows: 0,
+                    last: None,
+                    rest: Duration::ZERO,
+                };
+                save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+                tx.commit().await.map_err(ctx)?;
+                return Ok(done);
+            };
+            let rows: i64 = bounds.get(0);
+            let last_text: String = bounds.get(1);
+            let last_cursor = parse_cursor(&last_text)?;
+            let last = cursor_values(&last_cursor, m.key.len())?;
+            let mut q = sqlx::query(sql(g.batch_copy(cursor.is_some())));
+            if let Some(c) = &cursor {
+                q = bind_texts(q, c);
+            }
+            match bind_texts(q, &last).execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) && attempt < BATCH_ATTEMPTS => {
+                    drop(tx);
+                    tracing::info!(
+                        attempt,
+                        "backfill batch deadlocked with the application; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    continue;
+                }
+                Err(e) if matches!(sqlstate(&e).as_deref().map(|s| &s[..2]), Some("22" | "23")) => {
+                    drop(tx);
+                    return Err(self
+                        .explain_batch_error(&g, cursor.as_deref(), &last, e)
+                        .await);
+                }
+                Err(e) => return Err(ctx(e)),
+            }
+            let done = BatchDone {
+                rows: rows.max(0) as u64,
+                last: Some(last_cursor),
+                // Row locks, not a single writer: the application never waits for a rest.
+                rest: Duration::ZERO,
+            };
+            save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+            tx.commit().await.map_err(ctx)?;
+            return Ok(done);
+        }
+    }
+
+    pub(super) async fn analyze_shadow(&self, m: &Migration) -> Result<()> {
+        let g = self.gen_for(m);
+        sqlx::raw_sql(sql(format!("ANALYZE {}", g.shadow())))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::db("analyzing the shadow table", e))?;
+        Ok(())
+    }
+
+    /// Names the key and column of the row that made a batch fail: the batch's rows are
+    /// retried one by one (each in a savepoint of a transaction that is rolled back).
+    async fn explain_batch_error(
+        &self,
+        g: &Gen<'_>,
+        cursor: Option<&[String]>,
+        last: &[String],
+        e: sqlx::Error,
+    ) -> Error {
+        let context = format!("backfill of {}", g.m.table);
+        let first_message = db_message(&e);
+        let found: std::result::Result<Option<(String, String, String)>, sqlx::Error> = async {
+            let mut tx = self.pool.begin().await?;
+            let old_key = g.old_key();
+            let keys_sql = format!(
+                "SELECT {}, {} FROM {} WHERE {} ORDER BY {}",
+                g.cursor_json("", &old_key),
+                g.shown_key("", &old_key),
+                g.live(),
+                g.range("", &old_key, cursor.is_some(), true),
+                g.order("", &old_key, false)
+            );
+            let mut q = sqlx::query(sql(keys_sql));
+            if let Some(c) = cursor {
+                q = bind_texts(q, c);
+            }
+            let keys = bind_texts(q, last).fetch_all(&mut *tx).await?;
+            let types = g.key_types();
+            let one = |prefix: &str| {
+                old_key
+                    .iter()
+                    .zip(&types)
+                    .enumerate()
+                    .map(|(i, (k, t))| format!("{prefix}{} = CAST(${} AS {t})", quote(k), i + 1))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            let row_sql = format!(
+                "SELECT {} FROM {} WHERE {}",
+                list(&g.old_cols()),
+                g.live(),
+                one("")
+            );
+            let insert_one = g.upsert(&g.forward(), &row_sql, false);
+            for r in keys {
+                let cursor_key: String = r.get(0);
+                let shown: String = r.get(1);
+                let values = cursor_values(&parse_cursor(&cursor_key).unwrap_or_default(), old_key.len())
+                    .unwrap_or_default();
+                sqlx::raw_sql("SAVEPOINT turnout_probe").execute(&mut *tx).await?;
+                let res = bind_texts(sqlx::query(sql(insert_one.clone())), &values)
+                    .execute(&mut *tx)
+                    .await;
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT turnout_probe").execute(&mut *tx).await?;
+                let Err(err) = res else { continue };
+                let message = db_message(&err);
+                if let sqlx::Error::Database(d) = &err
+                    && let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    && let Some(col) = pg.column()
+                {
+                    return Ok(Some((shown, col.to_string(), message)));
+                }
+                // Which expression fails, or which value the exact type would alter.
+                for mp in g.m.forward.iter() {
+                    let loose = render_source(mp, &|c| quote(c), &loose_cast);
+                    let exact = render_source(mp, &|c| quote(c), &full_cast);
+                    let probe = format!(
+                        "SELECT ({exact})::text IS DISTINCT FROM ({loose})::text FROM ({row_sql}) AS t"
+                    );
+                    sqlx::raw_sql("SAVEPOINT turnout_probe").execute(&mut *tx).await?;
+                    let res: std::result::Result<Option<bool>, sqlx::Error> =
+                        bind_texts(sqlx::query(sql(probe)), &values)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map(|r| r.and_then(|r| r.get::<Option<bool>, _>(0)));
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT turnout_probe").execute(&mut *tx).await?;
+                    let altered = mp.cast.is_some() && matches!(res, Ok(Some(true)));
+                    if res.is_err() || altered {
+                        return Ok(Some((shown, mp.target.clone(), message)));
+                    }
+                }
+                return Ok(Some((shown, "(unknown column)".to_string(), message)));
+            }
+            tx.rollback().await?;
+            Ok(None)
+        }
+        .await;
+        match found {
+            Ok(Some((key, column, message))) => Error::Data {
+                table: g.m.table.clone(),
+                key,
+                column,
+                message,
+            },
+            // The failing row is gone or the failure was not the row's: report it as is.
+            Ok(None) | Err(_) => {
+                tracing::debug!("could not narrow the batch error: {first_message}");
+                Error::db(context, e)
+            }
+        }
+    }
+}

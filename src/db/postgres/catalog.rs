@@ -1,0 +1,303 @@
+//! What the table is and what stops the migration, read from the catalog: `describe` turns
+//! a table into a `TableShape`, and preflight finds what `TableShape` cannot carry to the
+//! new table, names that are taken, and expressions that do not compile.
+//!
+//! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
+//! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
+//! EXCLUDE constraints; user triggers; views depending on the table; stored generated
+//! columns; non-default collations; partitioned tables.
+
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+
+use super::errors::db_message;
+use super::sql::{has_identity_always, list};
+use super::{Postgres, sql};
+use crate::error::{Error, Result};
+use crate::schema::{Column, Generated, Index, Mapped, Migration, TableShape};
+
+impl Postgres {
+    pub(super) async fn relation_exists(
+        &self,
+        conn: &mut PgConnection,
+        qualified_name: &str,
+    ) -> Result<bool> {
+        let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
+            .bind(qualified_name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| Error::db("reading the catalog", e))?;
+        Ok(oid.is_some())
+    }
+
+    pub(super) async fn describe_table(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Option<TableShape>> {
+        let ctx = |e| Error::db(format!("describing table {table:?}"), e);
+        let schema = schema.unwrap_or(&self.home);
+        let oid: Option<i64> = sqlx::query_scalar(
+            "SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ctx)?;
+        let Some(oid) = oid else { return Ok(None) };
+        let rows = sqlx::query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+             pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text, \
+             pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname) \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        )
+        .bind(oid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx)?;
+        let columns = rows
+            .iter()
+            .map(|r| {
+                let identity: String = r.get(4);
+                let generated_stored: String = r.get(5);
+                let default: Option<String> = r.get(3);
+                let serial: Option<String> = r.get(6);
+                let generated = match identity.as_str() {
+                    "a" => Some(Generated::Identity { always: true }),
+                    "d" => Some(Generated::Identity { always: false }),
+                    _ => match (&default, serial) {
+                        (Some(d), Some(seq)) if d.starts_with("nextval(") => {
+                            Some(Generated::Sequence { sequence: seq })
+                        }
+                        _ => None,
+                    },
+                };
+                Column {
+                    name: r.get(0),
+                    sql_type: r.get(1),
+                    nullable: !r.get::<bool, _>(2),
+                    // A stored generated column's expression is not a DEFAULT (preflight refuses it).
+                    default: if generated_stored.is_empty() {
+                        default
+                    } else {
+                        None
+                    },
+                    generated,
+                }
+            })
+            .collect();
+        let primary_key: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.ord",
+        )
+        .bind(oid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx)?;
+        // Only plain btree indexes fit `Index`; the others are refused by preflight.
+        let idx_rows = sqlx::query(
+            "SELECT ic.relname::text, i.indisunique, \
+             (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
+             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+             WHERE i.indrelid = $1::oid AND NOT i.indisprimary AND am.amname = 'btree' \
+             AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts \
+             AND NOT EXISTS (SELECT 1 FROM unnest(i.indoption) o WHERE o <> 0) \
+             AND NOT EXISTS (SELECT 1 FROM unnest(i.indclass) oc JOIN pg_opclass op ON op.oid = oc WHERE NOT op.opcdefault) \
+             AND NOT EXISTS (SELECT 1 FROM unnest(i.indcollation) WITH ORDINALITY AS co(coll, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[co.ord - 1] \
+                 WHERE co.coll <> 0 AND co.coll <> a.attcollation) \
+             ORDER BY ic.relname",
+        )
+        .bind(oid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx)?;
+        let indexes = idx_rows
+            .into_iter()
+            .map(|r| Index {
+                name: r.get(0),
+                unique: r.get(1),
+                columns: r.get::<Option<Vec<String>>, _>(2).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Some(TableShape {
+            columns,
+            primary_key,
+            indexes,
+        }))
+    }
+
+    pub(super) async fn check_migration(&self, m: &Migration) -> Result<Vec<String>> {
+        let g = self.gen_for(m);
+        let t = &m.table;
+        let ctx = |e| Error::db(format!("preflight of {t}"), e);
+        let mut problems = Vec::new();
+        let mut conn = self.pool.acquire().await.map_err(ctx)?;
+        for (name, rel) in [(&m.shadow, g.shadow()), (&m.old, g.old())] {
+            if self.relation_exists(&mut conn, &rel).await? {
+                problems.push(format!("a relation {name:?} already exists in schema {:?}; turnout needs that name for {t:?} (drop it, or roll back the migration that left it)", g.schema));
+            }
+        }
+        // What TableShape cannot carry to the new table, found in the catalog.
+        let live = g.live();
+        let checks: [(&str, &str); 9] = [
+            (
+                "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1) AND relkind <> 'r'",
+                "table {t}: it is a partitioned table ({x}); turnout migrates plain tables only",
+            ),
+            (
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
+                "table {t}: trigger {x} would stay on the old table after cutover; drop it for the migration and recreate it after",
+            ),
+            (
+                "SELECT conname::text || ' (' || CASE contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' WHEN 'x' THEN 'EXCLUDE' ELSE contype::text END || ')' \
+              FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype IN ('c', 'f', 'x')",
+                "table {t}: constraint {x} is not carried to the new table; drop it for the migration and recreate it after",
+            ),
+            (
+                "SELECT conname::text || ' on ' || conrelid::regclass::text FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'",
+                "table {t}: foreign key {x} references it and would follow the old table at cutover; drop it for the migration and recreate it after",
+            ),
+            (
+                "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
+              WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = to_regclass($1) AND v.oid <> d.refobjid",
+                "table {t}: view {x} depends on it and would follow the old table at cutover; drop it for the migration and recreate it after",
+            ),
+            (
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
+                "table {t}: column {x} is a generated column; turnout cannot copy into it",
+            ),
+            (
+                "SELECT a.attname::text || ' (collation ' || co.collname::text || ')' FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid \
+              JOIN pg_collation co ON co.oid = a.attcollation \
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 0 AND a.attcollation <> ty.typcollation",
+                "table {t}: column {x} has a collation turnout does not carry to the new table",
+            ),
+            (
+                "SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+              WHERE i.indrelid = to_regclass($1) AND NOT i.indisprimary AND (am.amname <> 'btree' OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL \
+              OR i.indnkeyatts <> i.indnatts OR EXISTS (SELECT 1 FROM unnest(i.indoption) o WHERE o <> 0) \
+              OR EXISTS (SELECT 1 FROM unnest(i.indclass) oc JOIN pg_opclass op ON op.oid = oc WHERE NOT op.opcdefault) \
+              OR EXISTS (SELECT 1 FROM unnest(i.indcollation) WITH ORDINALITY AS co(coll, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[co.ord - 1] \
+                 WHERE co.coll <> 0 AND co.coll <> a.attcollation))",
+                "table {t}: index {x} is an expression, partial, INCLUDE, descending, non-btree or special-opclass index, which turnout cannot recreate; drop it for the migration and recreate it after",
+            ),
+            (
+                "SELECT polname::text FROM pg_policy WHERE polrelid = to_regclass($1)",
+                "table {t}: row-level security policy {x} is not carried to the new table",
+            ),
+        ];
+        for (query, message) in checks {
+            let found: Vec<String> = sqlx::query_scalar(query)
+                .bind(&live)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(ctx)?;
+            for x in found {
+                problems.push(
+                    message
+                        .replace("{t}", &format!("{t:?}"))
+                        .replace("{x}", &format!("{x:?}")),
+                );
+            }
+        }
+        // Index names the new table will take must be free, unless the old table holds them.
+        for idx in &m.after.indexes {
+            let carried = m.before.indexes.iter().any(|b| b.name == idx.name);
+            if !carried && self.relation_exists(&mut conn, &g.rel(&idx.name)).await? {
+                problems.push(format!(
+                    "index {:?}: the name is taken in schema {:?}; turnout needs it for the new {t:?}",
+                    idx.name, g.schema
+                ));
+            }
+        }
+        for c in &m.after.columns {
+            let mapped = m.forward.iter().any(|mp| mp.target == c.name);
+            if !mapped && !c.nullable && c.default.is_none() && c.generated.is_none() {
+                problems.push(format!("column {:?}: NOT NULL without a default or `from`; turnout cannot fill it for the rows of {t:?}", c.name));
+            }
+        }
+        drop(conn);
+
+        // The new shape, forward and reverse statements: compiled (EXPLAIN, never run)
+        // inside a transaction that is always rolled back.
+        let mut tx = self.pool.begin().await.map_err(ctx)?;
+        let mut created = true;
+        for stmt in g.create_shadow() {
+            if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&mut *tx).await {
+                problems.push(format!(
+                    "the new shape of {t:?} cannot be created: {}",
+                    db_message(&e)
+                ));
+                created = false;
+                break;
+            }
+        }
+        // Only this column's expression and its assignment to the target are checked.
+        let probe = |target: &str, overriding: bool, mp: &Mapped, rows: &str| {
+            format!(
+                "EXPLAIN {}",
+                g.insert_select(target, std::slice::from_ref(mp), overriding, rows)
+            )
+        };
+        if created {
+            let live_rows = format!("SELECT {} FROM {} LIMIT 0", list(&g.old_cols()), g.live());
+            let new_rows = format!("SELECT {} FROM {} LIMIT 0", list(&g.new_cols()), g.shadow());
+            // Before cutover the old table is still `<table>`.
+            let overriding = has_identity_always(&m.before);
+            let cases: Vec<(String, String, &str)> = m
+                .forward
+                .iter()
+                .map(|mp| {
+                    (
+                        format!("column {:?}: the forward expression", mp.target),
+                        probe(&g.shadow(), false, mp, &live_rows),
+                        "the live table",
+                    )
+                })
+                .chain(m.reverse.iter().map(|mp| {
+                    (
+                        format!("column {:?}: the reverse expression", mp.target),
+                        probe(&g.live(), overriding, mp, &new_rows),
+                        "the new shape",
+                    )
+                }))
+                .collect();
+            for (what, stmt, over) in cases {
+                sqlx::raw_sql("SAVEPOINT turnout_probe")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ctx)?;
+                if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&mut *tx).await {
+                    problems.push(format!(
+                        "{what} does not compile over {over} of {t:?}: {}",
+                        db_message(&e)
+                    ));
+                }
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT turnout_probe")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ctx)?;
+            }
+            // The verify comparison casts exactly; it must compile too.
+            if problems.is_empty() {
+                let stmt = format!("EXPLAIN {}", g.chunk_hashes(false, false));
+                if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&mut *tx).await {
+                    problems.push(format!(
+                        "table {t:?}: the verification query does not compile: {}",
+                        db_message(&e)
+                    ));
+                }
+            }
+        }
+        tx.rollback().await.map_err(ctx)?;
+        Ok(problems)
+    }
+}

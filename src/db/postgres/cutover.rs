@@ -1,0 +1,302 @@
+//! Cutover, cleanup and rollback: each looks at the catalog first, so a step that crashed
+//! is finished or found done; cutover and rollback take their locks, read the facts their
+//! statements depend on (primary key names, identities, owned sequences) and run them in
+//! one transaction with the state row. Also the rows recorded by `on_error: record`
+//! triggers and the plan's throttle query.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+
+use super::errors::{is_conflict, is_lock_timeout};
+use super::sql::{CutoverFacts, Gen, RollbackFacts, qualified, quote};
+use super::state::save_in;
+use super::{DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, Postgres, run_all, sql};
+use crate::db::{CutoverOutcome, StateRow};
+use crate::error::{Error, Result};
+use crate::schema::{Generated, Migration};
+
+impl Postgres {
+    pub(super) async fn swap(
+        &self,
+        m: &Migration,
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        let g = self.gen_for(m);
+        let ctx = |e| Error::db(format!("cutover of {}", m.table), e);
+        let mut tx = self.pool.begin().await.map_err(ctx)?;
+        let swapped = self.relation_exists(&mut tx, &g.old()).await?
+            && !self.relation_exists(&mut tx, &g.shadow()).await?;
+        if swapped {
+            // A previous attempt committed; only its state row is missing.
+            save_in(&mut tx, &self.home, save).await?;
+            tx.commit().await.map_err(ctx)?;
+            return Ok(CutoverOutcome::Swapped);
+        }
+        drop(tx);
+        // Fresh statistics before the new table serves queries (outside the lock).
+        sqlx::raw_sql(sql(format!("ANALYZE {}", g.shadow())))
+            .execute(&self.pool)
+            .await
+            .map_err(ctx)?;
+        let mut tx = self.pool.begin().await.map_err(ctx)?;
+        let attempt: std::result::Result<(), sqlx::Error> = async {
+            sqlx::raw_sql(sql(format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                lock_timeout.as_millis().max(1)
+            )))
+            .execute(&mut *tx)
+            .await?;
+            // Take the locks first, then read the facts the statements depend on.
+            sqlx::raw_sql(sql(g.lock_both())).execute(&mut *tx).await?;
+            let facts = self.cutover_facts(&mut tx, &g).await?;
+            run_all(&mut tx, &g.cutover(&facts)).await
+        }
+        .await;
+        match attempt {
+            Ok(()) => {}
+            Err(e) if is_lock_timeout(&e) => {
+                tx.rollback().await.map_err(ctx)?;
+                return Ok(CutoverOutcome::LockTimeout);
+            }
+            Err(e) => return Err(ctx(e)),
+        }
+        crate::fault::point("cutover.inside");
+        save_in(&mut tx, &self.home, save).await?;
+        tx.commit().await.map_err(ctx)?;
+        Ok(CutoverOutcome::Swapped)
+    }
+
+    pub(super) async fn clean_up(
+        &self,
+        m: &Migration,
+        keep_old: bool,
+        save: &StateRow,
+    ) -> Result<()> {
+        let g = self.gen_for(m);
+        self.ddl_txn(
+            &format!("cleanup of {}", m.table),
+            &g.cleanup(keep_old),
+            save,
+            Some("cleanup.inside"),
+        )
+        .await
+    }
+
+    pub(super) async fn roll_back(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        let g = self.gen_for(m);
+        let ctx = |e| Error::db(format!("rollback of {}", m.table), e);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.pool.begin().await.map_err(ctx)?;
+            let old_exists = self.relation_exists(&mut tx, &g.old()).await?;
+            let shadow_exists = self.relation_exists(&mut tx, &g.shadow()).await?;
+            if old_exists && shadow_exists {
+                return Err(Error::State(format!(
+                    "both {} and {} exist next to {}; turnout cannot tell which holds the original rows. Inspect them and drop the wrong one, then run rollback again",
+                    m.old, m.shadow, m.table
+                )));
+            }
+            let result: std::result::Result<(), sqlx::Error> = async {
+                sqlx::raw_sql(sql(format!(
+                    "SET LOCAL lock_timeout = '{}ms'",
+                    DDL_LOCK_TIMEOUT.as_millis()
+                )))
+                .execute(&mut *tx)
+                .await?;
+                let stmts = if old_exists {
+                    // The catalog shows a cutover: `<table>` is the new table.
+                    sqlx::raw_sql(sql(format!(
+                        "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
+                        g.live(),
+                        g.old()
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                    let facts = self.rollback_facts(&mut tx, &g).await?;
+                    g.rollback_swapped(&facts)
+                } else {
+                    g.rollback_unprepared()
+                };
+                run_all(&mut tx, &stmts).await
+            }
+            .await;
+            match result {
+                Ok(()) => {}
+                Err(e) if (is_lock_timeout(&e) || is_conflict(&e)) && attempt < DDL_ATTEMPTS => {
+                    drop(tx);
+                    tracing::info!(attempt, "rollback: lock not granted, retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    continue;
+                }
+                Err(e) => return Err(ctx(e)),
+            }
+            crate::fault::point("rollback.inside");
+            save_in(&mut tx, &self.home, save).await?;
+            tx.commit().await.map_err(ctx)?;
+            return Ok(());
+        }
+    }
+
+    pub(super) async fn read_trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::db("reading turnout_failures", e))?;
+        let table = qualified(&self.home, "turnout_failures");
+        if !self.relation_exists(&mut conn, &table).await? {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar(sql(format!(
+            "SELECT direction || ': row with key ' || coalesce(key, '?') || ': ' || coalesce(error, '') \
+             FROM {table} WHERE migration = $1 ORDER BY at"
+        )))
+        .bind(&m.name)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| Error::db("reading turnout_failures", e))
+    }
+
+    pub(super) async fn read_throttle_value(&self, query: &str) -> Result<f64> {
+        let row = sqlx::query(sql(query.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| Error::db("running the throttle query", e))?;
+        row.try_get::<f64, _>(0)
+            .or_else(|_| row.try_get::<i64, _>(0).map(|v| v as f64))
+            .or_else(|_| row.try_get::<i32, _>(0).map(f64::from))
+            .or_else(|_| row.try_get::<f32, _>(0).map(f64::from))
+            .or_else(|_| {
+                row.try_get::<sqlx::types::Decimal, _>(0)
+                    .map(|d| d.to_string().parse().unwrap_or(f64::NAN))
+            })
+            .map_err(|e| Error::db("reading the throttle query's value", e))
+    }
+
+    async fn cutover_facts(
+        &self,
+        conn: &mut PgConnection,
+        g: &Gen<'_>,
+    ) -> std::result::Result<CutoverFacts, sqlx::Error> {
+        let pk_name: Option<String> = sqlx::query_scalar(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'",
+        )
+        .bind(g.live())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let seqs = sqlx::query(
+            "SELECT sn.nspname::text, s.relname::text, a.attname::text, d.deptype::text, \
+             coalesce(pg_sequence_last_value(s.oid), 0)::bigint \
+             FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+             AND d.refobjid = to_regclass($1) AND d.deptype IN ('a', 'i')",
+        )
+        .bind(g.live())
+        .fetch_all(&mut *conn)
+        .await?;
+        let new_of_old = |old: &str| {
+            g.m.forward.iter().find_map(|mp| match &mp.source {
+                crate::schema::Source::Column(c) if c == old && mp.cast.is_none() => {
+                    Some(mp.target.clone())
+                }
+                _ => None,
+            })
+        };
+        let mut sequences = Vec::new();
+        let mut last_of_old: std::collections::HashMap<String, i64> = Default::default();
+        for r in seqs {
+            let (schema, seq, col, kind, last): (String, String, String, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            if kind == "a" {
+                if let Some(new) = new_of_old(&col) {
+                    sequences.push((schema, seq, new));
+                }
+            } else {
+                last_of_old.insert(col, last);
+            }
+        }
+        let mut identities = Vec::new();
+        for c in &g.m.after.columns {
+            let Some(Generated::Identity { always }) = c.generated else {
+                continue;
+            };
+            let old_col = g.m.forward.iter().find_map(|mp| match &mp.source {
+                crate::schema::Source::Column(o) if mp.target == c.name => Some(o.clone()),
+                _ => None,
+            });
+            let max: Option<i64> = sqlx::query_scalar(sql(format!(
+                "SELECT max({})::bigint FROM {}",
+                quote(&c.name),
+                g.shadow()
+            )))
+            .fetch_one(&mut *conn)
+            .await?;
+            let last = old_col
+                .and_then(|o| last_of_old.get(&o).copied())
+                .unwrap_or(0);
+            let start = max.unwrap_or(0).max(last).saturating_add(1);
+            identities.push((c.name.clone(), always, start.to_string()));
+        }
+        Ok(CutoverFacts {
+            pk_name,
+            identities,
+            sequences,
+        })
+    }
+
+    async fn rollback_facts(
+        &self,
+        conn: &mut PgConnection,
+        g: &Gen<'_>,
+    ) -> std::result::Result<RollbackFacts, sqlx::Error> {
+        let pk_name: Option<String> = sqlx::query_scalar(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'",
+        )
+        .bind(g.live())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let seq_query = "SELECT sn.nspname::text, s.relname::text, a.attname::text, s.oid::bigint \
+             FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+             AND d.refobjid = to_regclass($1) AND d.deptype = $2";
+        let owned = sqlx::query(seq_query)
+            .bind(g.live())
+            .bind("a")
+            .fetch_all(&mut *conn)
+            .await?;
+        let sequences = owned
+            .into_iter()
+            .map(|r| {
+                let new_col: String = r.get(2);
+                let old_col = g.m.reverse.iter().find_map(|mp| match &mp.source {
+                    crate::schema::Source::Column(c) if *c == new_col && mp.cast.is_none() => {
+                        Some(mp.target.clone())
+                    }
+                    _ => None,
+                });
+                (r.get(0), r.get(1), old_col)
+            })
+            .collect();
+        let identities = sqlx::query(seq_query)
+            .bind(g.old())
+            .bind("i")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(3), r.get(2)))
+            .collect();
+        Ok(RollbackFacts {
+            pk_name,
+            sequences,
+            identities,
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! Cutover, cleanup and rollback SQL: the name swap in one transaction (tables, primary
+//! keys, indexes, identities, sequences) that turns dual-write around, the drops after it,
+//! and the way back before or after cutover. The catalog facts these statements depend on
+//! are read by the backend inside the same transaction.
+
+use super::{Gen, qualified, quote};
+
+/// Facts read from the catalog inside the cutover transaction.
+#[derive(Debug, Clone)]
+pub(in crate::db::postgres) struct CutoverFacts {
+    /// The live table's primary key constraint name, which the new table takes over.
+    pub(in crate::db::postgres) pk_name: Option<String>,
+    /// Identity columns of the new table: (column, always, first value to hand out).
+    pub(in crate::db::postgres) identities: Vec<(String, bool, String)>,
+    /// Serial sequences owned by the live table: (schema, sequence, new column).
+    pub(in crate::db::postgres) sequences: Vec<(String, String, String)>,
+}
+
+/// Facts read from the catalog inside a rollback after cutover.
+#[derive(Debug, Clone)]
+pub(in crate::db::postgres) struct RollbackFacts {
+    /// The new table's primary key name (the original one), given back to the old table.
+    pub(in crate::db::postgres) pk_name: Option<String>,
+    /// Sequences owned by the new table: (schema, sequence, old column or None).
+    pub(in crate::db::postgres) sequences: Vec<(String, String, Option<String>)>,
+    /// Identity sequences of the old table to move above its rows: (sequence oid, column).
+    pub(in crate::db::postgres) identities: Vec<(i64, String)>,
+}
+
+impl<'a> Gen<'a> {
+    // --- cutover, cleanup, rollback ------------------------------------------------------
+
+    pub(in crate::db::postgres) fn lock_both(&self) -> String {
+        format!(
+            "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
+            self.live(),
+            self.shadow()
+        )
+    }
+
+    pub(in crate::db::postgres) fn cutover(&self, f: &CutoverFacts) -> Vec<String> {
+        let mut out = vec![self.lock_both()];
+        out.extend(self.drop_dual_write(&self.forward()));
+        out.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            self.live(),
+            quote(&self.m.old)
+        ));
+        out.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            self.shadow(),
+            quote(&self.m.table)
+        ));
+        if let Some(pk) = &f.pk_name {
+            out.push(format!(
+                "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+                self.old(),
+                quote(pk),
+                quote(&self.n.old_pk())
+            ));
+            out.push(format!(
+                "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+                self.live(),
+                quote(&self.n.new_pk()),
+                quote(pk)
+            ));
+        }
+        for (i, idx) in self.m.before.indexes.iter().enumerate() {
+            out.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                self.rel(&idx.name),
+                quote(&self.n.old_index(i))
+            ));
+        }
+        for (i, idx) in self.m.after.indexes.iter().enumerate() {
+            out.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                self.rel(&self.n.new_index(i)),
+                quote(&idx.name)
+            ));
+        }
+        for (col, always, start) in &f.identities {
+            out.push(format!(
+                "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED {} AS IDENTITY (START WITH {start})",
+                self.live(),
+                quote(col),
+                if *always { "ALWAYS" } else { "BY DEFAULT" }
+            ));
+        }
+        for (schema, seq, col) in &f.sequences {
+            out.push(format!(
+                "ALTER SEQUENCE {} OWNED BY {}.{}",
+                qualified(schema, seq),
+                self.live(),
+                quote(col)
+            ));
+        }
+        out.extend(self.dual_write(&self.reverse()));
+        out
+    }
+
+    pub(in crate::db::postgres) fn cleanup(&self, keep_old: bool) -> Vec<String> {
+        let mut out = self.drop_dual_write(&self.reverse());
+        out.extend(self.drop_dual_write(&self.forward()));
+        if !keep_old {
+            out.push(format!("DROP TABLE IF EXISTS {}", self.old()));
+        }
+        out
+    }
+
+    /// Rollback before cutover: the live table was the source of truth all along.
+    pub(in crate::db::postgres) fn rollback_unprepared(&self) -> Vec<String> {
+        let mut out = self.drop_dual_write(&self.forward());
+        out.extend(self.drop_dual_write(&self.reverse()));
+        out.push(format!("DROP TABLE IF EXISTS {}", self.shadow()));
+        out
+    }
+
+    /// Rollback after cutover: drop the new table (its names free again) and give the old
+    /// table back its name, its index and key names and its sequences.
+    pub(in crate::db::postgres) fn rollback_swapped(&self, f: &RollbackFacts) -> Vec<String> {
+        let mut out = vec![format!(
+            "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
+            self.live(),
+            self.old()
+        )];
+        out.extend(self.drop_dual_write(&self.reverse()));
+        out.extend(self.drop_dual_write(&self.forward()));
+        for (schema, seq, col) in &f.sequences {
+            out.push(match col {
+                Some(c) => format!(
+                    "ALTER SEQUENCE {} OWNED BY {}.{}",
+                    qualified(schema, seq),
+                    self.old(),
+                    quote(c)
+                ),
+                None => format!("ALTER SEQUENCE {} OWNED BY NONE", qualified(schema, seq)),
+            });
+        }
+        out.push(format!("DROP TABLE {}", self.live()));
+        out.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            self.old(),
+            quote(&self.m.table)
+        ));
+        for (i, idx) in self.m.before.indexes.iter().enumerate() {
+            out.push(format!(
+                "ALTER INDEX IF EXISTS {} RENAME TO {}",
+                self.rel(&self.n.old_index(i)),
+                quote(&idx.name)
+            ));
+        }
+        if let Some(pk) = &f.pk_name
+            && pk != &self.n.old_pk()
+        {
+            out.push(format!(
+                "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+                self.live(),
+                quote(&self.n.old_pk()),
+                quote(pk)
+            ));
+        }
+        for (oid, col) in &f.identities {
+            // Ids handed out by the new table since cutover were copied back: move the old
+            // identity above them.
+            out.push(format!(
+                "SELECT setval({oid}::oid::regclass, greatest((SELECT max({}) FROM {}), (SELECT coalesce(pg_sequence_last_value({oid}::oid::regclass), 1))))",
+                quote(col),
+                self.live()
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::migration;
+    use super::*;
+
+    #[test]
+    fn cutover_renames_indexes_and_keys_then_reverses_dual_write() {
+        let m = migration();
+        let g = Gen::new(&m, "public");
+        let facts = CutoverFacts {
+            pk_name: Some("orders_pkey".into()),
+            identities: vec![],
+            sequences: vec![("sales".into(), "orders_id_seq".into(), "id".into())],
+        };
+        let stmts = g.cutover(&facts);
+        let n = &g.n.base;
+        assert_eq!(
+            stmts[0],
+            "LOCK TABLE \"sales\".\"orders\", \"sales\".\"_orders_new\" IN ACCESS EXCLUSIVE MODE"
+        );
+        assert!(stmts.contains(&format!(
+            "ALTER INDEX \"sales\".\"orders_note\" RENAME TO \"{n}_o0\""
+        )));
+        assert!(stmts.contains(&format!(
+            "ALTER INDEX \"sales\".\"{n}_n0\" RENAME TO \"orders_note\""
+        )));
+        assert!(stmts.contains(&format!(
+            "ALTER TABLE \"sales\".\"orders\" RENAME CONSTRAINT \"{n}_npk\" TO \"orders_pkey\""
+        )));
+        assert!(
+            stmts.contains(
+                &"ALTER SEQUENCE \"sales\".\"orders_id_seq\" OWNED BY \"sales\".\"orders\".\"id\""
+                    .to_string()
+            )
+        );
+        assert!(stmts.iter().any(|s| s.contains(
+            "INSERT INTO \"sales\".\"_orders_old\" (\"id\", \"amount_cents\", \"note\")"
+        )));
+    }
+}
