@@ -1,0 +1,161 @@
+//! Cutover (the swap, in one `BEGIN IMMEDIATE` under the lock timeout), cleanup and
+//! rollback; trigger failures (none on SQLite) and the throttle query.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::errors::is_busy;
+use super::sql::cutover::{drop_all_triggers, drop_shadow, swap, swap_back};
+use super::sql::triggers::triggers;
+use super::sql::{backfill::analyze_shadow, names, reverse};
+use super::state::save_in;
+use super::{Sqlite, sql};
+use crate::db::{CutoverOutcome, StateRow};
+use crate::error::{Error, Result};
+use crate::schema::Migration;
+
+impl Sqlite {
+    pub(super) async fn cutover(
+        &self,
+        m: &Migration,
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        let n = names(m);
+        let ctx = |e| Error::db(format!("cutover of {}", m.table), e);
+        sqlx::query(sql(analyze_shadow(m)))
+            .execute(&self.pool)
+            .await
+            .ok();
+        let mut conn = self.pool.acquire().await.map_err(ctx)?;
+        let ms = lock_timeout.as_millis().max(1);
+        sqlx::query(sql(format!("PRAGMA busy_timeout = {ms}")))
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
+        // Views that name the table must keep naming `<table>`, i.e. follow the new table.
+        sqlx::query("PRAGMA legacy_alter_table = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
+        let outcome: Result<CutoverOutcome> = async {
+            if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+                if is_busy(&e) {
+                    return Ok(CutoverOutcome::LockTimeout);
+                }
+                return Err(ctx(e));
+            }
+            let swapped =
+                self.exists("table", &m.old).await? && !self.exists("table", &m.shadow).await?;
+            let mut stmts = Vec::new();
+            if !swapped {
+                stmts.extend(swap(m, &n));
+            }
+            stmts.extend(triggers(&reverse(m, &n)));
+            for stmt in stmts {
+                if let Err(e) = sqlx::query(sql(stmt)).execute(&mut *conn).await {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    return Err(ctx(e));
+                }
+            }
+            crate::fault::point("cutover.inside");
+            if let Err(e) = save_in(&mut *conn, save).await {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e);
+            }
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(ctx)?;
+            Ok(CutoverOutcome::Swapped)
+        }
+        .await;
+        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF")
+            .execute(&mut *conn)
+            .await;
+        let _ = sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut *conn)
+            .await;
+        outcome
+    }
+
+    pub(super) async fn cleanup(
+        &self,
+        m: &Migration,
+        keep_old: bool,
+        save: &StateRow,
+    ) -> Result<()> {
+        let ctx = |e| Error::db(format!("cleanup of {}", m.table), e);
+        let mut tx = self.begin_immediate().await.map_err(ctx)?;
+        let stmts = sql::cutover::cleanup(m, keep_old);
+        for stmt in stmts {
+            sqlx::query(sql(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx)?;
+        }
+        crate::fault::point("cleanup.inside");
+        save_in(&mut *tx, save).await?;
+        tx.commit().await.map_err(ctx)
+    }
+
+    pub(super) async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        let n = names(m);
+        let ctx = |e| Error::db(format!("rollback of {}", m.table), e);
+        let mut conn = self.pool.acquire().await.map_err(ctx)?;
+        sqlx::query("PRAGMA legacy_alter_table = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(ctx)?;
+        let result: Result<()> = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(ctx)?;
+            let mut stmts = drop_all_triggers(m, &n);
+            if self.exists("table", &m.old).await? {
+                // After cutover: `<table>` is the new table; put the original back.
+                if self.exists("table", &m.shadow).await? {
+                    return Err(Error::State(format!(
+                        "both {} and {} exist next to {}; turnout cannot tell which is the original. Inspect them and drop the wrong one",
+                        m.old, m.shadow, m.table
+                    )));
+                }
+                stmts.extend(swap_back(m));
+            }
+            stmts.push(drop_shadow(m));
+            for stmt in stmts {
+                if let Err(e) = sqlx::query(sql(stmt)).execute(&mut *conn).await {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    return Err(ctx(e));
+                }
+            }
+            crate::fault::point("rollback.inside");
+            if let Err(e) = save_in(&mut *conn, save).await {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e);
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(ctx)?;
+            Ok(())
+        }
+        .await;
+        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF")
+            .execute(&mut *conn)
+            .await;
+        result
+    }
+
+    pub(super) async fn trigger_failures(&self, _m: &Migration) -> Result<Vec<String>> {
+        // SQLite triggers cannot catch errors: a failing mapping fails the application's
+        // statement itself, so nothing is ever recorded.
+        Ok(Vec::new())
+    }
+
+    pub(super) async fn throttle_value(&self, query: &str) -> Result<f64> {
+        let row = sqlx::query(sql(query.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| Error::db("running the throttle query", e))?;
+        row.try_get::<f64, _>(0)
+            .or_else(|_| row.try_get::<i64, _>(0).map(|v| v as f64))
+            .map_err(|e| Error::db("reading the throttle query's value", e))
+    }
+}

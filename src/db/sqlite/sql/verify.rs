@@ -1,0 +1,149 @@
+//! Chunk SQL of verify: a chunk's upper bound, its counts (rows, rows that differ, shadow
+//! rows no live row explains) and the images of the rows that differ. SQLite's own
+//! equality decides, on the live rows mapped as the backfill maps them.
+
+use super::{cast, key_json, list, literal, quote, range};
+use crate::db::render_source;
+use crate::schema::Migration;
+
+/// The statements of one verify, built once from the migration.
+pub(in crate::db::sqlite) struct ChunkSql<'a> {
+    m: &'a Migration,
+    old_key: Vec<&'a str>,
+    new_key: Vec<&'a str>,
+    old_cols: Vec<&'a str>,
+    mapped_targets: Vec<&'a str>,
+    live: String,
+    shadow: String,
+    on: String,
+    k0: String,
+    mismatch: String,
+}
+
+impl<'a> ChunkSql<'a> {
+    pub(in crate::db::sqlite) fn new(m: &'a Migration) -> ChunkSql<'a> {
+        let old_key = m.old_key();
+        let new_key = m.new_key();
+        let old_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
+        let mapped_targets: Vec<&str> = m.forward.iter().map(|mp| mp.target.as_str()).collect();
+        // Columns the mapping does not fill (new columns with only a default) are compared
+        // on the shadow side by their default, evaluated the same way.
+        let live = quote(&m.table);
+        let shadow = quote(&m.shadow);
+        // SQLite's own equality (`IS`, so NULLs match) decides, as the stored values would:
+        // 109 and 109.0 are equal, '109' and 109 are not.
+        // The live chunk joined to the shadow by key (the shadow's primary key index does the
+        // lookups), plus shadow rows in the same key range that no live row explains.
+        let on = new_key
+            .iter()
+            .map(|k| format!("l.{q} = s.{q}", q = quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let k0 = quote(new_key[0]);
+        let same = mapped_targets
+            .iter()
+            .map(|c| format!("l.{q} IS s.{q}", q = quote(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mismatch = format!("(s.{k0} IS NULL OR NOT ({same}))");
+        ChunkSql {
+            m,
+            old_key,
+            new_key,
+            old_cols,
+            mapped_targets,
+            live,
+            shadow,
+            on,
+            k0,
+            mismatch,
+        }
+    }
+
+    /// The last key of the chunk after `?1` (when `lo`), `chunk_rows` rows on.
+    pub(in crate::db::sqlite) fn upper_bound(&self, lo: bool, chunk_rows: u64) -> String {
+        let (old_key, live) = (&self.old_key, &self.live);
+        format!(
+            "SELECT {} FROM {live} WHERE {} ORDER BY {} LIMIT 1 OFFSET {}",
+            key_json(old_key, ""),
+            range(old_key, lo, false),
+            list(old_key),
+            chunk_rows.saturating_sub(1)
+        )
+    }
+
+    fn render_live(&self, lo: bool, hi: bool) -> String {
+        let (m, live) = (self.m, &self.live);
+        let rows = format!(
+            "SELECT {} FROM {live} WHERE {}",
+            list(&self.old_cols),
+            range(&self.old_key, lo, hi)
+        );
+        let exprs = m
+            .forward
+            .iter()
+            .map(|mp| {
+                format!(
+                    "{} AS {}",
+                    render_source(mp, &|c| quote(c), &cast),
+                    quote(&mp.target)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("SELECT {exprs} FROM ({rows}) AS t")
+    }
+
+    fn orphans(&self, lo: bool, hi: bool) -> String {
+        let (m, live, shadow) = (self.m, &self.live, &self.shadow);
+        let match_live = m
+            .key
+            .iter()
+            .map(|k| format!("o.{} = s.{}", quote(&k.old), quote(&k.new)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!(
+            "FROM {shadow} AS s WHERE {} AND NOT EXISTS (SELECT 1 FROM {live} AS o WHERE {match_live})",
+            range(&self.new_key, lo, hi)
+        )
+    }
+
+    /// Rows of the chunk, rows that differ, shadow rows no live row explains.
+    pub(in crate::db::sqlite) fn counts(&self, lo: bool, hi: bool) -> String {
+        let (shadow, on, mismatch) = (&self.shadow, &self.on, &self.mismatch);
+        format!(
+            "SELECT count(*), coalesce(sum(CASE WHEN {mismatch} THEN 1 ELSE 0 END), 0), (SELECT count(*) {}) FROM ({}) AS l LEFT JOIN {shadow} AS s ON {on}",
+            self.orphans(lo, hi),
+            self.render_live(lo, hi)
+        )
+    }
+
+    fn side_image(&self, side: &str) -> String {
+        let k0 = &self.k0;
+        let mut sorted = self.mapped_targets.clone();
+        sorted.sort();
+        let parts = sorted
+            .iter()
+            .map(|c| format!("{}, {side}.{}", literal(c), quote(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("CASE WHEN {side}.{k0} IS NULL THEN NULL ELSE json_object({parts}) END")
+    }
+
+    /// Key, expected image and shadow image of at most `limit` rows that differ.
+    pub(in crate::db::sqlite) fn differing(&self, lo: bool, hi: bool, limit: u64) -> String {
+        let (new_key, shadow, on, mismatch) =
+            (&self.new_key, &self.shadow, &self.on, &self.mismatch);
+        format!(
+            "SELECT {}, {}, {} FROM ({}) AS l LEFT JOIN {shadow} AS s ON {on} WHERE {mismatch} \
+             UNION ALL SELECT {}, NULL, {} {} LIMIT {limit}",
+            key_json(new_key, "l."),
+            self.side_image("l"),
+            self.side_image("s"),
+            self.render_live(lo, hi),
+            key_json(new_key, "s."),
+            self.side_image("s"),
+            self.orphans(lo, hi)
+        )
+    }
+}
