@@ -1,0 +1,330 @@
+//! What the table is and what stops the migration: `describe` reads the live table's
+//! shape from information_schema, `preflight` lists every problem (engine, names,
+//! keys, foreign keys, triggers, generated columns, indexes turnout cannot rebuild)
+//! and compiles the plan's expressions against temporary tables, changing nothing.
+
+use std::collections::BTreeMap;
+
+use sqlx::AssertSqlSafe;
+
+use crate::error::Result;
+use crate::schema::{Column, Generated, Index, Mapped, Migration, TableShape};
+
+use super::MySql;
+use super::errors::sql_err;
+use super::sql::{Bound, Gen, hash_hex, lit, quote};
+
+impl MySql {
+    pub(super) async fn describe_table(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Option<TableShape>> {
+        let schema = match schema.map(str::to_string).or_else(|| self.home.clone()) {
+            Some(s) => s,
+            None => return Ok(None),
+        };
+        let mut conn = self.conn().await?;
+        let t = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(TABLE_NAME AS CHAR), CAST(TABLE_COLLATION AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
+            binds: vec![schema.clone(), table.into()],
+        })
+        .await
+        .map_err(sql_err("describing the table"))?;
+        let Some(trow) = t.into_iter().find(|r| r[0].as_deref() == Some(table)) else {
+            return Ok(None);
+        };
+        let table_coll = trow[1].clone().unwrap_or_default();
+        let cols = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR), CAST(IS_NULLABLE AS CHAR), CAST(COLUMN_DEFAULT AS CHAR), \
+                  CAST(EXTRA AS CHAR), CAST(CHARACTER_SET_NAME AS CHAR), CAST(COLLATION_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) \
+                  FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+                .into(),
+            binds: vec![schema.clone(), table.into()],
+        })
+        .await
+        .map_err(sql_err("describing the columns"))?;
+        let mut columns = Vec::new();
+        for r in cols.into_iter().filter(|r| r[7].as_deref() == Some(table)) {
+            let name = r[0].clone().unwrap_or_default();
+            let mut sql_type = r[1].clone().unwrap_or_default();
+            let extra = r[4].clone().unwrap_or_default();
+            let lower = extra.to_lowercase();
+            if let (Some(cs), Some(coll)) = (&r[5], &r[6])
+                && *coll != table_coll
+            {
+                sql_type.push_str(&format!(" CHARACTER SET {cs} COLLATE {coll}"));
+            }
+            if let Some(at) = lower.find("on update ") {
+                sql_type.push_str(&format!(
+                    " ON UPDATE {}",
+                    extra[at + "on update ".len()..].trim()
+                ));
+            }
+            let default = match r[3].clone() {
+                None => None,
+                Some(d) if self.mariadb => Some(d).filter(|d| d != "NULL"),
+                // MySQL 8 shows literals bare and marks expressions DEFAULT_GENERATED.
+                Some(d) if lower.contains("default_generated") => {
+                    Some(if d.to_lowercase().starts_with("current_timestamp") {
+                        d
+                    } else {
+                        format!("({d})")
+                    })
+                }
+                Some(d) => Some(lit(&d)),
+            };
+            columns.push(Column {
+                name,
+                sql_type,
+                nullable: r[2].as_deref() == Some("YES"),
+                default,
+                generated: lower
+                    .contains("auto_increment")
+                    .then_some(Generated::AutoIncrement),
+            });
+        }
+        let stats = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), CAST(NON_UNIQUE AS CHAR), CAST(TABLE_NAME AS CHAR) \
+                  FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX"
+                .into(),
+            binds: vec![schema, table.into()],
+        })
+        .await
+        .map_err(sql_err("describing the indexes"))?;
+        let mut primary_key = Vec::new();
+        let mut indexes: BTreeMap<String, Index> = BTreeMap::new();
+        for r in stats.into_iter().filter(|r| r[3].as_deref() == Some(table)) {
+            let (iname, col) = (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            );
+            if iname == "PRIMARY" {
+                primary_key.push(col);
+            } else {
+                indexes
+                    .entry(iname.clone())
+                    .or_insert_with(|| Index {
+                        name: iname,
+                        columns: vec![],
+                        unique: r[2].as_deref() == Some("0"),
+                    })
+                    .columns
+                    .push(col);
+            }
+        }
+        Ok(Some(TableShape {
+            columns,
+            primary_key,
+            indexes: indexes.into_values().collect(),
+        }))
+    }
+
+    pub(super) async fn find_problems(&self, m: &Migration) -> Result<Vec<String>> {
+        let g = self.sql(m);
+        let n = &g.n;
+        let mut problems = Vec::new();
+        let Some(schema) = n.schema.clone() else {
+            return Ok(vec![
+                "the URL names no database and the plan no schema".into(),
+            ]);
+        };
+        let mut conn = self.conn().await?;
+        let t = &m.table;
+        let tables = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(TABLE_NAME AS CHAR), CAST(ENGINE AS CHAR), CAST(TABLE_TYPE AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?".into(),
+            binds: vec![schema.clone()],
+        })
+        .await
+        .map_err(sql_err("preflight"))?;
+        let find = |name: &str| tables.iter().find(|r| r[0].as_deref() == Some(name));
+        match find(t) {
+            None => problems.push(format!("table {schema}.{t} does not exist")),
+            Some(r) if r[2].as_deref() != Some("BASE TABLE") => problems.push(format!("{t} is a view, not a table")),
+            Some(r) if !r[1].as_deref().unwrap_or_default().eq_ignore_ascii_case("InnoDB") => problems.push(format!(
+                "table {t} uses the {} engine; turnout needs InnoDB (transactions and row locks)",
+                r[1].as_deref().unwrap_or("unknown")
+            )),
+            _ => {}
+        }
+        for name in [&n.shadow, &n.old, &n.gate, &n.gate_f, &n.gate_r] {
+            if find(name).is_some() {
+                problems.push(format!("a table named {name} already exists; turnout needs that name (drop or rename it)"));
+            }
+            if name.chars().count() > 64 {
+                problems.push(format!(
+                    "the name {name} is longer than MySQL's 64 characters; rename the table first"
+                ));
+            }
+        }
+        if m.key.is_empty() {
+            problems.push(format!(
+                "table {t} has no primary key; turnout pages through rows by it"
+            ));
+        }
+        let fks = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(REFERENCED_TABLE_NAME AS CHAR) FROM information_schema.REFERENTIAL_CONSTRAINTS \
+                  WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)"
+                .into(),
+            binds: vec![schema.clone(), t.clone(), schema.clone(), t.clone()],
+        })
+        .await
+        .map_err(sql_err("preflight: foreign keys"))?;
+        for r in fks
+            .iter()
+            .filter(|r| r[1].as_deref() == Some(t) || r[2].as_deref() == Some(t))
+        {
+            problems.push(format!(
+                "foreign key {} links {} to {}: a renamed table would leave it pointing at the old one; drop it for the migration",
+                r[0].as_deref().unwrap_or("?"),
+                r[1].as_deref().unwrap_or("?"),
+                r[2].as_deref().unwrap_or("?")
+            ));
+        }
+        let trig = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(TRIGGER_NAME AS CHAR), CAST(EVENT_OBJECT_TABLE AS CHAR) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ?".into(),
+            binds: vec![schema.clone()],
+        })
+        .await
+        .map_err(sql_err("preflight: triggers"))?;
+        for r in trig.iter().filter(|r| r[1].as_deref() == Some(t)) {
+            problems.push(format!(
+                "table {t} has a trigger {}; turnout's dual-write needs the table without triggers (they would stay on the old table at cutover)",
+                r[0].as_deref().unwrap_or("?")
+            ));
+        }
+        let gen_cols = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                  AND (EXTRA LIKE '%GENERATED%' OR EXTRA LIKE '%VIRTUAL%' OR EXTRA LIKE '%PERSISTENT%' OR EXTRA LIKE '%STORED%') AND EXTRA NOT LIKE '%DEFAULT_GENERATED%'"
+                .into(),
+            binds: vec![schema.clone(), t.clone()],
+        })
+        .await
+        .map_err(sql_err("preflight: generated columns"))?;
+        for r in gen_cols.iter().filter(|r| r[1].as_deref() == Some(t)) {
+            problems.push(format!(
+                "column {} of {t} is a generated column; turnout does not copy those yet",
+                r[0].as_deref().unwrap_or("?")
+            ));
+        }
+        let idx = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CAST(INDEX_NAME AS CHAR), CAST(INDEX_TYPE AS CHAR), CAST(SUB_PART AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS \
+                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND (SUB_PART IS NOT NULL OR INDEX_TYPE IN ('FULLTEXT', 'SPATIAL'))"
+                .into(),
+            binds: vec![schema.clone(), t.clone()],
+        })
+        .await
+        .map_err(sql_err("preflight: indexes"))?;
+        for r in idx.iter().filter(|r| r[3].as_deref() == Some(t)) {
+            problems.push(format!(
+                "index {} of {t} is a prefix, FULLTEXT or SPATIAL index, which turnout cannot rebuild yet",
+                r[0].as_deref().unwrap_or("?")
+            ));
+        }
+        if !problems.is_empty() {
+            return Ok(problems);
+        }
+        // Expressions compile and fit their columns: inserts of zero rows into temporary
+        // tables of the new and old shapes (temporary tables touch no shared catalog).
+        let tmp_new = format!("_turnout_pf_new_{}", hash_hex(&m.name, 8));
+        let tmp_old = format!("_turnout_pf_old_{}", hash_hex(&m.name, 8));
+        let mut tg = Gen {
+            m,
+            n: n.clone(),
+            mariadb: self.mariadb,
+        };
+        tg.n.schema = None;
+        tg.n.shadow = tmp_new.clone();
+        let create_new = tg.create_shadow("ENGINE=InnoDB").replacen(
+            "CREATE TABLE IF NOT EXISTS",
+            "CREATE TEMPORARY TABLE",
+            1,
+        );
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(create_new))
+            .execute(&mut *conn)
+            .await
+        {
+            problems.push(format!("the new shape of {t} is not valid: {e}"));
+            return Ok(problems);
+        }
+        let fwd_src = format!(
+            "(SELECT {} FROM {} LIMIT 0) AS turnout_src",
+            g.old_columns(),
+            n.q(t)
+        );
+        let fwd = g.insert_mapped(&quote(&tmp_new), &m.forward, &fwd_src);
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(fwd)).execute(&mut *conn).await {
+            problems.push(
+                name_failing_column(
+                    &mut conn,
+                    &m.forward,
+                    &fwd_src,
+                    "forward expression (from/using)",
+                    t,
+                    e,
+                )
+                .await,
+            );
+        }
+        let create_old = format!("CREATE TEMPORARY TABLE {} LIKE {}", quote(&tmp_old), n.q(t));
+        if sqlx::raw_sql(AssertSqlSafe(create_old))
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+        {
+            let cols: Vec<String> = m.after.columns.iter().map(|c| quote(&c.name)).collect();
+            let rev_src = format!(
+                "(SELECT {} FROM {} LIMIT 0) AS turnout_src",
+                cols.join(", "),
+                quote(&tmp_new)
+            );
+            let rev = g.insert_mapped(&quote(&tmp_old), &m.reverse, &rev_src);
+            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(rev)).execute(&mut *conn).await {
+                problems.push(
+                    name_failing_column(
+                        &mut conn,
+                        &m.reverse,
+                        &rev_src,
+                        "reverse expression",
+                        t,
+                        e,
+                    )
+                    .await,
+                );
+            }
+        }
+        let drop = format!(
+            "DROP TEMPORARY TABLE IF EXISTS {}, {}",
+            quote(&tmp_new),
+            quote(&tmp_old)
+        );
+        self.exec(&mut conn, &drop, "preflight: dropping temporary tables")
+            .await?;
+        Ok(problems)
+    }
+}
+
+/// Finds which mapping made a probe fail, compiling each expression on its own, so the
+/// refusal names the column.
+async fn name_failing_column(
+    conn: &mut sqlx::MySqlConnection,
+    maps: &[Mapped],
+    src: &str,
+    what: &str,
+    table: &str,
+    whole: sqlx::Error,
+) -> String {
+    for mp in maps {
+        let probe = format!("SELECT {} FROM {src}", Gen::value(mp));
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(probe))
+            .execute(&mut *conn)
+            .await
+        {
+            return format!(
+                "column {:?}: the {what} does not work on {table}: {e}",
+                mp.target
+            );
+        }
+    }
+    format!("the {what}s do not work on {table}: {whole}")
+}

@@ -1,0 +1,373 @@
+//! Cutover, cleanup and rollback, and what the catalog shows of a migration, so that
+//! each of them, repeated after a crash, does only what is missing. The swap itself is
+//! one `RENAME TABLE` that also turns the gate (the gate is explained in `mod.rs`).
+//!
+//! The RENAME takes its metadata locks in name order, `_t_new` before `t`, so a second
+//! session holds `LOCK TABLES t READ` until the RENAME queues for `t` (see
+//! `MySql::sentry`): otherwise a writer holding `t` while it waits for `_t_new` is the
+//! deadlock victim, and its statement fails with 1146.
+
+use std::time::Duration;
+
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+use crate::db::{CutoverOutcome, StateRow};
+use crate::error::{Error, Result};
+use crate::schema::{Generated, Migration};
+
+use super::MySql;
+use super::errors::{is_lock_timeout, sql_err};
+use super::sql::{Bound, Gen};
+
+/// What the catalog shows of one migration (used to reconcile after a crash).
+#[derive(Debug, Default)]
+pub(super) struct Catalog {
+    table: bool,
+    shadow: bool,
+    pub(super) old: bool,
+    /// The gate's current value (`f` before cutover, `r` after), if the gate exists.
+    pub(super) gate: Option<String>,
+    triggers: Vec<(String, String)>,
+}
+
+impl Catalog {
+    pub(super) fn has_trigger(&self, name: &str) -> bool {
+        self.triggers.iter().any(|(t, _)| t == name)
+    }
+}
+
+impl MySql {
+    pub(super) async fn catalog(&self, conn: &mut MySqlConnection, g: &Gen<'_>) -> Result<Catalog> {
+        let n = &g.n;
+        let schema = n.schema.clone().unwrap_or_default();
+        let tables = Self::rows(conn, &Bound {
+            sql: "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?".into(),
+            binds: vec![schema.clone()],
+        })
+        .await
+        .map_err(sql_err("reading the catalog"))?;
+        let names: Vec<String> = tables
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        let has = |t: &str| names.iter().any(|x| x == t);
+        let mut c = Catalog {
+            table: has(&n.table),
+            shadow: has(&n.shadow),
+            old: has(&n.old),
+            ..Default::default()
+        };
+        if has(&n.gate) {
+            let b = Bound {
+                sql: format!("SELECT CAST(d AS CHAR) FROM {} LIMIT 1", n.q(&n.gate)),
+                binds: vec![],
+            };
+            c.gate = Self::rows(conn, &b)
+                .await
+                .map_err(sql_err("reading the gate"))?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten());
+        }
+        let trig = Self::rows(conn, &Bound {
+            sql: "SELECT CAST(TRIGGER_NAME AS CHAR), CAST(EVENT_OBJECT_TABLE AS CHAR) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ?".into(),
+            binds: vec![schema],
+        })
+        .await
+        .map_err(sql_err("reading triggers"))?;
+        c.triggers = trig
+            .into_iter()
+            .filter_map(
+                |r| match (r.first().cloned().flatten(), r.get(1).cloned().flatten()) {
+                    (Some(a), Some(b)) if n.triggers().any(|t| *t == a) => Some((a, b)),
+                    _ => None,
+                },
+            )
+            .collect();
+        Ok(c)
+    }
+
+    pub(super) async fn swap_tables(
+        &self,
+        m: &Migration,
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        let g = self.sql(m);
+        let n = &g.n;
+        let mut conn = self.conn().await?;
+        let cat = self.catalog(&mut conn, &g).await?;
+        if cat.old && cat.table && cat.gate.as_deref() == Some("r") {
+            // Swapped already (a crash after the RENAME): only the state is missing.
+            Self::save_on(&mut conn, save)
+                .await
+                .map_err(sql_err("cutover: saving the state"))?;
+            return Ok(CutoverOutcome::Swapped);
+        }
+        if !(cat.table && cat.shadow && cat.gate.as_deref() == Some("f")) {
+            return Err(Error::State(format!(
+                "cutover needs {}, {} and the forward gate; the catalog shows table={} shadow={} gate={:?}",
+                n.table, n.shadow, cat.table, cat.shadow, cat.gate
+            )));
+        }
+        for name in n.forward.iter() {
+            if !cat.has_trigger(name) {
+                return Err(Error::State(format!(
+                    "the dual-write trigger {name} is missing; run rollback and start again"
+                )));
+            }
+        }
+        self.exec(
+            &mut conn,
+            &format!("ANALYZE TABLE {}", n.q(&n.shadow)),
+            "cutover: analyzing the shadow",
+        )
+        .await?;
+        let secs = lock_timeout.as_secs().max(1);
+        self.exec(
+            &mut conn,
+            &format!("SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}"),
+            "cutover",
+        )
+        .await?;
+        let outcome = async {
+            // Reverse triggers, inert until the gate turns: each CREATE TRIGGER needs a
+            // brief metadata lock on the shadow, bounded like the swap.
+            for (name, sql) in n.reverse.iter().zip(g.reverse_triggers()) {
+                if !cat.has_trigger(name) {
+                    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                        Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
+                        r => {
+                            r.map_err(sql_err("cutover: creating a reverse trigger"))?;
+                        }
+                    }
+                }
+            }
+            // New ids continue above every id the live table ever handed out, not only
+            // above the ones still present (InnoDB keeps the larger of this and max+1).
+            if m.before.columns.iter().any(|c| matches!(c.generated, Some(Generated::AutoIncrement))) {
+                if !self.mariadb {
+                    let _ = sqlx::raw_sql("SET SESSION information_schema_stats_expiry = 0").execute(&mut *conn).await;
+                }
+                let r = Self::rows(&mut conn, &Bound {
+                    sql: "SELECT CAST(AUTO_INCREMENT AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
+                    binds: vec![n.schema.clone().unwrap_or_default(), n.table.clone()],
+                })
+                .await
+                .map_err(sql_err("cutover: reading AUTO_INCREMENT"))?;
+                let next = r.into_iter().find(|r| r[1].as_deref() == Some(n.table.as_str())).and_then(|r| r[0].clone());
+                if let Some(next) = next.and_then(|s| s.parse::<u64>().ok()) {
+                    let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {next}", n.q(&n.shadow));
+                    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                        Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
+                        r => {
+                            r.map_err(sql_err("cutover: carrying AUTO_INCREMENT over"))?;
+                        }
+                    }
+                }
+            }
+            crate::fault::point("mysql.cutover.before_swap");
+            let Some(mut sentry) = self.sentry(&g, secs).await? else {
+                return Ok(CutoverOutcome::LockTimeout);
+            };
+            let swapper: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_err("cutover: naming the swapping session"))?;
+            let swap = g.swap();
+            let over = std::sync::atomic::AtomicBool::new(false);
+            let (swapped, _) = tokio::join!(
+                async {
+                    let r = sqlx::raw_sql(AssertSqlSafe(swap)).execute(&mut *conn).await;
+                    over.store(true, std::sync::atomic::Ordering::SeqCst);
+                    r
+                },
+                Self::release_sentry(&mut sentry, swapper, &over),
+            );
+            let _ = sentry.close().await;
+            match swapped {
+                Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
+                r => {
+                    r.map_err(sql_err("cutover: swapping the tables"))?;
+                }
+            }
+            crate::fault::point("mysql.cutover.after_swap");
+            crate::fault::point("cutover.inside");
+            Ok(CutoverOutcome::Swapped)
+        }
+        .await;
+        let _ = sqlx::raw_sql(
+            "SET SESSION lock_wait_timeout = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
+        )
+        .execute(&mut *conn)
+        .await;
+        if let Ok(CutoverOutcome::Swapped) = outcome {
+            Self::save_on(&mut conn, save)
+                .await
+                .map_err(sql_err("cutover: saving the state"))?;
+        }
+        outcome
+    }
+
+    pub(super) async fn clean_up_after_cutover(
+        &self,
+        m: &Migration,
+        keep_old: bool,
+        save: &StateRow,
+    ) -> Result<()> {
+        let g = self.sql(m);
+        let n = &g.n;
+        let mut conn = self.conn().await?;
+        // Reverse triggers first: after that nothing writes the old table.
+        for sql in g
+            .drop_triggers(&n.reverse)
+            .into_iter()
+            .chain(g.drop_triggers(&n.forward))
+        {
+            self.ddl_retry(&mut conn, &sql, "cleanup: dropping a trigger")
+                .await?;
+        }
+        crate::fault::point("cleanup.inside");
+        if !keep_old {
+            self.ddl_retry(
+                &mut conn,
+                &format!("DROP TABLE IF EXISTS {}", n.q(&n.old)),
+                "cleanup: dropping the old table",
+            )
+            .await?;
+        }
+        self.ddl_retry(&mut conn, &g.drop_gates(), "cleanup: dropping the gate")
+            .await?;
+        Self::save_on(&mut conn, save)
+            .await
+            .map_err(sql_err("cleanup: saving the state"))
+    }
+
+    pub(super) async fn roll_back_migration(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        let g = self.sql(m);
+        let n = &g.n;
+        let mut conn = self.conn().await?;
+        let cat = self.catalog(&mut conn, &g).await?;
+        if cat.old {
+            if cat.gate.as_deref() != Some("r") {
+                return Err(Error::State(format!(
+                    "{} exists but the migration's gate is gone: cleanup has started, so the old table may be behind; rollback is refused",
+                    n.old
+                )));
+            }
+            for name in n.reverse.iter() {
+                if !cat.has_trigger(name) {
+                    return Err(Error::State(format!(
+                        "the reverse trigger {name} is gone (cleanup has started): {} may miss recent writes; rollback is refused",
+                        n.old
+                    )));
+                }
+            }
+            // The mirror image of cutover: the old table takes the name back and the gate
+            // turns to forward in the same atomic statement, so no write falls between.
+            self.ddl_retry(
+                &mut conn,
+                &g.swap_back(),
+                "rollback: swapping the tables back",
+            )
+            .await?;
+            crate::fault::point("mysql.rollback.after_swap_back");
+        }
+        // Forward triggers first, so application writes stop touching the shadow before
+        // it is dropped (a trigger writing a missing table would fail the write).
+        for sql in g.drop_triggers(&n.forward) {
+            self.ddl_retry(&mut conn, &sql, "rollback: dropping a trigger")
+                .await?;
+        }
+        for sql in g.drop_triggers(&n.reverse) {
+            self.ddl_retry(&mut conn, &sql, "rollback: dropping a trigger")
+                .await?;
+        }
+        crate::fault::point("rollback.inside");
+        self.ddl_retry(
+            &mut conn,
+            &format!("DROP TABLE IF EXISTS {}", n.q(&n.shadow)),
+            "rollback: dropping the shadow",
+        )
+        .await?;
+        self.ddl_retry(&mut conn, &g.drop_gates(), "rollback: dropping the gate")
+            .await?;
+        Self::save_on(&mut conn, save)
+            .await
+            .map_err(sql_err("rollback: saving the state"))
+    }
+
+    pub(super) async fn recorded_failures(&self, m: &Migration) -> Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let r = Self::rows(&mut conn, &Bound {
+            sql: "SELECT CONCAT(direction, ' ', COALESCE(key_text, '?'), ': ', COALESCE(error, '?')) FROM turnout_failures WHERE migration = ? ORDER BY id".into(),
+            binds: vec![m.name.clone()],
+        })
+        .await
+        .map_err(sql_err("reading trigger failures"))?;
+        Ok(r.into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
+    /// A session holding `LOCK TABLES <table> READ` while the swap queues behind it, so
+    /// that the swap takes `<table>` before any writer does. Without it the RENAME locks
+    /// `_<table>_new` first (its name sorts first), a writer that already holds
+    /// `<table>` and waits for `_<table>_new` (its trigger writes there) is chosen as
+    /// the deadlock victim, and MariaDB's retry of its statement fails with 1146: 3-8
+    /// statements per swap with eight writers, none with the sentry (measured on
+    /// MariaDB 10.11). None: the lock was not granted within `secs`.
+    async fn sentry(&self, g: &Gen<'_>, secs: u64) -> Result<Option<MySqlConnection>> {
+        let mut sentry = self.conn().await?.detach();
+        self.exec(
+            &mut sentry,
+            &format!("SET SESSION lock_wait_timeout = {secs}"),
+            "cutover",
+        )
+        .await?;
+        match sqlx::raw_sql(AssertSqlSafe(format!(
+            "LOCK TABLES {} READ",
+            g.n.q(&g.n.table)
+        )))
+        .execute(&mut sentry)
+        .await
+        {
+            Ok(_) => Ok(Some(sentry)),
+            Err(e) if is_lock_timeout(&e) => {
+                let _ = sentry.close().await;
+                Ok(None)
+            }
+            Err(e) => Err(Error::db("cutover: locking the table for the swap", e)),
+        }
+    }
+
+    /// Unlocks once the swap waits for the table (or after a second regardless: the
+    /// swap is then waiting for something else, and goes on without the sentry's help;
+    /// or at once when the swap has already ended, in error).
+    async fn release_sentry(
+        sentry: &mut MySqlConnection,
+        swapper: u64,
+        over: &std::sync::atomic::AtomicBool,
+    ) {
+        for _ in 0..500 {
+            if over.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT CAST(STATE AS CHAR) FROM information_schema.PROCESSLIST WHERE ID = ?",
+            )
+            .bind(swapper)
+            .fetch_optional(&mut *sentry)
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+            if state.is_some_and(|s| s.contains("metadata lock")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut *sentry).await;
+    }
+}

@@ -1,0 +1,321 @@
+//! MySQL 8 / MariaDB 10.6+ (InnoDB): the backend answers the engine's questions with
+//! triggers for dual-write, keyset batches for backfill, server-side chunk checksums for
+//! verify and one atomic multi-table `RENAME TABLE` for cutover.
+//!
+//! DDL auto-commits here, so every step is written to be repeated: it looks at
+//! information_schema and does only what is missing, and the state row is saved after.
+//!
+//! # The cutover swap, and why it has a gate
+//! MariaDB refuses `RENAME TABLE` under `LOCK TABLES` (error 1192) and `ALTER TABLE …
+//! RENAME` under a lock makes waiting sessions fail on a missing table between the two
+//! renames, so triggers cannot be swapped "inside" a lock. Instead all six triggers exist
+//! before the swap and each one first reads a one-row *gate* table by name: forward
+//! triggers act only while it says `f`, reverse triggers only while it says `r`. The
+//! gate is two tables holding `f` and `r`, and the single `RENAME TABLE` that swaps
+//! `t`/`_t_new`/`_t_old` also swaps which of them carries the gate's name. Triggers
+//! travel with their tables, so the instant the names move the direction of dual-write
+//! moves with them: there is no moment with no trigger or two active ones, and a crash
+//! leaves the catalog either wholly before or wholly after (RENAME is atomic DDL on
+//! MySQL 8 and MariaDB 10.6+). A trigger that references a table that does not exist yet
+//! (`_t_old` before the swap) is accepted by both servers as long as that statement does
+//! not run. The gate is read with `LOCK IN SHARE MODE` so an application transaction
+//! whose snapshot predates the gate still sees the current direction.
+//!
+//! # Where things are
+//! This file holds the backend, its connection and the [`Backend`] answers, each a call
+//! into the file of its concern: `state` (turnout_state and the migration lock),
+//! `catalog` (describe, preflight), `prepare` (shadow table, forward triggers),
+//! `backfill` (batches, deferred indexes), `verify` (chunk checksums), `cutover`
+//! (swap, cleanup, rollback) and `errors` (what a server error means). All SQL is
+//! written by `sql`, which does no I/O and is tested without a server.
+
+mod backfill;
+mod catalog;
+mod cutover;
+mod errors;
+mod prepare;
+mod sql;
+mod state;
+mod verify;
+
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::Mutex;
+
+use crate::db::{
+    Backend, BatchDone, Cursor, CutoverOutcome, PhaseSql, StateRow, VerifyReport, VerifyRequest,
+    redact,
+};
+use crate::error::{Error, Result};
+use crate::schema::{Migration, TableShape};
+
+use errors::{is_lock_timeout, sql_err};
+use sql::Bound;
+pub use sql::{Gen, Names, quote};
+
+type Conn = PoolConnection<sqlx::MySql>;
+
+/// Strict, so a value that does not fit its column is an error rather than a warning
+/// and a silently altered value; `NO_AUTO_VALUE_ON_ZERO` so a copied key 0 stays 0.
+/// Triggers keep the sql_mode of the session that created them, so they are strict too.
+/// No `PIPES_AS_CONCAT` (sqlx's default): the user's expressions are plain MySQL.
+const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO";
+
+pub struct MySql {
+    pub pool: MySqlPool,
+    options: Box<MySqlConnectOptions>,
+    /// The connection holding `GET_LOCK`: a named lock belongs to a session, so it must
+    /// not go back to the pool while the migration runs.
+    lock_conn: Mutex<Option<MySqlConnection>>,
+    /// The connection's database: home of `turnout_state` and `turnout_failures`.
+    home: Option<String>,
+    mariadb: bool,
+}
+
+impl MySql {
+    pub async fn connect(url: &str) -> Result<MySql> {
+        let options: MySqlConnectOptions = url
+            .parse()
+            .map_err(|e| Error::Unreachable(format!("{}: {e}", redact(url))))?;
+        let options = options
+            .pipes_as_concat(false)
+            .timezone(Some("+00:00".to_string()));
+        let pool = MySqlPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(AssertSqlSafe(format!(
+                        "SET SESSION sql_mode = '{SQL_MODE}', time_zone = '+00:00'"
+                    )))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| Error::Unreachable(format!("{}: {e}", redact(url))))?;
+        let row = sqlx::query("SELECT CAST(DATABASE() AS CHAR), CAST(VERSION() AS CHAR)")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| Error::Unreachable(format!("{}: {e}", redact(url))))?;
+        let home: Option<String> = row
+            .try_get(0)
+            .map_err(sql_err("reading the connection's database"))?;
+        let version: Option<String> = row
+            .try_get(1)
+            .map_err(sql_err("reading the server version"))?;
+        let mariadb = version
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("mariadb");
+        Ok(MySql {
+            pool,
+            options: Box::new(options),
+            lock_conn: Mutex::new(None),
+            home,
+            mariadb,
+        })
+    }
+
+    /// Whether the server is MariaDB (some catalog columns differ from MySQL's).
+    pub fn is_mariadb(&self) -> bool {
+        self.mariadb
+    }
+
+    fn home(&self) -> Result<&str> {
+        self.home.as_deref().ok_or_else(|| {
+            Error::Usage("the MySQL URL names no database (mysql://host/DATABASE): turnout keeps its state there".into())
+        })
+    }
+
+    fn schema_of(&self, m: &Migration) -> Option<String> {
+        m.schema.clone().or_else(|| self.home.clone())
+    }
+
+    fn sql<'a>(&self, m: &'a Migration) -> Gen<'a> {
+        Gen {
+            m,
+            n: Names::new(m, self.schema_of(m).as_deref(), self.home.as_deref()),
+            mariadb: self.mariadb,
+        }
+    }
+
+    async fn conn(&self) -> Result<Conn> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(sql_err("acquiring a connection"))
+    }
+
+    async fn exec(&self, conn: &mut MySqlConnection, sql: &str, context: &str) -> Result<()> {
+        sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+            .execute(conn)
+            .await
+            .map_err(sql_err(context.to_string()))?;
+        Ok(())
+    }
+
+    /// Runs `b` and returns every row as optional strings (queries cast what they select).
+    async fn rows(
+        conn: &mut MySqlConnection,
+        b: &Bound,
+    ) -> std::result::Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+        let mut q = sqlx::query(AssertSqlSafe(b.sql.clone()));
+        for v in &b.binds {
+            q = q.bind(v.clone());
+        }
+        let rows = q.fetch_all(conn).await?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<Option<String>, _>(i))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .collect()
+    }
+
+    /// DDL that needs a brief metadata lock on a busy table: a short lock_wait_timeout so
+    /// application statements never queue long behind it, retried with backoff.
+    async fn ddl_retry(&self, conn: &mut MySqlConnection, sql: &str, context: &str) -> Result<()> {
+        self.exec(conn, "SET SESSION lock_wait_timeout = 2", context)
+            .await?;
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            match sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if is_lock_timeout(&e) && attempt < 30 => {
+                    tracing::warn!(attempt, "{context}: metadata lock not granted, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(Error::db(context.to_string(), e)),
+            }
+        }
+        self.exec(conn, "SET SESSION lock_wait_timeout = DEFAULT", context)
+            .await
+    }
+}
+
+impl Backend for MySql {
+    fn dialect(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn quote(&self, ident: &str) -> String {
+        quote(ident)
+    }
+
+    async fn default_schema(&self) -> Result<Option<String>> {
+        Ok(self.home.clone())
+    }
+
+    async fn ensure_state_table(&self) -> Result<()> {
+        self.create_state_tables().await
+    }
+
+    async fn load_state(&self, name: &str) -> Result<Option<StateRow>> {
+        self.read_state(name).await
+    }
+
+    async fn list_states(&self) -> Result<Vec<StateRow>> {
+        self.read_states().await
+    }
+
+    async fn save_state(&self, row: &StateRow) -> Result<()> {
+        self.write_state(row).await
+    }
+
+    async fn lock(&self, migration: &str) -> Result<()> {
+        self.take_lock(migration).await
+    }
+
+    async fn keep_lock(&self, migration: &str) -> Result<()> {
+        self.confirm_lock(migration).await
+    }
+
+    async fn unlock(&self, migration: &str) -> Result<()> {
+        self.release_lock(migration).await
+    }
+
+    async fn describe(&self, schema: Option<&str>, table: &str) -> Result<Option<TableShape>> {
+        self.describe_table(schema, table).await
+    }
+
+    async fn preflight(&self, m: &Migration) -> Result<Vec<String>> {
+        self.find_problems(m).await
+    }
+
+    fn preview(&self, m: &Migration) -> Vec<PhaseSql> {
+        self.sql(m)
+            .preview("ENGINE=InnoDB DEFAULT CHARSET=<as the live table>")
+    }
+
+    async fn prepare(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        self.create_shadow_table(m, save).await
+    }
+
+    async fn start_dual_write(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        self.install_forward_triggers(m, save).await
+    }
+
+    async fn estimate_rows(&self, m: &Migration) -> Result<u64> {
+        self.estimate_live_rows(m).await
+    }
+
+    async fn copy_batch(
+        &self,
+        m: &Migration,
+        after: Option<&Cursor>,
+        limit: u64,
+        checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
+    ) -> Result<BatchDone> {
+        self.copy_next_batch(m, after, limit, checkpoint).await
+    }
+
+    async fn finish_backfill(&self, m: &Migration) -> Result<()> {
+        self.build_deferred_indexes(m).await
+    }
+
+    async fn verify(
+        &self,
+        m: &Migration,
+        req: &VerifyRequest,
+        progress: &(dyn Fn(u64) + Sync),
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<VerifyReport> {
+        self.compare_chunks(m, req, progress, stop).await
+    }
+
+    async fn cutover(
+        &self,
+        m: &Migration,
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        self.swap_tables(m, lock_timeout, save).await
+    }
+
+    async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()> {
+        self.clean_up_after_cutover(m, keep_old, save).await
+    }
+
+    async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        self.roll_back_migration(m, save).await
+    }
+
+    async fn trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {
+        self.recorded_failures(m).await
+    }
+
+    async fn throttle_value(&self, sql: &str) -> Result<f64> {
+        self.run_throttle_query(sql).await
+    }
+}
