@@ -180,16 +180,18 @@ impl Migration {
                         problems.push(format!("{at}: table {table:?} has no column {:?}", c.name));
                         continue;
                     };
-                    if after.primary_key.contains(&c.name)
-                        && (c.sql_type.is_some() || c.using.is_some())
-                    {
-                        problems.push(format!("{at}: column {:?} is part of the primary key of {table:?}; its type or values cannot change online", c.name));
+                    let in_key = after.primary_key.contains(&c.name);
+                    if in_key && (c.using.is_some() || c.reverse.is_some()) {
+                        problems.push(format!("{at}: column {:?} is part of the primary key of {table:?}; its values cannot be transformed online (a key can only be widened: give `type` without `using`/`reverse`)", c.name));
                         continue;
                     }
                     let col = &mut after.columns[pos];
                     if let Some(t) = &c.sql_type {
                         col.sql_type = t.clone();
-                        col.generated = None;
+                        // A widened key keeps drawing from its sequence / AUTO_INCREMENT.
+                        if !in_key {
+                            col.generated = None;
+                        }
                     }
                     if let Some(n) = c.nullable {
                         col.nullable = n;
@@ -354,6 +356,32 @@ impl Migration {
     pub fn new_key(&self) -> Vec<&str> {
         self.key.iter().map(|k| k.new.as_str()).collect()
     }
+
+    /// Primary-key columns whose type the plan changes. Each database decides in its
+    /// preflight which of these it can carry (a widening whose values all fit) and refuses
+    /// the rest; the values themselves never change.
+    pub fn key_type_changes(&self) -> Vec<KeyTypeChange> {
+        self.key
+            .iter()
+            .filter_map(|k| {
+                let from = self.before.column(&k.old)?;
+                let to = self.after.column(&k.new)?;
+                (from.sql_type != to.sql_type).then(|| KeyTypeChange {
+                    column: k.new.clone(),
+                    from: from.sql_type.clone(),
+                    to: to.sql_type.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A primary-key column's type before and after the plan (named as in the new table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTypeChange {
+    pub column: String,
+    pub from: String,
+    pub to: String,
 }
 
 pub fn shadow_name(table: &str) -> String {
@@ -451,5 +479,31 @@ mod tests {
         let refused = Migration::derive(&plan("  - drop_column: {name: id}\n"), &orders())
             .expect_err("refused");
         assert!(refused[0].contains("primary key"), "{refused:?}");
+    }
+
+    #[test]
+    fn a_key_can_change_type_but_not_values() {
+        let m = Migration::derive(
+            &plan("  - alter_column: {name: id, type: numeric(30)}\n"),
+            &orders(),
+        )
+        .expect("a key type change derives; the database judges the widening");
+        assert_eq!(
+            m.key_type_changes(),
+            [KeyTypeChange {
+                column: "id".into(),
+                from: "bigint".into(),
+                to: "numeric(30)".into()
+            }]
+        );
+        let refused = Migration::derive(
+            &plan("  - alter_column: {name: id, type: numeric(30), using: id * 2}\n"),
+            &orders(),
+        )
+        .expect_err("a transformed key is refused");
+        assert!(refused[0].contains("only be widened"), "{refused:?}");
+        let untouched = Migration::derive(&plan("  - drop_column: {name: note}\n"), &orders())
+            .expect("derives");
+        assert!(untouched.key_type_changes().is_empty());
     }
 }

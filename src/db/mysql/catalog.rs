@@ -123,7 +123,7 @@ impl MySql {
     pub(super) async fn find_problems(&self, m: &Migration) -> Result<Vec<String>> {
         let g = self.sql(m);
         let n = &g.n;
-        let mut problems = Vec::new();
+        let mut problems = crate::db::refuse_key_type_changes(m, "MySQL/MariaDB");
         let Some(schema) = n.schema.clone() else {
             return Ok(vec![
                 "the URL names no database and the plan no schema".into(),

@@ -92,7 +92,7 @@ impl Sqlite {
     }
 
     pub(super) async fn preflight(&self, m: &Migration) -> Result<Vec<String>> {
-        let mut problems = Vec::new();
+        let mut problems = crate::db::refuse_key_type_changes(m, "SQLite");
         let t = &m.table;
         if m.schema.as_deref().is_some_and(|s| s != "main") {
             problems.push(format!(
