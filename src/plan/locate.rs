@@ -5,12 +5,12 @@
 use crate::error::PlanLocation;
 
 #[derive(Debug, PartialEq)]
-enum Segment<'a> {
+pub(super) enum Segment<'a> {
     Key(&'a str),
     Index(usize),
 }
 
-fn segments(path: &str) -> Vec<Segment<'_>> {
+pub(super) fn segments(path: &str) -> Vec<Segment<'_>> {
     let mut out = Vec::new();
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let (key, rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));

@@ -6,6 +6,7 @@
 
 mod locate;
 pub mod model;
+mod wording;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -55,6 +56,14 @@ pub fn load(path: &Path) -> Result<Plan> {
 
 /// Parses and validates plan text; `file` names it in messages.
 pub fn parse(text: &str, file: &str) -> Result<Plan> {
+    if wording::is_empty_document(text) {
+        return Err(Error::Plan(vec![PlanProblem {
+            file: file.to_string(),
+            location: Some(crate::error::PlanLocation { line: 1, column: 1 }),
+            key: String::new(),
+            message: wording::empty_file(),
+        }]));
+    }
     let parsed: PlanFile =
         serde_yaml::from_str(text).map_err(|e| Error::Plan(vec![yaml_problem(&e, text, file)]))?;
     let problems = validate(&parsed)
@@ -103,7 +112,11 @@ fn yaml_problem(e: &serde_yaml::Error, text: &str, file: &str) -> PlanProblem {
             column: l.column(),
         })
         .or_else(|| locate(text, &key));
-    let key = refine_key(&key, text, location.as_ref());
+    let said = wording::reword(&key, &message, text, location.as_ref());
+    let key = said
+        .key
+        .unwrap_or_else(|| refine_key(&key, text, location.as_ref()));
+    let (location, message) = (said.location.or(location), said.message);
     PlanProblem {
         file: file.to_string(),
         location,
