@@ -6,18 +6,21 @@ use crate::error::{Error, Result};
 use crate::plan::Plan;
 
 /// Asks before touching the database, unless `--yes`; refuses when nobody can answer.
-pub(super) fn confirm(plan: &Plan, yes: bool) -> Result<()> {
+/// Every command that changes the database (`run`, `step`, `resume`, `rollback`) asks
+/// here, so the rule is one; `action` is the question's verb ("Run", "Roll back").
+pub(super) fn confirm(plan: &Plan, action: &str, yes: bool) -> Result<()> {
     if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
         return Err(Error::Usage(format!(
-            "stdin is not a terminal, so turnout cannot ask before changing {:?}; pass --yes to run without asking",
-            plan.file.table
+            "stdin is not a terminal, so turnout cannot ask before changing {:?}; pass --yes to {} without asking",
+            plan.file.table,
+            action.to_lowercase()
         )));
     }
     eprint!(
-        "Run migration {:?} on table {:?}? [y/N] ",
+        "{action} migration {:?} on table {:?}? [y/N] ",
         plan.file.name, plan.file.table
     );
     let _ = std::io::stderr().flush();

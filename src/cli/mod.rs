@@ -44,11 +44,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the plan; with a database, also preflight it against the live table
-    Check { plan: PathBuf },
+    Check {
+        /// The plan file (YAML)
+        plan: PathBuf,
+    },
     /// Print the SQL of every phase; change nothing
-    Plan { plan: PathBuf },
+    Plan {
+        /// The plan file (YAML)
+        plan: PathBuf,
+    },
     /// Run from the current phase onward
     Run {
+        /// The plan file (YAML)
         plan: PathBuf,
         /// Stop once the migration reaches this phase (prepared, dual_writing, backfilled, verified, cut_over, done)
         #[arg(long)]
@@ -59,30 +66,44 @@ pub enum Command {
     },
     /// Run exactly one phase
     Step {
+        /// The plan file (YAML)
         plan: PathBuf,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
     },
     /// Alias of run, for after an interruption
     Resume {
+        /// The plan file (YAML)
         plan: PathBuf,
+        /// Stop once the migration reaches this phase (prepared, dual_writing, backfilled, verified, cut_over, done)
         #[arg(long)]
         until: Option<String>,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
     },
     /// Compare the live table with its shadow, any time between backfill and cutover
-    Verify { plan: PathBuf },
+    Verify {
+        /// The plan file (YAML)
+        plan: PathBuf,
+    },
     /// Put the table back as it was, from any phase before done
     Rollback {
+        /// The plan file (YAML)
         plan: PathBuf,
         /// Roll back after cutover even though some columns cannot be restored
         #[arg(long)]
         accept_loss: bool,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
     },
     /// Phase, progress, rates, ETA and last checkpoint; every migration without PLAN
     Status {
+        /// Show only this plan's migration
         plan: Option<PathBuf>,
+        /// Print JSON (one object per migration) instead of text
         #[arg(long)]
         json: bool,
     },
@@ -234,7 +255,7 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             let plan = plan::load(path)?;
             let until = parse_until(until)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
-            confirm(&plan, *yes)?;
+            confirm(&plan, "Run", *yes)?;
             let s = Session {
                 plan: &plan,
                 cancel,
@@ -247,7 +268,7 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
         Command::Step { plan: path, yes } => {
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
-            confirm(&plan, *yes)?;
+            confirm(&plan, "Run", *yes)?;
             let s = Session {
                 plan: &plan,
                 cancel,
@@ -281,9 +302,11 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
         Command::Rollback {
             plan: path,
             accept_loss,
+            yes,
         } => {
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
+            confirm(&plan, "Roll back", *yes)?;
             let s = Session {
                 plan: &plan,
                 cancel,

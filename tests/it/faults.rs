@@ -97,10 +97,13 @@ pub async fn every_fault_point_is_survived(kind: Kind) {
                 until,
             );
             writer.wait_for(10).await;
-            crashed(&db.turnout(&["rollback", path], Some(point)), point);
+            crashed(
+                &db.turnout(&["rollback", path, "--yes"], Some(point)),
+                point,
+            );
             writer.wait_for(10).await;
             ok(
-                &db.turnout(&["rollback", path], None),
+                &db.turnout(&["rollback", path, "--yes"], None),
                 &format!("rollback again after {point} from {until}"),
             );
             writer.wait_for(5).await;

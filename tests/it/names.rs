@@ -76,7 +76,7 @@ pub async fn hostile_names_migrate_and_roll_back(kind: Kind, case: Case) {
         &db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None),
         "run to cutover",
     );
-    ok(&db.turnout(&["rollback", plan], None), "rollback");
+    ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
     let (got, want) = (db.rows(&case.original).await, db.rows(&case.snapshot).await);
     assert!(
         got == want,

@@ -332,7 +332,7 @@ async fn run_case(db: &TestDb, c: &Case, n: usize) -> Result<(), String> {
                 &["run", path, "--until", PHASES[c.rollback_at], "--yes"],
             );
             writer.wait_for(3).await;
-            r.and_then(|_| turnout_ok(db, &["rollback", path]))
+            r.and_then(|_| turnout_ok(db, &["rollback", path, "--yes"]))
         } else {
             turnout_ok(db, &["run", path, "--yes"])
         };

@@ -235,7 +235,7 @@ pub async fn rollback_from_every_phase(kind: Kind) {
         );
         writer.wait_for(25).await;
         ok(
-            &db.turnout(&["rollback", plan], None),
+            &db.turnout(&["rollback", plan, "--yes"], None),
             &format!("rollback from {phase}"),
         );
         writer.wait_for(10).await;
@@ -485,7 +485,7 @@ pub async fn step_runs_one_phase_at_a_time(kind: Kind) {
         ok(&db.turnout(&["step", path, "--yes"], None), phase);
         assert_eq!(status_json(&db, path).await["phase"], phase);
     }
-    let again = db.turnout(&["rollback", path], None);
+    let again = db.turnout(&["rollback", path, "--yes"], None);
     assert_eq!(
         again.status.code(),
         Some(1),
@@ -529,7 +529,10 @@ pub async fn a_failing_mapping_is_recorded_or_rejected(kind: Kind) {
         stderr(&run)
     );
     assert!(stderr(&run).contains("5000"), "{}", stderr(&run));
-    ok(&db.turnout(&["rollback", record], None), "rollback");
+    ok(
+        &db.turnout(&["rollback", record, "--yes"], None),
+        "rollback",
+    );
     assert_eq!(
         db.rows(&format!(
             "SELECT {} FROM items WHERE id = 5000",
@@ -566,7 +569,7 @@ pub async fn a_failing_mapping_is_recorded_or_rejected(kind: Kind) {
         stderr(&verify)
     );
     assert_eq!(status_json(&db, late).await["phase"], "backfilled");
-    ok(&db.turnout(&["rollback", late], None), "rollback");
+    ok(&db.turnout(&["rollback", late, "--yes"], None), "rollback");
     assert_eq!(
         db.rows(&format!(
             "SELECT {} FROM items WHERE id = 17",
@@ -587,6 +590,9 @@ pub async fn a_failing_mapping_is_recorded_or_rejected(kind: Kind) {
         .exec("INSERT INTO items (id, qty) VALUES (5001, 7)", &[])
         .await;
     assert!(refused.is_err(), "reject must fail the application's write");
-    ok(&db.turnout(&["rollback", reject], None), "rollback");
+    ok(
+        &db.turnout(&["rollback", reject, "--yes"], None),
+        "rollback",
+    );
     db.drop().await;
 }

@@ -99,7 +99,7 @@ pub async fn the_password_never_reaches_any_output(kind: Kind) {
         vec!["status", path],
         vec!["plan", path],
         vec!["check", bad.to_str().expect("utf-8")],
-        vec!["rollback", path, "-vv"],
+        vec!["rollback", path, "--yes", "-vv"],
     ];
     for args in runs {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
