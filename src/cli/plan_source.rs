@@ -17,6 +17,9 @@ pub(super) fn show_in_source(p: &crate::error::PlanProblem) {
     let (Some(loc), Ok(text)) = (&p.location, std::fs::read_to_string(&p.file)) else {
         return;
     };
+    if text.trim().is_empty() {
+        return; // an empty file has no line to show
+    }
     let offset: usize = text
         .lines()
         .take(loc.line.saturating_sub(1))

@@ -22,11 +22,60 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
             "version: 1\n\tname: x\n".into(),
             "bad.yaml:",
         ),
-        ("an empty file", String::new(), "bad.yaml"),
+        (
+            "an empty file",
+            String::new(),
+            "bad.yaml:1:1: the plan file is empty",
+        ),
+        (
+            "a file of comments only",
+            "# the plan, to come\n\n".into(),
+            "bad.yaml:1:1: the plan file is empty",
+        ),
         (
             "a list instead of a map",
             "- version: 1\n".into(),
-            "bad.yaml:1:1",
+            "bad.yaml:1:1: the plan must be a mapping of keys: version, name, table, changes",
+        ),
+        (
+            "a scalar instead of a map",
+            "just a table please\n".into(),
+            "bad.yaml:1:1: the plan must be a mapping of keys: version, name, table, changes",
+        ),
+        (
+            "an unquoted comma inside a flow mapping",
+            with("  - add_column: {name: amount, type: numeric(12,2)}\n"),
+            "quote the value: `type: \"numeric(12,2)\"`",
+        ),
+        (
+            "a change given as a list",
+            with("  - [add_column, extra]\n"),
+            "bad.yaml:5:5: changes[0]: expected a change: a mapping with one key naming its kind",
+        ),
+        (
+            "two kinds in one change",
+            with("  - add_column: {name: x, type: INTEGER}\n    drop_column: {name: note}\n"),
+            "changes[0]: expected a change",
+        ),
+        (
+            "a change's keys given as text",
+            with("  - drop_column: note\n"),
+            "changes[0].drop_column: expected a mapping of keys: name (required)",
+        ),
+        (
+            "a section given as a list",
+            tail("verify: [full]\n"),
+            "verify: expected a mapping of keys",
+        ),
+        (
+            "a key given twice",
+            with(ok_change).replace("table: items\n", "table: items\ntable: other\n"),
+            "bad.yaml:4:1: table: the key `table` is given twice",
+        ),
+        (
+            "a choice given as a list",
+            tail("dual_write:\n  on_error: [record]\n"),
+            "dual_write.on_error: expected one of `record`, `reject`",
         ),
         (
             "version 2",
@@ -36,7 +85,7 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
         (
             "version as a string",
             with(ok_change).replace("version: 1", "version: one"),
-            "version",
+            "bad.yaml:1:10: version: expected a whole number",
         ),
         (
             "missing name",
@@ -72,12 +121,12 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
         (
             "add_column without a type",
             with("  - add_column: {name: x}\n"),
-            "type",
+            "changes[0].add_column.type: the required key `type` is missing",
         ),
         (
             "nullable as a word",
             with("  - add_column: {name: x, type: INTEGER, nullable: maybe}\n"),
-            "nullable",
+            "changes[0].add_column.nullable: expected `true` or `false`; found the text \"maybe\"",
         ),
         (
             "a bad duration",
@@ -265,8 +314,24 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
     ]
 }
 
+/// serde's words for what it expected, which name Rust types the user never wrote.
+const RUST_WORDS: &[&str] = &[
+    "struct ",
+    "enum ",
+    "variant",
+    "missing field",
+    "unknown field",
+    "duplicate field",
+    "invalid type:",
+    "expected u32",
+    "expected u64",
+    "expected f64",
+    "unit value",
+    "YAML tag starting",
+];
+
 /// Everything a plan could have touched: the catalog and the data, as text.
-async fn snapshot(db: &TestDb) -> Vec<Vec<Option<String>>> {
+pub(crate) async fn snapshot(db: &TestDb) -> Vec<Vec<Option<String>>> {
     let catalog = match db.kind {
         Kind::Sqlite => "SELECT type, name, sql FROM sqlite_master ORDER BY name".to_string(),
         Kind::Postgres => "SELECT c.relname::text, c.relkind::text, (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid)::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1".to_string(),
@@ -317,6 +382,13 @@ pub async fn every_bad_plan_is_refused_and_touches_nothing(kind: Kind) {
                 cmd[0]
             );
             assert!(!err.contains("panicked"), "{what}: panic:\n{err}");
+            for rust in RUST_WORDS {
+                assert!(
+                    !err.contains(rust),
+                    "{what}: `turnout {}` speaks Rust ({rust:?}):\n{err}",
+                    cmd[0]
+                );
+            }
         }
         refused += 1;
     }

@@ -2,6 +2,7 @@
 //! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
 
 mod bad_plans;
+mod confirmation;
 mod connections;
 mod examples;
 mod faults;
@@ -71,6 +72,12 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn every_bad_plan_is_refused_and_touches_nothing() {
                 crate::bad_plans::every_bad_plan_is_refused_and_touches_nothing($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_changing_command_needs_yes_without_a_terminal() {
+                crate::confirmation::every_changing_command_needs_yes_without_a_terminal($kind)
+                    .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
