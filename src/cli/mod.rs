@@ -359,3 +359,40 @@ fn report_where(st: &State, plan: &Plan) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `turnout <command> --help` describes every argument and flag of every command.
+    #[test]
+    fn every_argument_of_every_command_has_help_text() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for cmd in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        assert!(cli.get_subcommands().count() >= 10);
+    }
+
+    /// The commands that change the database all take `--yes`.
+    #[test]
+    fn every_changing_command_takes_yes() {
+        let cli = super::Cli::command();
+        for name in ["run", "step", "resume", "rollback"] {
+            let cmd = cli.find_subcommand(name).expect(name);
+            assert!(
+                cmd.get_arguments().any(|a| a.get_long() == Some("yes")),
+                "`turnout {name}` takes no --yes"
+            );
+        }
+    }
+}
