@@ -240,6 +240,11 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
             "no table",
         ),
         (
+            "a misspelt type (SQLite would make it NUMERIC by accident)",
+            with("  - add_column: {name: amount, type: \"numbr(12,2)\"}\n"),
+            "numbr",
+        ),
+        (
             "a table without a primary key",
             with(ok_change).replace("table: items", "table: nokey"),
             "no primary key",
@@ -415,6 +420,62 @@ pub async fn every_bad_plan_is_refused_and_touches_nothing(kind: Kind) {
         "a refused plan changed the database: gone {gone:?}, new {new:?}"
     );
     println!("{kind:?}: {refused} bad plans refused with exit 2, database unchanged");
+    db.drop().await;
+}
+
+/// On SQLite a type name nothing in SQLite recognises is refused with SQLite's names and
+/// the way to insist; the insisting spelling passes and migrates.
+pub async fn sqlite_a_misspelt_type_is_refused_and_the_affinity_can_be_insisted_on() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    seed(&db).await;
+    let before = snapshot(&db).await;
+    let typo = db.plan_file(
+        "typo.yaml",
+        &format!("{HEAD}changes:\n  - add_column: {{name: amount, type: \"numbr(12,2)\"}}\n"),
+    );
+    let out = db.turnout(&["check", typo.to_str().expect("utf-8")], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for part in [
+        "column \"amount\"",
+        "\"numbr(12,2)\"",
+        "DOUBLE PRECISION",
+        "`numbr NUMERIC(12,2)`",
+    ] {
+        assert!(
+            err.contains(part),
+            "the refusal should say {part:?}:\n{err}"
+        );
+    }
+    assert_eq!(
+        snapshot(&db).await,
+        before,
+        "a refused check changed the database"
+    );
+    let insist = db.plan_file(
+        "insist.yaml",
+        &format!(
+            "{HEAD}changes:\n  - add_column: {{name: amount, type: \"numbr NUMERIC(12,2)\", from: qty * 1.5}}\n"
+        ),
+    );
+    let insist = insist.to_str().expect("utf-8");
+    crate::harness::ok(&db.turnout(&["check", insist], None), "check insisting");
+    crate::harness::ok(
+        &db.turnout(&["run", insist, "--yes"], None),
+        "run insisting",
+    );
+    let declared = db
+        .rows("SELECT type FROM pragma_table_info('items') WHERE name = 'amount'")
+        .await;
+    assert_eq!(
+        declared,
+        vec![vec![Some("numbr NUMERIC(12,2)".to_string())]]
+    );
+    // NUMERIC affinity, as insisted: 1.5 * an even qty is stored as an integer.
+    let stored = db
+        .rows("SELECT DISTINCT typeof(amount) FROM items WHERE qty % 2 = 0 AND amount IS NOT NULL")
+        .await;
+    assert_eq!(stored, vec![vec![Some("integer".to_string())]]);
     db.drop().await;
 }
 

@@ -123,6 +123,11 @@ fn wrong_urls_and_servers_that_are_down_exit_3_without_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_misspelt_type_is_refused_and_the_affinity_can_be_insisted_on() {
+    bad_plans::sqlite_a_misspelt_type_is_refused_and_the_affinity_can_be_insisted_on().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_hostile_names_and_storage_classes() {
     names::hostile_names_migrate_and_roll_back(harness::Kind::Sqlite, names::sqlite()).await;
 }

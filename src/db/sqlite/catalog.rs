@@ -127,6 +127,14 @@ impl Sqlite {
                 ));
             }
         }
+        // Only the plan's own type names: one the table already uses was SQLite's choice before.
+        for c in &m.after.columns {
+            if !m.before.columns.iter().any(|b| b.sql_type == c.sql_type)
+                && let Some(why) = super::types::accidental(&c.name, &c.sql_type)
+            {
+                problems.push(why);
+            }
+        }
         let before_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
         for mp in &m.forward {
             let rows = format!(

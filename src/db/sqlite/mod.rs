@@ -19,6 +19,7 @@ mod errors;
 mod prepare;
 mod sql;
 mod state;
+mod types;
 mod verify;
 
 use std::str::FromStr;
