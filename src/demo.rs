@@ -128,8 +128,10 @@ pub async fn run(file: &Path, rows: u64, cancel: CancellationToken, bars: bool) 
         started.elapsed()
     );
     println!(
-        "  backfill: {} rows in {} batches, {rate:.0} rows/s",
-        st.backfill.rows_copied, st.backfill.batches
+        "  backfill: {} rows in {} batches, {}",
+        st.backfill.rows_copied,
+        st.backfill.batches,
+        crate::progress::rows_per_sec(rate)
     );
     println!(
         "  verify:   {} rows compared, {} differences",

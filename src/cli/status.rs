@@ -31,7 +31,7 @@ pub(super) fn status_text(st: &State, failures: &[String]) -> String {
             st.backfill.rows_copied, st.backfill.estimated_rows, st.backfill.batches
         ));
         if let Some(r) = rate {
-            out.push_str(&format!(", {r:.0} rows/s"));
+            out.push_str(&format!(", {}", crate::progress::rows_per_sec(r)));
         }
         if let Some(e) = eta {
             out.push_str(&format!(
