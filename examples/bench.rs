@@ -1,13 +1,25 @@
-//! The benchmark behind the README's figures. For each table size it builds a table,
-//! times a plain `INSERT INTO … SELECT` of the same change as the baseline, then runs
-//! the release `turnout` binary phase by phase while a writer updates and inserts rows
-//! and records how long each of its writes took; `/usr/bin/time -v` gives turnout's
-//! peak memory. On MySQL it can also run pt-online-schema-change on the same table and
-//! change, with the same writer.
+//! The benchmark behind the README's figures. For each table size it builds the `orders`
+//! table of `shared/design/anchors.md` (id key, customer_id with an index, amount_cents,
+//! status varchar(16), a ~100-character note, created_at), then, in one run on the same
+//! table, change and writer:
 //!
-//! cargo build --release && cargo run --release --example bench -- postgres 1000000 4000000
-//! cargo run --release --example bench -- mysql 1000000 --pt-osc
-//! cargo run --release --example bench -- sqlite 1000000
+//! 1. the bulk-copy ceiling: `INSERT … SELECT` of the changed rows into a table with only
+//!    its primary key, the secondary indexes built afterwards;
+//! 2. turnout, phase by phase (the release binary under `/usr/bin/time -v` for its peak
+//!    memory), while a writer makes 200 single-row transactions a second (50 % updates,
+//!    30 % inserts, 20 % deletes) and records how long each one waited and whether it failed;
+//! 3. the anchor tool on a fresh copy of the table with the same writer: pg_repack on
+//!    PostgreSQL, pt-online-schema-change on MariaDB (installed with apt-get when missing).
+//!
+//! The change: widen `status` to 64 characters and add `amount` decimal(12,2) filled from
+//! `amount_cents / 100.0` (the anchors cannot compute it; pg_repack changes nothing).
+//! Only ratios within one run mean anything on a shared machine.
+//!
+//! cargo build --release --bins --examples
+//! ./target/release/examples/bench postgres 1000000 4000000
+//! ./target/release/examples/bench mysql 1000000
+//! ./target/release/examples/bench sqlite 1000000          (no anchor on SQLite)
+//! add --no-anchor to skip the anchor tool
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,6 +29,31 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, SqlitePool};
 use tokio::sync::Mutex;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Kind {
+        match s {
+            "postgres" => Kind::Postgres,
+            "mysql" | "mariadb" => Kind::MySql,
+            _ => Kind::Sqlite,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Postgres => "postgres",
+            Kind::MySql => "mysql",
+            Kind::Sqlite => "sqlite",
+        }
+    }
+}
 
 #[derive(Clone)]
 enum Pool {
@@ -34,6 +71,14 @@ impl Pool {
             Pool::Lite(p) => sqlx::query(s()).execute(p).await?.rows_affected(),
         })
     }
+
+    async fn run_all(&self, statements: &[String]) {
+        for stmt in statements {
+            self.exec(stmt)
+                .await
+                .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+        }
+    }
 }
 
 struct Db {
@@ -42,22 +87,27 @@ struct Db {
     dir: PathBuf,
 }
 
-async fn open(kind: &str) -> Db {
+const BENCH_DB: &str = "turnout_bench";
+
+/// A fresh, empty database for one measurement.
+async fn open(kind: Kind) -> Db {
     let dir = std::env::temp_dir().join("turnout-bench");
     let _ = std::fs::create_dir_all(&dir);
     match kind {
-        "postgres" => {
+        Kind::Postgres => {
             let admin = PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
                 .await
                 .expect("postgres");
-            let _ = sqlx::query("DROP DATABASE IF EXISTS turnout_bench WITH (FORCE)")
-                .execute(&admin)
-                .await;
-            sqlx::query("CREATE DATABASE turnout_bench")
+            let _ = sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {BENCH_DB}")))
                 .execute(&admin)
                 .await
                 .expect("create db");
-            let url = "postgres://postgres@127.0.0.1:5432/turnout_bench".to_string();
+            let url = format!("postgres://postgres@127.0.0.1:5432/{BENCH_DB}");
             let pool = PgPool::connect(&url).await.expect("connect");
             Db {
                 url,
@@ -65,18 +115,20 @@ async fn open(kind: &str) -> Db {
                 dir,
             }
         }
-        "mysql" => {
+        Kind::MySql => {
             let admin = MySqlPool::connect("mysql://root@127.0.0.1:3306/test")
                 .await
                 .expect("mariadb");
-            let _ = sqlx::query("DROP DATABASE IF EXISTS turnout_bench")
-                .execute(&admin)
-                .await;
-            sqlx::query("CREATE DATABASE turnout_bench")
-                .execute(&admin)
-                .await
-                .expect("create db");
-            let url = "mysql://root@127.0.0.1:3306/turnout_bench".to_string();
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {BENCH_DB}"),
+                format!("CREATE DATABASE {BENCH_DB}"),
+            ] {
+                sqlx::query(AssertSqlSafe(sql))
+                    .execute(&admin)
+                    .await
+                    .expect("recreate db");
+            }
+            let url = format!("mysql://root@127.0.0.1:3306/{BENCH_DB}");
             let pool = MySqlPool::connect(&url).await.expect("connect");
             Db {
                 url,
@@ -84,7 +136,7 @@ async fn open(kind: &str) -> Db {
                 dir,
             }
         }
-        _ => {
+        Kind::Sqlite => {
             let path = dir.join("bench.db");
             for ext in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
@@ -109,101 +161,141 @@ async fn open(kind: &str) -> Db {
     }
 }
 
-/// DDL of the table, its fill, the plain copy baseline, the plan's changes.
+/// The table, how it is filled, the bulk copy of the same change, and the plan.
 struct Shape {
-    create: String,
+    create: Vec<String>,
     fill: Vec<String>,
-    copy_table: String,
-    copy: String,
+    /// The new table with only its primary key, filled, then its secondary indexes.
+    bulk_table: Vec<String>,
+    bulk_copy: String,
+    bulk_indexes: Vec<String>,
     plan_changes: &'static str,
-    pt_alter: &'static str,
 }
 
-fn shape(kind: &str, rows: u64) -> Shape {
+fn shape(kind: Kind, rows: u64) -> Shape {
+    let note = "rpad('order ' || i, 100, '.')";
     match kind {
-        "postgres" => Shape {
-            create: "CREATE TABLE bench (id bigserial PRIMARY KEY, customer_id integer NOT NULL, amount_cents integer NOT NULL, status text NOT NULL, note text, created_at timestamptz NOT NULL); CREATE INDEX bench_customer ON bench (customer_id)".into(),
-            fill: vec![format!("INSERT INTO bench (customer_id, amount_cents, status, note, created_at) SELECT (random() * 50000)::int, (random() * 100000)::int, (ARRAY['new','paid','shipped'])[1 + i % 3], CASE WHEN i % 5 = 0 THEN NULL ELSE 'order ' || i END, now() - (i || ' minutes')::interval FROM generate_series(1, {rows}) AS i"), "ANALYZE bench".into()],
-            copy_table: "CREATE TABLE bench_copy (id bigint PRIMARY KEY, customer_id bigint NOT NULL, amount_cents integer NOT NULL, status text NOT NULL, note text, created_at timestamptz NOT NULL, amount numeric(12,2)); CREATE INDEX bench_copy_customer ON bench_copy (customer_id); CREATE INDEX bench_copy_created ON bench_copy (created_at)".into(),
-            copy: "INSERT INTO bench_copy SELECT id, customer_id, amount_cents, status, note, created_at, amount_cents / 100.0 FROM bench".into(),
-            plan_changes: "  - alter_column: {name: customer_id, type: bigint}\n  - add_column: {name: amount, type: 'numeric(12,2)', from: amount_cents / 100.0}\n  - add_index: {name: bench_created, columns: [created_at]}\n",
-            pt_alter: "",
+        Kind::Postgres => Shape {
+            create: vec![
+                "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id integer NOT NULL, amount_cents integer NOT NULL, status varchar(16) NOT NULL, note text, created_at timestamptz NOT NULL)".into(),
+                "CREATE INDEX orders_customer ON orders (customer_id)".into(),
+            ],
+            fill: vec![
+                format!("INSERT INTO orders (customer_id, amount_cents, status, note, created_at) SELECT (random() * 50000)::int, (random() * 100000)::int, (ARRAY['new','paid','shipped'])[1 + i % 3], {note}, now() - (i || ' minutes')::interval FROM generate_series(1, {rows}) AS i"),
+                "VACUUM ANALYZE orders".into(),
+            ],
+            bulk_table: vec!["CREATE TABLE orders_copy (id bigint PRIMARY KEY, customer_id integer NOT NULL, amount_cents integer NOT NULL, status varchar(64) NOT NULL, note text, created_at timestamptz NOT NULL, amount numeric(12,2))".into()],
+            bulk_copy: "INSERT INTO orders_copy SELECT id, customer_id, amount_cents, status, note, created_at, amount_cents / 100.0 FROM orders".into(),
+            bulk_indexes: vec!["CREATE INDEX orders_copy_customer ON orders_copy (customer_id)".into()],
+            plan_changes: "  - alter_column: {name: status, type: varchar(64)}\n  - add_column: {name: amount, type: 'numeric(12,2)', from: amount_cents / 100.0}\n",
         },
-        "mysql" => Shape {
-            create: "CREATE TABLE bench (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(64), created_at DATETIME(6) NOT NULL, KEY bench_customer (customer_id)) ENGINE=InnoDB".into(),
+        Kind::MySql => Shape {
+            create: vec!["CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(128), created_at DATETIME(6) NOT NULL, KEY orders_customer (customer_id)) ENGINE=InnoDB".into()],
             fill: std::iter::once("CREATE TABLE nums (i INT PRIMARY KEY)".to_string())
                 .chain(std::iter::once(format!(
                     "INSERT INTO nums VALUES {}",
                     (0..10_000).map(|i| format!("({i})")).collect::<Vec<_>>().join(",")
                 )))
                 .chain((0..rows.div_ceil(10_000)).map(|a| {
-                    format!("INSERT INTO bench (id, customer_id, amount_cents, status, note, created_at) SELECT {a} * 10000 + i + 1, FLOOR(RAND() * 50000), FLOOR(RAND() * 100000), ELT(1 + i % 3, 'new', 'paid', 'shipped'), IF(i % 5 = 0, NULL, CONCAT('order ', i)), NOW(6) - INTERVAL i MINUTE FROM nums WHERE {a} * 10000 + i + 1 <= {rows}")
+                    format!("INSERT INTO orders (id, customer_id, amount_cents, status, note, created_at) SELECT {a} * 10000 + i + 1, FLOOR(RAND() * 50000), FLOOR(RAND() * 100000), ELT(1 + i % 3, 'new', 'paid', 'shipped'), RPAD(CONCAT('order ', i), 100, '.'), NOW(6) - INTERVAL i MINUTE FROM nums WHERE {a} * 10000 + i + 1 <= {rows}")
                 }))
-                .chain(["DROP TABLE nums".to_string(), "ANALYZE TABLE bench".to_string()])
+                .chain(["DROP TABLE nums".to_string(), "ANALYZE TABLE orders".to_string()])
                 .collect(),
-            copy_table: "CREATE TABLE bench_copy (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id BIGINT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(64), created_at DATETIME(6) NOT NULL, KEY bench_copy_customer (customer_id), KEY bench_copy_created (created_at)) ENGINE=InnoDB".into(),
-            copy: "INSERT INTO bench_copy SELECT id, customer_id, amount_cents, status, note, created_at FROM bench".into(),
+            bulk_table: vec!["CREATE TABLE orders_copy (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL, amount_cents INT NOT NULL, status VARCHAR(64) NOT NULL, note VARCHAR(128), created_at DATETIME(6) NOT NULL, amount DECIMAL(12,2)) ENGINE=InnoDB".into()],
+            bulk_copy: "INSERT INTO orders_copy SELECT id, customer_id, amount_cents, status, note, created_at, amount_cents / 100.0 FROM orders".into(),
+            bulk_indexes: vec!["ALTER TABLE orders_copy ADD KEY orders_copy_customer (customer_id)".into()],
             // Batches of 0.5 s, as pt-online-schema-change's default --chunk-time.
-            plan_changes: "  - alter_column: {name: customer_id, type: BIGINT}\n  - add_index: {name: bench_created, columns: [created_at]}\nbackfill:\n  target_batch_time: 500ms\n",
-            pt_alter: "MODIFY customer_id BIGINT NOT NULL, ADD KEY bench_created (created_at)",
+            plan_changes: "  - alter_column: {name: status, type: VARCHAR(64)}\n  - add_column: {name: amount, type: 'DECIMAL(12,2)', from: amount_cents / 100.0}\nbackfill:\n  target_batch_time: 500ms\n",
         },
-        _ => Shape {
-            create: "CREATE TABLE bench (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL, status TEXT NOT NULL, note TEXT, created_at TEXT NOT NULL); CREATE INDEX bench_customer ON bench (customer_id)".into(),
-            fill: vec![format!("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) INSERT INTO bench SELECT i, abs(random()) % 50000, abs(random()) % 100000, 'new', 'order ' || i, datetime('now', '-' || i || ' minutes') FROM n"), "PRAGMA wal_checkpoint(TRUNCATE)".into()],
-            copy_table: "CREATE TABLE bench_copy (id INTEGER PRIMARY KEY, customer_id BIGINT NOT NULL, amount_cents INTEGER NOT NULL, status TEXT NOT NULL, note TEXT, created_at TEXT NOT NULL, amount NUMERIC); CREATE INDEX bench_copy_customer ON bench_copy (customer_id); CREATE INDEX bench_copy_created ON bench_copy (created_at)".into(),
-            copy: "INSERT INTO bench_copy SELECT id, customer_id, amount_cents, status, note, created_at, amount_cents / 100.0 FROM bench".into(),
-            plan_changes: "  - alter_column: {name: customer_id, type: BIGINT}\n  - add_column: {name: amount, type: NUMERIC, from: amount_cents / 100.0}\n  - add_index: {name: bench_created, columns: [created_at]}\n",
-            pt_alter: "",
+        Kind::Sqlite => Shape {
+            create: vec![
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL, status VARCHAR(16) NOT NULL, note TEXT, created_at TEXT NOT NULL)".into(),
+                "CREATE INDEX orders_customer ON orders (customer_id)".into(),
+            ],
+            fill: vec![
+                format!("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) INSERT INTO orders SELECT i, abs(random()) % 50000, abs(random()) % 100000, 'new', substr('order ' || i || '{}', 1, 100), datetime('now', '-' || i || ' minutes') FROM n", ".".repeat(100)),
+                "PRAGMA wal_checkpoint(TRUNCATE)".into(),
+            ],
+            bulk_table: vec!["CREATE TABLE orders_copy (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL, status VARCHAR(64) NOT NULL, note TEXT, created_at TEXT NOT NULL, amount NUMERIC)".into()],
+            bulk_copy: "INSERT INTO orders_copy SELECT id, customer_id, amount_cents, status, note, created_at, amount_cents / 100.0 FROM orders".into(),
+            bulk_indexes: vec!["CREATE INDEX orders_copy_customer ON orders_copy (customer_id)".into()],
+            plan_changes: "  - alter_column: {name: status, type: VARCHAR(64)}\n  - add_column: {name: amount, type: NUMERIC, from: amount_cents / 100.0}\n",
         },
     }
 }
 
-async fn run_all(pool: &Pool, sql: &str) {
-    for stmt in sql.split("; ").filter(|s| !s.trim().is_empty()) {
-        pool.exec(stmt)
-            .await
-            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
-    }
+/// One application write: when it started (since the epoch), how long it took, whether it failed.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Duration,
+    took: Duration,
+    failed: bool,
 }
 
-/// Latencies (start offset, duration) of every write the writer made.
-type Samples = Arc<Mutex<Vec<(Duration, Duration)>>>;
+type Samples = Arc<Mutex<Vec<Sample>>>;
 
+/// The application: 200 single-row transactions a second (one every 5 ms), 50 % updates,
+/// 30 % inserts, 20 % deletes of rows spread over the whole table.
 fn start_writer(
+    kind: Kind,
     pool: Pool,
     rows: u64,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     samples: Samples,
 ) -> tokio::task::JoinHandle<()> {
+    let now = match kind {
+        Kind::Postgres => "now()",
+        Kind::MySql => "NOW(6)",
+        Kind::Sqlite => "datetime('now')",
+    };
     tokio::spawn(async move {
         let mut n: u64 = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
             n += 1;
             let id = 1 + (n.wrapping_mul(2_654_435_761) % rows);
-            let sql = if n.is_multiple_of(4) {
-                format!(
-                    "INSERT INTO bench (customer_id, amount_cents, status, note, created_at) VALUES ({}, 100, 'new', 'w', {})",
-                    n % 50_000,
-                    now_sql(&pool)
-                )
-            } else {
-                format!("UPDATE bench SET status = 'paid' WHERE id = {id}")
+            let sql = match n % 10 {
+                0..=4 => format!(
+                    "UPDATE orders SET status = 'paid', amount_cents = amount_cents + 1 WHERE id = {id}"
+                ),
+                5..=7 => format!(
+                    "INSERT INTO orders (customer_id, amount_cents, status, note, created_at) VALUES ({}, 100, 'new', 'written by the application', {now})",
+                    n % 50_000
+                ),
+                _ => format!("DELETE FROM orders WHERE id = {id}"),
             };
             let t = Instant::now();
-            let _ = pool.exec(&sql).await;
-            samples.lock().await.push((t - epoch, t.elapsed()));
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            let failed = pool.exec(&sql).await.is_err();
+            samples.lock().await.push(Sample {
+                at: t - epoch,
+                took: t.elapsed(),
+                failed,
+            });
         }
     })
 }
 
-fn now_sql(pool: &Pool) -> &'static str {
-    match pool {
-        Pool::Pg(_) => "now()",
-        Pool::My(_) => "NOW(6)",
-        Pool::Lite(_) => "datetime('now')",
-    }
+/// The writes that were waiting at some moment of `[from, to]`.
+fn window(samples: &[Sample], from: Duration, to: Duration) -> Vec<Sample> {
+    samples
+        .iter()
+        .filter(|s| s.at + s.took >= from && s.at <= to)
+        .copied()
+        .collect()
+}
+
+fn longest_ms(samples: &[Sample]) -> f64 {
+    samples
+        .iter()
+        .map(|s| s.took.as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max)
+}
+
+fn failures(samples: &[Sample]) -> usize {
+    samples.iter().filter(|s| s.failed).count()
 }
 
 /// Runs the turnout binary under /usr/bin/time; returns (seconds, peak RSS in MiB).
@@ -226,58 +318,64 @@ fn turnout(db: &Db, args: &[&str]) -> (f64, f64) {
         "turnout {args:?} failed:\n{}\n{err}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let rss_kb: f64 = err
+    (secs, peak_rss_mib(&err))
+}
+
+fn peak_rss_mib(time_v: &str) -> f64 {
+    time_v
         .lines()
         .find_map(|l| {
             l.trim()
                 .strip_prefix("Maximum resident set size (kbytes): ")
         })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    (secs, rss_kb / 1024.0)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort();
-    v[((v.len() - 1) as f64 * p) as usize]
-}
-
-fn window(samples: &[(Duration, Duration)], from: Duration, to: Duration) -> Vec<Duration> {
-    samples
-        .iter()
-        .filter(|(at, took)| *at + *took >= from && *at <= to)
-        .map(|(_, took)| *took)
-        .collect()
-}
-
-async fn bench(kind: &str, rows: u64, pt_osc: bool) {
+async fn build_table(kind: Kind, rows: u64) -> (Db, Shape) {
     let db = open(kind).await;
     let s = shape(kind, rows);
-    run_all(&db.pool, &s.create).await;
     let t = Instant::now();
-    for f in &s.fill {
-        db.pool.exec(f).await.expect("fill");
-    }
-    println!("[{kind} {rows}] table filled in {:.1?}", t.elapsed());
+    db.pool.run_all(&s.create).await;
+    db.pool.run_all(&s.fill).await;
+    println!(
+        "[{} {rows}] table built in {:.1?}",
+        kind.name(),
+        t.elapsed()
+    );
+    (db, s)
+}
 
-    run_all(&db.pool, &s.copy_table).await;
+/// The ceiling: copy into a bare table, then build its index. Returns seconds.
+async fn bulk_copy(db: &Db, s: &Shape) -> f64 {
+    db.pool.run_all(&s.bulk_table).await;
     let t = Instant::now();
-    db.pool.exec(&s.copy).await.expect("plain copy");
-    let plain = t.elapsed().as_secs_f64();
+    db.pool.exec(&s.bulk_copy).await.expect("bulk copy");
+    db.pool.run_all(&s.bulk_indexes).await;
+    let took = t.elapsed().as_secs_f64();
     db.pool
-        .exec("DROP TABLE bench_copy")
+        .exec("DROP TABLE orders_copy")
         .await
         .expect("drop copy");
-    let plain_rate = rows as f64 / plain;
+    took
+}
 
-    let plan = db.dir.join(format!("bench-{kind}.yaml"));
+const STEPS: [&str; 6] = [
+    "prepared",
+    "dual_writing",
+    "backfilled",
+    "verified",
+    "cut_over",
+    "done",
+];
+
+async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64) {
+    let plan = db.dir.join(format!("bench-{}.yaml", kind.name()));
     std::fs::write(
         &plan,
         format!(
-            "version: 1\nname: bench\ntable: bench\nchanges:\n{}",
+            "version: 1\nname: bench\ntable: orders\nchanges:\n{}",
             s.plan_changes
         ),
     )
@@ -287,101 +385,173 @@ async fn bench(kind: &str, rows: u64, pt_osc: bool) {
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Samples = Arc::default();
     let epoch = Instant::now();
-    let writer = start_writer(db.pool.clone(), rows, epoch, stop.clone(), samples.clone());
-    let started = epoch.elapsed();
-    let (_, mem_prep) = turnout(&db, &["run", plan, "--until", "dual_writing", "--yes"]);
-    let (backfill_s, mem_backfill) = turnout(&db, &["run", plan, "--until", "backfilled", "--yes"]);
-    let (verify_s, mem_verify) = turnout(&db, &["run", plan, "--until", "verified", "--yes"]);
-    let cut_from = epoch.elapsed();
-    let (cutover_s, mem_cut) = turnout(&db, &["run", plan, "--until", "cut_over", "--yes"]);
-    let cut_to = epoch.elapsed();
-    let (_, mem_clean) = turnout(&db, &["run", plan, "--yes"]);
-    let ended = epoch.elapsed();
+    let writer = start_writer(
+        kind,
+        db.pool.clone(),
+        rows,
+        epoch,
+        stop.clone(),
+        samples.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut steps = Vec::new();
+    let mut peak: f64 = 0.0;
+    for step in STEPS {
+        let from = epoch.elapsed();
+        let (secs, mem) = turnout(db, &["run", plan, "--until", step, "--yes"]);
+        steps.push((step, from, epoch.elapsed(), secs));
+        peak = peak.max(mem);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = writer.await;
     let all = samples.lock().await.clone();
-    let during_cutover = window(&all, cut_from, cut_to);
-    let whole = window(&all, started, ended);
-    let peak = [mem_prep, mem_backfill, mem_verify, mem_cut, mem_clean]
-        .into_iter()
-        .fold(0.0, f64::max);
+    let name = kind.name();
+    let (start, end) = (steps[0].1, steps[steps.len() - 1].2);
+    let whole = window(&all, start, end);
+    let per_step: Vec<String> = steps
+        .iter()
+        .map(|(step, from, to, secs)| {
+            format!(
+                "{step} {secs:.2}s (wait {:.1} ms)",
+                longest_ms(&window(&all, *from, *to))
+            )
+        })
+        .collect();
+    let backfill_s = steps[2].3;
+    let total = (end - start).as_secs_f64();
     println!(
-        "[{kind} {rows}] plain INSERT…SELECT {plain:.2}s ({plain_rate:.0} rows/s) | turnout backfill {backfill_s:.2}s ({:.0} rows/s, ratio {:.2}) | verify {verify_s:.2}s ({:.0} rows/s) | cutover step {cutover_s:.2}s, longest writer stall during it {:.1} ms | whole migration {:.1}s, writer p99 {:.1} ms, max {:.1} ms, {} writes | peak RSS {peak:.1} MiB",
+        "[{name} {rows}] turnout: whole migration {total:.2}s | {} | backfill {:.0} rows/s = {:.2}x the bulk copy | longest application wait over the whole migration {:.1} ms | {} writes, {} failed | peak RSS {peak:.1} MiB",
+        per_step.join(", "),
         rows as f64 / backfill_s,
-        (rows as f64 / backfill_s) / plain_rate,
-        rows as f64 / verify_s,
-        percentile(during_cutover, 1.0).as_secs_f64() * 1000.0,
-        (ended - started).as_secs_f64(),
-        percentile(whole.clone(), 0.99).as_secs_f64() * 1000.0,
-        percentile(whole.clone(), 1.0).as_secs_f64() * 1000.0,
+        bulk_s / backfill_s,
+        longest_ms(&whole),
         whole.len(),
+        failures(&whole),
     );
+}
 
-    if pt_osc && kind == "mysql" {
-        let have = Command::new("sh")
-            .args(["-c", "command -v pt-online-schema-change"])
-            .output()
-            .map(|o| o.status.success());
-        if have.ok() != Some(true) {
-            println!("installing percona-toolkit for pt-online-schema-change");
-            let _ = Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "--no-install-recommends",
-                    "percona-toolkit",
-                ])
-                .status();
+/// Installs a Debian package when its command is missing.
+fn ensure_command(command: &str, package: &str) {
+    let have = Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .map(|o| o.status.success());
+    if have.ok() != Some(true) {
+        println!("installing {package} for {command}");
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .status();
+    }
+}
+
+async fn bench_anchor(kind: Kind, rows: u64) {
+    let (tool, args): (&str, Vec<String>) = match kind {
+        Kind::Postgres => {
+            let major = Command::new("sh")
+                .args(["-c", "ls /usr/lib/postgresql | sort -n | tail -n1"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_else(|_| "15".into());
+            ensure_command("pg_repack", &format!("postgresql-{major}-repack"));
+            (
+                "pg_repack",
+                [
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "--no-order",
+                    "-t",
+                    "orders",
+                    "-d",
+                    BENCH_DB,
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
         }
-        let db = open(kind).await;
-        run_all(&db.pool, &s.create).await;
-        for f in &s.fill {
-            db.pool.exec(f).await.expect("fill");
+        Kind::MySql => {
+            ensure_command("pt-online-schema-change", "percona-toolkit");
+            (
+                "pt-online-schema-change",
+                vec![
+                    "--alter".into(),
+                    "MODIFY status VARCHAR(64) NOT NULL, ADD COLUMN amount DECIMAL(12,2)".into(),
+                    "--execute".into(),
+                    "--no-check-alter".into(),
+                    "--recursion-method=none".into(),
+                    format!("h=127.0.0.1,P=3306,u=root,D={BENCH_DB},t=orders"),
+                ],
+            )
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples: Samples = Arc::default();
-        let epoch = Instant::now();
-        let writer = start_writer(db.pool.clone(), rows, epoch, stop.clone(), samples.clone());
-        let t = Instant::now();
-        let out = Command::new("pt-online-schema-change")
-            .args([
-                "--alter",
-                s.pt_alter,
-                "--execute",
-                "--no-check-alter",
-                "--recursion-method=none",
-                "h=127.0.0.1,P=3306,u=root,D=turnout_bench,t=bench",
-            ])
-            .output()
-            .expect("pt-online-schema-change (apt-get install percona-toolkit)");
-        let took = t.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        let _ = writer.await;
-        assert!(
-            out.status.success(),
-            "pt-osc failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let all: Vec<Duration> = samples.lock().await.iter().map(|(_, d)| *d).collect();
-        println!(
-            "[{kind} {rows}] pt-online-schema-change {took:.1}s, writer p99 {:.1} ms, max {:.1} ms, {} writes",
-            percentile(all.clone(), 0.99).as_secs_f64() * 1000.0,
-            percentile(all.clone(), 1.0).as_secs_f64() * 1000.0,
-            all.len()
-        );
+        Kind::Sqlite => return,
+    };
+    let (db, _) = build_table(kind, rows).await;
+    if kind == Kind::Postgres {
+        db.pool
+            .exec("CREATE EXTENSION IF NOT EXISTS pg_repack")
+            .await
+            .expect("CREATE EXTENSION pg_repack");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Samples = Arc::default();
+    let epoch = Instant::now();
+    let writer = start_writer(
+        kind,
+        db.pool.clone(),
+        rows,
+        epoch,
+        stop.clone(),
+        samples.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from = epoch.elapsed();
+    let out = Command::new(tool)
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let to = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+    assert!(
+        out.status.success(),
+        "{tool} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = samples.lock().await.clone();
+    let whole = window(&all, from, to);
+    println!(
+        "[{} {rows}] {tool}: whole migration {:.2}s | longest application wait {:.1} ms | {} writes, {} failed",
+        kind.name(),
+        (to - from).as_secs_f64(),
+        longest_ms(&whole),
+        whole.len(),
+        failures(&whole),
+    );
+}
+
+async fn bench(kind: Kind, rows: u64, anchor: bool) {
+    let (db, s) = build_table(kind, rows).await;
+    let bulk_s = bulk_copy(&db, &s).await;
+    println!(
+        "[{} {rows}] bulk copy, index built after: {bulk_s:.2}s ({:.0} rows/s)",
+        kind.name(),
+        rows as f64 / bulk_s
+    );
+    bench_turnout(kind, rows, &db, &s, bulk_s).await;
+    if anchor {
+        bench_anchor(kind, rows).await;
     }
 }
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let kind = args
-        .first()
-        .map(String::as_str)
-        .unwrap_or("sqlite")
-        .to_string();
-    let pt_osc = args.iter().any(|a| a == "--pt-osc");
+    let kind = Kind::parse(args.first().map(String::as_str).unwrap_or("sqlite"));
+    let anchor = !args.iter().any(|a| a == "--no-anchor");
     let sizes: Vec<u64> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![1_000_000]
@@ -389,6 +559,6 @@ async fn main() {
         sizes
     };
     for rows in sizes {
-        bench(&kind, rows, pt_osc).await;
+        bench(kind, rows, anchor).await;
     }
 }
