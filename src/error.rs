@@ -53,6 +53,11 @@ pub enum Error {
     )]
     PlanChanged { name: String, diff: String },
 
+    /// A directory of plans disagrees with what already ran (a done plan edited since, a
+    /// new plan sorted before one that ran); nothing was touched. Exit 2.
+    #[error("{dir}: the plans of this directory cannot be run as they stand; nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {}", p.replace('\n', "\n    "))).collect::<Vec<_>>().join("\n"))]
+    History { dir: String, problems: Vec<String> },
+
     /// The database could not be reached. Exit 3.
     #[error("cannot reach the database: {0}")]
     Unreachable(String),
@@ -146,7 +151,8 @@ impl Error {
             Error::Plan(_)
             | Error::Usage(_)
             | Error::Refused { .. }
-            | Error::PlanChanged { .. } => 2,
+            | Error::PlanChanged { .. }
+            | Error::History { .. } => 2,
             Error::Unreachable(_)
             | Error::Denied { .. }
             | Error::LockHeld { .. }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -267,6 +267,8 @@ async fn finish_all(writers: Vec<Writer>) -> BTreeMap<String, u64> {
 struct Writer {
     stop: Arc<AtomicBool>,
     pause: Arc<tokio::sync::Mutex<()>>,
+    /// Transactions ended so far (committed or not), for waiting on a number of them.
+    ended: Arc<AtomicU64>,
     handle: tokio::task::JoinHandle<BTreeMap<String, u64>>,
 }
 
@@ -274,11 +276,13 @@ impl Writer {
     fn start(pool: MySqlPool, seed: u64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(tokio::sync::Mutex::new(()));
-        let (s, p) = (stop.clone(), pause.clone());
-        let handle = tokio::spawn(async move { write_loop(pool, s, p, seed).await });
+        let ended = Arc::new(AtomicU64::new(0));
+        let (s, p, e) = (stop.clone(), pause.clone(), ended.clone());
+        let handle = tokio::spawn(async move { write_loop(pool, s, p, e, seed).await });
         Writer {
             stop,
             pause,
+            ended,
             handle,
         }
     }
@@ -293,6 +297,7 @@ async fn write_loop(
     pool: MySqlPool,
     stop: Arc<AtomicBool>,
     pause: Arc<tokio::sync::Mutex<()>>,
+    ended: Arc<AtomicU64>,
     seed: u64,
 ) -> BTreeMap<String, u64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -428,6 +433,7 @@ async fn write_loop(
                 }
             }
         }
+        ended.fetch_add(1, Ordering::SeqCst);
         drop(_guard);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -891,7 +897,17 @@ async fn dual_write_triggers_add_no_deadlocks() {
     let writers = eight_writers(&db).await;
     // A first batch, so writes fall both on copied rows and on rows not copied yet.
     backfill(&b, &m, 500, Some(1)).await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // A number of transactions rather than a time, so a loaded machine tests as much.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while writers
+        .iter()
+        .map(|w| w.ended.load(Ordering::SeqCst))
+        .sum::<u64>()
+        < 1500
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let total = finish_all(writers).await;
     let deadlocks = total.get("error 1213").copied().unwrap_or(0);
     let done: u64 = ["insert", "update", "key change", "delete"]

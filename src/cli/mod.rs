@@ -17,11 +17,13 @@ use crate::progress::Progress;
 use crate::with_backend;
 
 mod confirm;
+mod dir;
 mod logging;
 mod plan_source;
 mod status;
 
 use confirm::confirm;
+use dir::DirFlags;
 use logging::init_logging;
 use plan_source::show_in_source;
 use status::{status_json, status_text};
@@ -43,19 +45,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the plan; with a database, also preflight it against the live table
+    /// Validate the plan (or directory of plans); with a database, also preflight it against the live table
     Check {
-        /// The plan file (YAML)
+        /// The plan file (YAML), or a directory of plan files
         plan: PathBuf,
+        #[command(flatten)]
+        dir: DirFlags,
     },
     /// Print the SQL of every phase; change nothing
     Plan {
-        /// The plan file (YAML)
+        /// The plan file (YAML), or a directory of plan files
         plan: PathBuf,
+        #[command(flatten)]
+        dir: DirFlags,
     },
-    /// Run from the current phase onward
+    /// Run from the current phase onward; with a directory, each plan not done in file-name order
     Run {
-        /// The plan file (YAML)
+        /// The plan file (YAML), or a directory of plan files
         plan: PathBuf,
         /// Stop once the migration reaches this phase (prepared, dual_writing, backfilled, verified, cut_over, done)
         #[arg(long)]
@@ -63,6 +69,8 @@ pub enum Command {
         /// Do not ask for confirmation (required when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        dir: DirFlags,
     },
     /// Run exactly one phase
     Step {
@@ -74,7 +82,7 @@ pub enum Command {
     },
     /// Alias of run, for after an interruption
     Resume {
-        /// The plan file (YAML)
+        /// The plan file (YAML), or a directory of plan files
         plan: PathBuf,
         /// Stop once the migration reaches this phase (prepared, dual_writing, backfilled, verified, cut_over, done)
         #[arg(long)]
@@ -82,6 +90,8 @@ pub enum Command {
         /// Do not ask for confirmation (required when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        dir: DirFlags,
     },
     /// Compare the live table with its shadow, any time between backfill and cutover
     Verify {
@@ -99,9 +109,9 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Phase, progress, rates, ETA and last checkpoint; every migration without PLAN
+    /// Phase, progress, rates, ETA and last checkpoint; with DIR its history; every migration without either
     Status {
-        /// Show only this plan's migration
+        /// Show only this plan's migration, or a directory's history
         plan: Option<PathBuf>,
         /// Print JSON (one object per migration) instead of text
         #[arg(long)]
@@ -196,7 +206,11 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
         Command::Demo { file, rows } => {
             crate::demo::run(file, *rows, cancel, bars).await.map(|_| 0)
         }
-        Command::Check { plan: path } => {
+        Command::Check { plan: path, dir } => {
+            if path.is_dir() {
+                return dir::check(cli.database_url.as_deref(), path, *dir).await;
+            }
+            dir.only_for_directories(path)?;
             let plan = plan::load(path)?;
             let Some(url) = cli.database_url.as_deref() else {
                 println!(
@@ -229,7 +243,11 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             );
             Ok(0)
         }
-        Command::Plan { plan: path } => {
+        Command::Plan { plan: path, dir } => {
+            if path.is_dir() {
+                return dir::plan(database_url(&cli.database_url)?, path, *dir).await;
+            }
+            dir.only_for_directories(path)?;
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
             let phases = with_backend!(&db, b => engine::preview(b, &plan).await)?;
@@ -246,14 +264,21 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             plan: path,
             until,
             yes,
+            dir,
         }
         | Command::Resume {
             plan: path,
             until,
             yes,
+            dir,
         } => {
-            let plan = plan::load(path)?;
             let until = parse_until(until)?;
+            if path.is_dir() {
+                let url = database_url(&cli.database_url)?;
+                return dir::run(url, path, until, *yes, *dir, cancel, &observer).await;
+            }
+            dir.only_for_directories(path)?;
+            let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
             confirm(&plan, "Run", *yes)?;
             let s = Session {
@@ -323,6 +348,9 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             Ok(0)
         }
         Command::Status { plan: path, json } => {
+            if let Some(p) = path.as_deref().filter(|p| p.is_dir()) {
+                return dir::status(database_url(&cli.database_url)?, p, *json).await;
+            }
             let name = match path {
                 Some(p) => Some(plan::load(p)?.file.name),
                 None => None,

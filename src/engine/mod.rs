@@ -4,6 +4,7 @@
 //! its effect where the database allows, so a crash at any instant leaves a state that
 //! `resume` (or `rollback`) can carry on from.
 
+pub mod dir;
 pub mod state;
 
 use std::time::{Duration, Instant};

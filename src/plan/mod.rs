@@ -4,6 +4,7 @@
 //! cannot (ranges, empty lists, conflicting changes). Every problem names the file, the
 //! line and column, and the key path.
 
+pub mod dir;
 mod locate;
 pub mod model;
 mod wording;
@@ -43,6 +44,11 @@ fn canonical_json(file: &PlanFile) -> String {
 /// Reads and validates a plan file.
 pub fn load(path: &Path) -> Result<Plan> {
     let shown = path.display().to_string();
+    if path.is_dir() {
+        return Err(Error::Usage(format!(
+            "{shown} is a directory; this command takes one plan file (check, plan, run, resume and status also take a directory of plans)"
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Plan(vec![PlanProblem {
             file: shown.clone(),

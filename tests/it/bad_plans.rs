@@ -335,14 +335,19 @@ const RUST_WORDS: &[&str] = &[
     "YAML tag starting",
 ];
 
-/// Everything a plan could have touched: the catalog and the data, as text.
-pub(crate) async fn snapshot(db: &TestDb) -> Vec<Vec<Option<String>>> {
+/// The database's tables (with their triggers), as text.
+pub async fn catalog(db: &TestDb) -> Vec<Vec<Option<String>>> {
     let catalog = match db.kind {
         Kind::Sqlite => "SELECT type, name, sql FROM sqlite_master ORDER BY name".to_string(),
         Kind::Postgres => "SELECT c.relname::text, c.relkind::text, (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid)::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1".to_string(),
         Kind::MySql => "SELECT TABLE_NAME, TABLE_TYPE, CAST(NULL AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() UNION ALL SELECT TRIGGER_NAME, 'trigger', ACTION_STATEMENT FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() ORDER BY 1".to_string(),
     };
-    let mut out = db.rows(&catalog).await;
+    db.rows(&catalog).await
+}
+
+/// Everything a plan could have touched: the catalog and the data, as text.
+pub(crate) async fn snapshot(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    let mut out = catalog(db).await;
     let t = |c: &str| db.text(c);
     out.extend(
         db.rows(&format!(

@@ -1,5 +1,5 @@
 //! The example plans in `plans/` are accepted by `turnout check` against a real table of
-//! their database, and `turnout demo` tells its story on a small table.
+//! their database (the example directory also runs to the end), and `turnout demo` tells its story on a small table.
 
 use crate::harness::{Kind, TestDb, stderr, stdout};
 
@@ -30,6 +30,7 @@ pub async fn example_plans_pass_check(kind: Kind, folder: &str) {
         .map(|e| e.path())
         .collect();
     entries.sort();
+    let mut dirs = Vec::new();
     for path in entries {
         let out = db.turnout(&["check", path.to_str().expect("utf-8")], None);
         assert!(
@@ -39,13 +40,65 @@ pub async fn example_plans_pass_check(kind: Kind, folder: &str) {
             stdout(&out),
             stderr(&out)
         );
-        checked += 1;
+        if path.is_dir() {
+            // Every plan of a directory is checked, the later ones against the shape the
+            // earlier ones leave.
+            let plans = std::fs::read_dir(&path).expect("dir").count();
+            assert_eq!(
+                stdout(&out).matches("can be applied").count(),
+                plans,
+                "{}",
+                stdout(&out)
+            );
+            dirs.push(path);
+        } else {
+            checked += 1;
+        }
     }
     assert!(
         checked >= 5,
         "only {checked} example plans in plans/{folder}"
     );
+    assert!(!dirs.is_empty(), "no example directory in plans/{folder}");
+    example_directories_run(&db, &dirs).await;
     db.drop().await;
+}
+
+/// Each example directory runs to the end on the example table, and its history says so.
+async fn example_directories_run(db: &TestDb, dirs: &[std::path::PathBuf]) {
+    db.exec("INSERT INTO orders (customer_id, amount_cents, created_at) VALUES (1, 250, '2024-01-01 00:00:00')")
+        .await;
+    for dir in dirs {
+        let dir = dir.to_str().expect("utf-8");
+        let out = db.turnout(&["run", dir, "--yes"], None);
+        assert!(
+            out.status.success(),
+            "{dir}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let out = db.turnout(&["status", dir, "--json"], None);
+        let history: serde_json::Value =
+            serde_json::from_str(&stdout(&out)).expect("status DIR --json");
+        let phases: Vec<_> = history
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|e| e["phase"].as_str().unwrap_or("?"))
+            .collect();
+        assert!(phases.iter().all(|p| *p == "done"), "{dir}: {phases:?}");
+    }
+    let amount = db
+        .rows(&format!(
+            "SELECT {} FROM orders WHERE amount = 2.5",
+            db.text("count(*)")
+        ))
+        .await;
+    assert_eq!(
+        amount[0][0].as_deref(),
+        Some("1"),
+        "the amount was not computed"
+    );
 }
 
 pub fn the_demo_runs_twice_on_a_small_table() {

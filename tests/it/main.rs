@@ -4,6 +4,7 @@
 mod bad_plans;
 mod confirmation;
 mod connections;
+mod dirs;
 mod examples;
 mod faults;
 mod harness;
@@ -103,6 +104,21 @@ macro_rules! scenarios {
             #[test]
             fn random_plans_keep_every_write() {
                 crate::random_plans::random_plans_keep_every_write($kind);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_directory_of_plans_runs_in_order_under_the_writer() {
+                crate::dirs::a_directory_of_plans_runs_in_order_under_the_writer($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_edited_done_plan_and_a_gap_are_refused() {
+                crate::dirs::an_edited_done_plan_and_a_gap_are_refused($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_directory_run_killed_in_its_third_plan_resumes() {
+                crate::dirs::a_directory_run_killed_in_its_third_plan_resumes($kind).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
