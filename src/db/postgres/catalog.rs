@@ -137,7 +137,11 @@ impl Postgres {
         let g = self.gen_for(m);
         let t = &m.table;
         let ctx = |e| Error::db(format!("preflight of {t}"), e);
-        let mut problems = crate::db::refuse_key_type_changes(m, "PostgreSQL");
+        let mut problems: Vec<String> = m
+            .key_type_changes()
+            .iter()
+            .filter_map(|k| super::sql::key_type_refusal(t, k))
+            .collect();
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
         for (name, rel) in [(&m.shadow, g.shadow()), (&m.old, g.old())] {
             if self.relation_exists(&mut conn, &rel).await? {

@@ -14,6 +14,8 @@ pub(in crate::db::postgres) struct CutoverFacts {
     pub(in crate::db::postgres) identities: Vec<(String, bool, String)>,
     /// Serial sequences owned by the live table: (schema, sequence, new column).
     pub(in crate::db::postgres) sequences: Vec<(String, String, String)>,
+    /// Sequences whose type the widened key outgrows: (schema, sequence, new type).
+    pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
 }
 
 /// Facts read from the catalog inside a rollback after cutover.
@@ -25,6 +27,8 @@ pub(in crate::db::postgres) struct RollbackFacts {
     pub(in crate::db::postgres) sequences: Vec<(String, String, Option<String>)>,
     /// Identity sequences of the old table to move above its rows: (sequence oid, column).
     pub(in crate::db::postgres) identities: Vec<(i64, String)>,
+    /// Sequences given back to a narrower old key: (schema, sequence, old type).
+    pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
 }
 
 impl<'a> Gen<'a> {
@@ -95,6 +99,9 @@ impl<'a> Gen<'a> {
                 quote(col)
             ));
         }
+        for (schema, seq, t) in &f.retyped {
+            out.push(format!("ALTER SEQUENCE {} AS {t}", qualified(schema, seq)));
+        }
         out.extend(self.dual_write(&self.reverse()));
         out
     }
@@ -136,6 +143,9 @@ impl<'a> Gen<'a> {
                 ),
                 None => format!("ALTER SEQUENCE {} OWNED BY NONE", qualified(schema, seq)),
             });
+        }
+        for (schema, seq, t) in &f.retyped {
+            out.push(format!("ALTER SEQUENCE {} AS {t}", qualified(schema, seq)));
         }
         out.push(format!("DROP TABLE {}", self.live()));
         out.push(format!(
@@ -186,6 +196,7 @@ mod tests {
             pk_name: Some("orders_pkey".into()),
             identities: vec![],
             sequences: vec![("sales".into(), "orders_id_seq".into(), "id".into())],
+            retyped: vec![("sales".into(), "orders_id_seq".into(), "bigint".into())],
         };
         let stmts = g.cutover(&facts);
         let n = &g.n.base;
@@ -207,6 +218,9 @@ mod tests {
                 &"ALTER SEQUENCE \"sales\".\"orders_id_seq\" OWNED BY \"sales\".\"orders\".\"id\""
                     .to_string()
             )
+        );
+        assert!(
+            stmts.contains(&"ALTER SEQUENCE \"sales\".\"orders_id_seq\" AS bigint".to_string())
         );
         assert!(stmts.iter().any(|s| s.contains(
             "INSERT INTO \"sales\".\"_orders_old\" (\"id\", \"amount_cents\", \"note\")"

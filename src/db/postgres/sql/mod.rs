@@ -13,11 +13,13 @@
 
 mod backfill;
 mod cutover;
+mod keys;
 mod shadow;
 mod triggers;
 mod verify;
 
 pub(super) use cutover::{CutoverFacts, RollbackFacts};
+pub(super) use keys::{KeyType, refusal as key_type_refusal};
 
 use crate::db::PhaseSql;
 use crate::schema::{Generated, Migration, TableShape};
@@ -209,10 +211,11 @@ impl<'a> Gen<'a> {
     pub(super) fn old_key(&self) -> Vec<&'a str> {
         self.m.key.iter().map(|k| k.old.as_str()).collect()
     }
-    fn new_key(&self) -> Vec<&'a str> {
+    pub(super) fn new_key(&self) -> Vec<&'a str> {
         self.m.key.iter().map(|k| k.new.as_str()).collect()
     }
-    /// The key columns' types (a key's type never changes).
+    /// The old key columns' types: every cursor value comes from the old table, and a key
+    /// only widens, so the new table compares with them too (see `keys`).
     pub(super) fn key_types(&self) -> Vec<String> {
         self.m
             .key
@@ -325,6 +328,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             })
             .collect(),
         sequences: Vec::new(),
+        retyped: Vec::new(),
     };
     let mut cutover = vec![
         format!("ANALYZE {}", g.shadow()),

@@ -1,0 +1,202 @@
+//! PostgreSQL on the tables real applications have: a primary key widened from `integer`
+//! to `bigint` under the concurrent writer, killed inside the cutover and resumed, with
+//! ids above 2^31 inserted through the serial sequence afterwards; a rollback from
+//! `cut_over` giving the old table and its `integer` sequence back; a rollback refused by
+//! name once the new table holds an id the old key type cannot; narrowing refused by check.
+
+use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
+use crate::scenarios::SEED_ROWS;
+
+/// `items` with a serial (integer) key, and the writer's `mirror`, seeded alike.
+async fn seed_serial(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE items (id serial PRIMARY KEY, qty integer NOT NULL, tag integer, name text);\n\
+         CREATE TABLE mirror (id integer PRIMARY KEY, qty integer NOT NULL, tag integer, name text);\n\
+         CREATE INDEX items_name_idx ON items (name)",
+    )
+    .await;
+    for table in ["items", "mirror"] {
+        db.exec(&format!(
+            "INSERT INTO {table} (id, qty, tag, name) SELECT i, i * 3 % 1000, NULLIF(i % 7, 0), 'item ' || i \
+             FROM generate_series(1, {SEED_ROWS}) AS i"
+        ))
+        .await;
+    }
+    // The application's own inserts drew from the sequence up to here.
+    db.exec(&format!("SELECT setval('items_id_seq', {SEED_ROWS})"))
+        .await;
+}
+
+fn widen_plan(name: &str) -> String {
+    format!(
+        "version: 1
+name: {name}
+table: items
+changes:
+  - alter_column: {{name: id, type: bigint}}
+  - add_index: {{name: items_tag_idx, columns: [tag]}}
+backfill:
+  batch_size: 300
+cutover:
+  lock_timeout: 2s
+  attempts: 10
+  retry_delay: 50ms
+"
+    )
+}
+
+async fn one(db: &TestDb, sql: &str) -> String {
+    db.rows(sql).await[0][0].clone().unwrap_or_default()
+}
+
+async fn same_as_mirror(db: &TestDb) {
+    let q = |t: &str| format!("SELECT id::text, qty::text, tag::text FROM {t} ORDER BY id");
+    let (live, mirror) = (db.rows(&q("items")).await, db.rows(&q("mirror")).await);
+    assert!(!mirror.is_empty());
+    assert!(
+        live == mirror,
+        "items ({} rows) differs from the writer's mirror ({} rows)",
+        live.len(),
+        mirror.len()
+    );
+}
+
+async fn key_and_sequence_types(db: &TestDb) -> (String, String) {
+    (
+        one(
+            db,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'id'",
+        )
+        .await,
+        one(
+            db,
+            "SELECT format_type(seqtypid, NULL) FROM pg_sequence WHERE seqrelid = pg_get_serial_sequence('items', 'id')::regclass",
+        )
+        .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_int_key_widens_to_bigint_killed_in_cutover_and_resumed() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed_serial(&db).await;
+    let plan = db.plan_file("plan.yaml", &widen_plan("items-widen"));
+    let plan = plan.to_str().expect("utf-8 path");
+    ok(&db.turnout(&["check", plan], None), "check");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 23);
+    writer.wait_for(10).await;
+    let killed = db.turnout(&["run", plan, "--yes"], Some("cutover.inside"));
+    assert!(
+        !killed.status.success() && stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    // The killed transaction changed nothing: the key is still an integer.
+    assert_eq!(
+        key_and_sequence_types(&db).await,
+        ("integer".into(), "integer".into())
+    );
+    writer.wait_for(20).await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
+    writer.wait_for(20).await;
+    assert!(writer.stop().await.is_empty());
+    same_as_mirror(&db).await;
+    assert_eq!(
+        key_and_sequence_types(&db).await,
+        ("bigint".into(), "bigint".into())
+    );
+    // The application's next ids come from the same sequence, now past 2^31.
+    db.exec("SELECT setval('items_id_seq', 2147483647)").await;
+    db.exec("INSERT INTO items (qty) VALUES (1), (2)").await;
+    assert_eq!(
+        one(&db, "SELECT max(id)::text FROM items").await,
+        "2147483649"
+    );
+    let owner = one(
+        &db,
+        "SELECT d.refobjid::regclass::text FROM pg_depend d WHERE d.objid = 'items_id_seq'::regclass AND d.deptype = 'a'",
+    )
+    .await;
+    assert_eq!(owner, "items");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_widened_key_rolls_back_from_cut_over_and_refuses_what_would_be_lost() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed_serial(&db).await;
+    let plan = db.plan_file("plan.yaml", &widen_plan("items-widen-back"));
+    let plan = plan.to_str().expect("utf-8 path");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 29);
+    writer.wait_for(10).await;
+    ok(
+        &db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None),
+        "cutover",
+    );
+    assert_eq!(
+        key_and_sequence_types(&db).await,
+        ("bigint".into(), "bigint".into())
+    );
+    writer.wait_for(30).await;
+    // A row the old key cannot hold: the reverse trigger records it, and the rollback is
+    // refused naming it, even when the recorded losses are accepted.
+    db.exec("INSERT INTO items (id, qty) VALUES (3000000000, 5)")
+        .await;
+    for args in [
+        vec!["rollback", plan],
+        vec!["rollback", plan, "--accept-loss"],
+    ] {
+        let refused = db.turnout(&args, None);
+        assert!(!refused.status.success(), "{}", stdout(&refused));
+        assert!(
+            stderr(&refused).contains("[3000000000]"),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+    }
+    assert!(
+        stderr(&db.turnout(&["rollback", plan, "--accept-loss"], None))
+            .contains("does not fit the old table's key type")
+    );
+    db.exec("DELETE FROM items WHERE id = 3000000000").await;
+    writer.wait_for(10).await;
+    ok(
+        &db.turnout(&["rollback", plan, "--accept-loss"], None),
+        "rollback",
+    );
+    writer.wait_for(10).await;
+    assert!(writer.stop().await.is_empty());
+    same_as_mirror(&db).await;
+    assert_eq!(
+        key_and_sequence_types(&db).await,
+        ("integer".into(), "integer".into())
+    );
+    // The writer chose its own ids; the application's sequence carries on above them.
+    db.exec("SELECT setval('items_id_seq', (SELECT max(id) FROM items))")
+        .await;
+    db.exec("INSERT INTO items (qty) VALUES (7)").await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_narrowing_or_retyping_a_key_is_refused_by_check() {
+    let db = TestDb::new(Kind::Postgres).await;
+    db.exec("CREATE TABLE items (id bigint PRIMARY KEY, code varchar(20) NOT NULL UNIQUE)")
+        .await;
+    for (to, why) in [("integer", "narrow"), ("text", "not a widening")] {
+        let plan = db.plan_file(
+            "plan.yaml",
+            &format!(
+                "version: 1\nname: items-narrow\ntable: items\nchanges:\n  - alter_column: {{name: id, type: {to}}}\n"
+            ),
+        );
+        let out = db.turnout(&["check", plan.to_str().expect("utf-8")], None);
+        assert!(!out.status.success());
+        let said = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            said.contains("primary key column \"id\"") && said.contains(why),
+            "{said}"
+        );
+    }
+    db.drop().await;
+}
