@@ -200,3 +200,193 @@ async fn postgres_narrowing_or_retyping_a_key_is_refused_by_check() {
     }
     db.drop().await;
 }
+
+/// Three child tables referencing `items` (cascade, set null, deferrable), seeded.
+async fn seed_children(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE lines (id serial PRIMARY KEY, item_id integer NOT NULL, qty integer NOT NULL DEFAULT 1, \
+           CONSTRAINT lines_item_fk FOREIGN KEY (item_id) REFERENCES items (id) ON DELETE CASCADE ON UPDATE CASCADE);\n\
+         CREATE TABLE notes (id serial PRIMARY KEY, item_id integer, body text, \
+           CONSTRAINT notes_item_fk FOREIGN KEY (item_id) REFERENCES items ON DELETE SET NULL ON UPDATE CASCADE);\n\
+         CREATE TABLE audits (id serial PRIMARY KEY, item_id bigint, \
+           CONSTRAINT audits_item_fk FOREIGN KEY (item_id) REFERENCES items MATCH FULL ON DELETE CASCADE ON UPDATE CASCADE DEFERRABLE INITIALLY DEFERRED);\n\
+         INSERT INTO lines (item_id, qty) SELECT i, i % 9 FROM generate_series(1, 600) AS i;\n\
+         INSERT INTO notes (item_id, body) SELECT i, 'note ' || i FROM generate_series(1, 600, 2) AS i;\n\
+         INSERT INTO audits (item_id) SELECT i FROM generate_series(1, 600, 3) AS i",
+    )
+    .await;
+}
+
+/// The references to `items` as the catalog states them: names, definitions, validity.
+async fn references(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid), convalidated::text \
+         FROM pg_constraint WHERE contype = 'f' AND confrelid = 'items'::regclass ORDER BY 1, 2",
+    )
+    .await
+}
+
+/// Every child row references an item that exists, and the cascades kept pace.
+async fn children_consistent(db: &TestDb) {
+    for (child, nullable) in [("lines", false), ("notes", true), ("audits", false)] {
+        let orphans = one(
+            db,
+            &format!(
+                "SELECT count(*)::text FROM {child} c WHERE c.item_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM items i WHERE i.id = c.item_id)"
+            ),
+        )
+        .await;
+        assert_eq!(orphans, "0", "{child} has rows whose item is gone");
+        if !nullable {
+            assert_eq!(
+                one(
+                    db,
+                    &format!("SELECT count(*)::text FROM {child} WHERE item_id IS NULL")
+                )
+                .await,
+                "0"
+            );
+        }
+    }
+    let nulled = one(db, "SELECT count(*)::text FROM notes WHERE item_id IS NULL").await;
+    let deleted = one(
+        db,
+        "SELECT (300 - count(*))::text FROM notes n WHERE n.item_id IS NOT NULL",
+    )
+    .await;
+    assert_eq!(
+        nulled, deleted,
+        "a note lost its row instead of its reference"
+    );
+}
+
+/// A probe that updates one child row in a loop: the longest it ever waited.
+fn probe(
+    db: &TestDb,
+) -> (
+    tokio::task::JoinHandle<std::time::Duration>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (pool, stop2) = (db.pool.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let mut longest = std::time::Duration::ZERO;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            let _ = pool
+                .exec(
+                    "UPDATE lines SET qty = qty + 1 WHERE id = (SELECT max(id) FROM lines)",
+                    &[],
+                )
+                .await;
+            longest = longest.max(t.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        longest
+    });
+    (task, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_referenced_key_widens_with_three_children_under_the_writer() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed_serial(&db).await;
+    seed_children(&db).await;
+    let before = references(&db).await;
+    assert_eq!(before.len(), 3);
+    let plan = db.plan_file("plan.yaml", &widen_plan("items-children"));
+    let plan = plan.to_str().expect("utf-8 path");
+    ok(&db.turnout(&["check", plan], None), "check");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 31);
+    let (prober, stop) = probe(&db);
+    writer.wait_for(10).await;
+    let killed = db.turnout(&["run", plan, "--yes"], Some("cutover.inside"));
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    assert_eq!(
+        references(&db).await,
+        before,
+        "a killed cutover changed the references"
+    );
+    writer.wait_for(20).await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
+    writer.wait_for(20).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let longest = prober.await.expect("probe");
+    eprintln!("longest wait of a child-table write across cutover with 3 children: {longest:?}");
+    assert!(writer.stop().await.is_empty());
+    same_as_mirror(&db).await;
+    // Same names, same definitions, validated again.
+    assert_eq!(references(&db).await, before);
+    children_consistent(&db).await;
+    // A cascade from the new table reaches the children; an id above 2^31 is referenced.
+    db.exec("SELECT setval('items_id_seq', 3000000000)").await;
+    db.exec(
+        "INSERT INTO items (qty) VALUES (1);\nINSERT INTO audits (item_id) VALUES (3000000001)",
+    )
+    .await;
+    db.exec("DELETE FROM items WHERE id = 3000000001").await;
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*)::text FROM audits WHERE item_id = 3000000001"
+        )
+        .await,
+        "0"
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_children_point_back_at_the_old_table_after_rollback_at_every_fault() {
+    for point in [
+        None,
+        Some("rollback.before"),
+        Some("rollback.inside"),
+        Some("rollback.after"),
+    ] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed_serial(&db).await;
+        seed_children(&db).await;
+        let before = references(&db).await;
+        let plan = db.plan_file("plan.yaml", &widen_plan("items-children-back"));
+        let plan = plan.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 37);
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None),
+            "cutover",
+        );
+        writer.wait_for(20).await;
+        if let Some(p) = point {
+            let killed = db.turnout(&["rollback", plan], Some(p));
+            assert!(
+                stderr(&killed).contains("fault injected"),
+                "{p}: {}",
+                stderr(&killed)
+            );
+            writer.wait_for(10).await;
+        }
+        ok(
+            &db.turnout(&["rollback", plan], None),
+            &format!("rollback after {point:?}"),
+        );
+        writer.wait_for(10).await;
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(references(&db).await, before, "after rollback ({point:?})");
+        children_consistent(&db).await;
+        assert_eq!(
+            one(
+                &db,
+                "SELECT count(*)::text FROM pg_class WHERE relname LIKE '\\_items\\_%'"
+            )
+            .await,
+            "0"
+        );
+        db.drop().await;
+    }
+}

@@ -4,8 +4,11 @@
 //!
 //! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
 //! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
-//! EXCLUDE constraints; user triggers; views depending on the table; stored generated
-//! columns; non-default collations; partitioned tables.
+//! EXCLUDE constraints of the table itself; user triggers; views depending on the table;
+//! stored generated columns; non-default collations; partitioned tables. Foreign keys of
+//! other tables referencing this one are carried (re-pointed at cutover) unless they are
+//! NOT VALID, on a partitioned child, or reference a column the plan drops or computes.
+//! Primary-key type changes are judged in `sql/keys.rs`.
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -150,7 +153,7 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 9] = [
+        let checks: [(&str, &str); 8] = [
             (
                 "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1) AND relkind <> 'r'",
                 "table {t}: it is a partitioned table ({x}); turnout migrates plain tables only",
@@ -163,10 +166,6 @@ impl Postgres {
                 "SELECT conname::text || ' (' || CASE contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' WHEN 'x' THEN 'EXCLUDE' ELSE contype::text END || ')' \
               FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype IN ('c', 'f', 'x')",
                 "table {t}: constraint {x} is not carried to the new table; drop it for the migration and recreate it after",
-            ),
-            (
-                "SELECT conname::text || ' on ' || conrelid::regclass::text FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'",
-                "table {t}: foreign key {x} references it and would follow the old table at cutover; drop it for the migration and recreate it after",
             ),
             (
                 "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
@@ -210,6 +209,23 @@ impl Postgres {
                         .replace("{t}", &format!("{t:?}"))
                         .replace("{x}", &format!("{x:?}")),
                 );
+            }
+        }
+        // Other tables' references are re-pointed at cutover (see `sql/children.rs`).
+        for f in super::children::children_of(&mut conn, &live)
+            .await
+            .map_err(ctx)?
+        {
+            let (fk, child) = (&f.fk.name, format!("{}.{}", f.fk.schema, f.fk.table));
+            if !f.validated {
+                problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references it and is NOT VALID; run ALTER TABLE … VALIDATE CONSTRAINT (or drop it) first, so turnout can tell its own pending validations apart"));
+            } else if let Some(why) = f.unusual {
+                problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references it, and turnout cannot re-point it because {why}"));
+            }
+            for c in &f.fk.referenced {
+                if g.new_name_of(c).is_none() {
+                    problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references column {c:?}, which the plan drops or computes; keep that column as it is"));
+                }
             }
         }
         // Index names the new table will take must be free, unless the old table holds them.

@@ -57,7 +57,8 @@ impl Postgres {
         .await;
         match attempt {
             Ok(()) => {}
-            Err(e) if is_lock_timeout(&e) => {
+            // A deadlock with an application transaction holding a child table: retried too.
+            Err(e) if is_lock_timeout(&e) || is_conflict(&e) => {
                 tx.rollback().await.map_err(ctx)?;
                 return Ok(CutoverOutcome::LockTimeout);
             }
@@ -66,6 +67,7 @@ impl Postgres {
         crate::fault::point("cutover.inside");
         save_in(&mut tx, &self.home, save).await?;
         tx.commit().await.map_err(ctx)?;
+        self.validate_children(&g).await?;
         Ok(CutoverOutcome::Swapped)
     }
 
@@ -76,6 +78,8 @@ impl Postgres {
         save: &StateRow,
     ) -> Result<()> {
         let g = self.gen_for(m);
+        // A crash may have come between the cutover's commit and its validation.
+        self.validate_children(&g).await?;
         self.ddl_txn(
             &format!("cleanup of {}", m.table),
             &g.cleanup(keep_old),
@@ -145,7 +149,7 @@ impl Postgres {
             crate::fault::point("rollback.inside");
             save_in(&mut tx, &self.home, save).await?;
             tx.commit().await.map_err(ctx)?;
-            return Ok(());
+            return self.validate_children(&g).await;
         }
     }
 
@@ -269,11 +273,14 @@ impl Postgres {
             let start = max.unwrap_or(0).max(last).saturating_add(1);
             identities.push((c.name.clone(), always, start.to_string()));
         }
+        let children =
+            super::children::renamed_children(&mut *conn, &g.live(), &|c| g.new_name_of(c)).await?;
         Ok(CutoverFacts {
             pk_name,
             identities,
             sequences,
             retyped,
+            children,
         })
     }
 
@@ -387,11 +394,14 @@ impl Postgres {
             .into_iter()
             .map(|r| (r.get(3), r.get(2)))
             .collect();
+        let children =
+            super::children::renamed_children(&mut *conn, &g.live(), &|c| g.old_name_of(c)).await?;
         Ok(RollbackFacts {
             pk_name,
             sequences,
             identities,
             retyped,
+            children,
         })
     }
 }

@@ -16,6 +16,7 @@
 
 mod backfill;
 mod catalog;
+mod children;
 mod cutover;
 mod errors;
 mod prepare;

@@ -3,7 +3,7 @@
 //! and the way back before or after cutover. The catalog facts these statements depend on
 //! are read by the backend inside the same transaction.
 
-use super::{Gen, qualified, quote};
+use super::{ChildFk, Gen, qualified, quote};
 
 /// Facts read from the catalog inside the cutover transaction.
 #[derive(Debug, Clone)]
@@ -16,6 +16,8 @@ pub(in crate::db::postgres) struct CutoverFacts {
     pub(in crate::db::postgres) sequences: Vec<(String, String, String)>,
     /// Sequences whose type the widened key outgrows: (schema, sequence, new type).
     pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
+    /// Other tables' references to the live table, naming the new table's columns.
+    pub(in crate::db::postgres) children: Vec<ChildFk>,
 }
 
 /// Facts read from the catalog inside a rollback after cutover.
@@ -29,6 +31,8 @@ pub(in crate::db::postgres) struct RollbackFacts {
     pub(in crate::db::postgres) identities: Vec<(i64, String)>,
     /// Sequences given back to a narrower old key: (schema, sequence, old type).
     pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
+    /// Other tables' references to the new table, naming the old table's columns.
+    pub(in crate::db::postgres) children: Vec<ChildFk>,
 }
 
 impl<'a> Gen<'a> {
@@ -102,6 +106,9 @@ impl<'a> Gen<'a> {
         for (schema, seq, t) in &f.retyped {
             out.push(format!("ALTER SEQUENCE {} AS {t}", qualified(schema, seq)));
         }
+        for fk in &f.children {
+            out.extend(fk.repoint(&self.live()));
+        }
         out.extend(self.dual_write(&self.reverse()));
         out
     }
@@ -147,12 +154,15 @@ impl<'a> Gen<'a> {
         for (schema, seq, t) in &f.retyped {
             out.push(format!("ALTER SEQUENCE {} AS {t}", qualified(schema, seq)));
         }
+        // The references leave the new table before it is dropped.
+        out.extend(f.children.iter().map(ChildFk::drop));
         out.push(format!("DROP TABLE {}", self.live()));
         out.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             self.old(),
             quote(&self.m.table)
         ));
+        out.extend(f.children.iter().map(|fk| fk.add(&self.live())));
         for (i, idx) in self.m.before.indexes.iter().enumerate() {
             out.push(format!(
                 "ALTER INDEX IF EXISTS {} RENAME TO {}",
@@ -197,6 +207,7 @@ mod tests {
             identities: vec![],
             sequences: vec![("sales".into(), "orders_id_seq".into(), "id".into())],
             retyped: vec![("sales".into(), "orders_id_seq".into(), "bigint".into())],
+            children: vec![],
         };
         let stmts = g.cutover(&facts);
         let n = &g.n.base;

@@ -12,12 +12,14 @@
 //! (`…_o<i>`, `…_opk`) and the new ones take the final names; rollback renames them back.
 
 mod backfill;
+mod children;
 mod cutover;
 mod keys;
 mod shadow;
 mod triggers;
 mod verify;
 
+pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, RollbackFacts};
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
 
@@ -329,6 +331,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             .collect(),
         sequences: Vec::new(),
         retyped: Vec::new(),
+        children: Vec::new(),
     };
     let mut cutover = vec![
         format!("ANALYZE {}", g.shadow()),
