@@ -45,6 +45,20 @@ cutover:
     )
 }
 
+trait ExecErr {
+    async fn exec_err(&self, sql: &str) -> String;
+}
+
+impl ExecErr for TestDb {
+    /// The error a statement fails with (it must fail).
+    async fn exec_err(&self, sql: &str) -> String {
+        match self.pool.exec(sql, &[]).await {
+            Ok(_) => panic!("{sql} succeeded"),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
 async fn one(db: &TestDb, sql: &str) -> String {
     db.rows(sql).await[0][0].clone().unwrap_or_default()
 }
@@ -201,10 +215,15 @@ async fn postgres_narrowing_or_retyping_a_key_is_refused_by_check() {
     db.drop().await;
 }
 
-/// Three child tables referencing `items` (cascade, set null, deferrable), seeded.
+/// Three child tables referencing `items` (cascade, set null, deferrable), and a parent
+/// `categories` that `items` references (set null), seeded.
 async fn seed_children(db: &TestDb) {
     db.exec(
-        "CREATE TABLE lines (id serial PRIMARY KEY, item_id integer NOT NULL, qty integer NOT NULL DEFAULT 1, \
+        "CREATE TABLE categories (id integer PRIMARY KEY, label text);\n\
+         INSERT INTO categories SELECT i, 'c' || i FROM generate_series(1, 10) AS i;\n\
+         ALTER TABLE items ADD COLUMN category_id integer CONSTRAINT items_category_fk REFERENCES categories ON DELETE SET NULL;\n\
+         UPDATE items SET category_id = id % 10 + 1;\n\
+         CREATE TABLE lines (id serial PRIMARY KEY, item_id integer NOT NULL, qty integer NOT NULL DEFAULT 1, \
            CONSTRAINT lines_item_fk FOREIGN KEY (item_id) REFERENCES items (id) ON DELETE CASCADE ON UPDATE CASCADE);\n\
          CREATE TABLE notes (id serial PRIMARY KEY, item_id integer, body text, \
            CONSTRAINT notes_item_fk FOREIGN KEY (item_id) REFERENCES items ON DELETE SET NULL ON UPDATE CASCADE);\n\
@@ -217,11 +236,12 @@ async fn seed_children(db: &TestDb) {
     .await;
 }
 
-/// The references to `items` as the catalog states them: names, definitions, validity.
+/// The references to and from `items` as the catalog states them: names, definitions,
+/// validity.
 async fn references(db: &TestDb) -> Vec<Vec<Option<String>>> {
     db.rows(
         "SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid), convalidated::text \
-         FROM pg_constraint WHERE contype = 'f' AND confrelid = 'items'::regclass ORDER BY 1, 2",
+         FROM pg_constraint WHERE contype = 'f' AND 'items'::regclass IN (confrelid, conrelid) ORDER BY 1, 2",
     )
     .await
 }
@@ -260,6 +280,20 @@ async fn children_consistent(db: &TestDb) {
     );
 }
 
+/// Deletes a category: `items` (whichever table has the name) loses its references to it.
+async fn delete_category(db: &TestDb, id: i64) {
+    db.exec(&format!("DELETE FROM categories WHERE id = {id}"))
+        .await;
+    assert_eq!(
+        one(
+            db,
+            &format!("SELECT count(*)::text FROM items WHERE category_id = {id}")
+        )
+        .await,
+        "0"
+    );
+}
+
 /// A probe that updates one child row in a loop: the longest it ever waited.
 fn probe(
     db: &TestDb,
@@ -293,7 +327,7 @@ async fn postgres_referenced_key_widens_with_three_children_under_the_writer() {
     seed_serial(&db).await;
     seed_children(&db).await;
     let before = references(&db).await;
-    assert_eq!(before.len(), 3);
+    assert_eq!(before.len(), 4);
     let plan = db.plan_file("plan.yaml", &widen_plan("items-children"));
     let plan = plan.to_str().expect("utf-8 path");
     ok(&db.turnout(&["check", plan], None), "check");
@@ -322,6 +356,11 @@ async fn postgres_referenced_key_widens_with_three_children_under_the_writer() {
     // Same names, same definitions, validated again.
     assert_eq!(references(&db).await, before);
     children_consistent(&db).await;
+    delete_category(&db, 4).await;
+    let refused = db
+        .exec_err("INSERT INTO items (id, qty, category_id) VALUES (2999999999, 1, 99)")
+        .await;
+    assert!(refused.contains("items_category_fk"), "{refused}");
     // A cascade from the new table reaches the children; an id above 2^31 is referenced.
     db.exec("SELECT setval('items_id_seq', 3000000000)").await;
     db.exec(

@@ -4,10 +4,11 @@
 //!
 //! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
 //! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
-//! EXCLUDE constraints of the table itself; user triggers; views depending on the table;
+//! EXCLUDE constraints and self-referencing foreign keys; user triggers; views depending on the table;
 //! stored generated columns; non-default collations; partitioned tables. Foreign keys of
 //! other tables referencing this one are carried (re-pointed at cutover) unless they are
-//! NOT VALID, on a partitioned child, or reference a column the plan drops or computes.
+//! NOT VALID, on a partitioned child, or reference a column the plan drops or computes;
+//! the table's own foreign keys to other tables likewise go to the new table.
 //! Primary-key type changes are judged in `sql/keys.rs`.
 
 use sqlx::Row;
@@ -164,7 +165,7 @@ impl Postgres {
             ),
             (
                 "SELECT conname::text || ' (' || CASE contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' WHEN 'x' THEN 'EXCLUDE' ELSE contype::text END || ')' \
-              FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype IN ('c', 'f', 'x')",
+              FROM pg_constraint WHERE conrelid = to_regclass($1) AND (contype IN ('c', 'x') OR (contype = 'f' AND confrelid = conrelid))",
                 "table {t}: constraint {x} is not carried to the new table; drop it for the migration and recreate it after",
             ),
             (
@@ -225,6 +226,25 @@ impl Postgres {
             for c in &f.fk.referenced {
                 if g.new_name_of(c).is_none() {
                     problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references column {c:?}, which the plan drops or computes; keep that column as it is"));
+                }
+            }
+        }
+        // The table's own foreign keys go to the new table at cutover (see `children.rs`).
+        for f in super::children::parents_of(&mut conn, &live)
+            .await
+            .map_err(ctx)?
+        {
+            let fk = &f.fk.name;
+            if !f.validated {
+                problems.push(format!("table {t:?}: its foreign key {fk:?} is NOT VALID; run ALTER TABLE … VALIDATE CONSTRAINT (or drop it) first, so turnout can tell its own pending validations apart"));
+            } else if let Some(why) = f.unusual {
+                problems.push(format!(
+                    "table {t:?}: its foreign key {fk:?} cannot be carried because {why}"
+                ));
+            }
+            for c in &f.fk.columns {
+                if g.new_name_of(c).is_none() {
+                    problems.push(format!("table {t:?}: its foreign key {fk:?} uses column {c:?}, which the plan drops or computes; keep that column as it is"));
                 }
             }
         }

@@ -1,6 +1,15 @@
 //! Reading the references other tables hold to the migrated table (re-pointed inside the
 //! cutover and rollback transactions, see `sql/children.rs` for why that is safe under
-//! concurrent writes), and validating them after the commit.
+//! concurrent writes) and the ones it holds to other tables (added to the new table in the
+//! cutover transaction), and validating them after the commit.
+//!
+//! The table's own foreign keys under concurrent writes: until cutover the live table
+//! enforces them and the shadow only receives rows the live table accepted. In the cutover
+//! transaction they are added to the new table `NOT VALID` under their own names (names
+//! are per table), so from the first write after the swap the new table enforces them;
+//! the old table keeps its own until cleanup drops it, so a parent's `ON DELETE CASCADE` or
+//! `SET NULL` reaches both tables alike while the reverse trigger runs, and a rollback
+//! (which drops the new table) leaves the old table exactly as it was.
 //!
 //! Validation pending is read from the catalog, not remembered: preflight refuses a
 //! reference that is `NOT VALID` before the migration, so every `NOT VALID` reference to
@@ -15,21 +24,26 @@ use super::sql::{ChildFk, Gen};
 use super::{Postgres, sql};
 use crate::error::{Error, Result};
 
-/// The references to `relation` from other tables, its columns named as it names them.
-pub(super) const CHILDREN_SQL: &str = "SELECT cn.nspname::text, cc.relname::text, c.conname::text, \
+/// The references to `relation` from other tables, its columns named as it names them;
+/// with `{dir}` = `conrelid` instead, the references `relation` holds to other tables.
+const REFERENCES_SQL: &str = "SELECT cn.nspname::text, cc.relname::text, c.conname::text, \
      (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.conkey) WITH ORDINALITY AS k(n, ord) \
       JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n), \
      (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.confkey) WITH ORDINALITY AS k(n, ord) \
       JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n), \
      c.confmatchtype::text, c.confupdtype::text, c.confdeltype::text, c.condeferrable, c.condeferred, \
-     c.convalidated, cc.relkind::text, c.conparentid <> 0, to_jsonb(c) ->> 'confdelsetcols' \
+     c.convalidated, cc.relkind::text, c.conparentid <> 0, to_jsonb(c) ->> 'confdelsetcols', \
+     pn.nspname::text, pc.relname::text \
      FROM pg_constraint c JOIN pg_class cc ON cc.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cc.relnamespace \
-     WHERE c.contype = 'f' AND c.confrelid = to_regclass($1) AND c.conrelid <> c.confrelid \
+     JOIN pg_class pc ON pc.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace \
+     WHERE c.contype = 'f' AND c.{dir} = to_regclass($1) AND c.conrelid <> c.confrelid \
      ORDER BY cn.nspname, cc.relname, c.conname";
 
 /// One reference as the catalog shows it, with what preflight needs to judge it.
 pub(super) struct Found {
     pub(super) fk: ChildFk,
+    /// The referenced table: (schema, name).
+    pub(super) parent: (String, String),
     pub(super) validated: bool,
     /// The child is partitioned, a partition, or the reference names SET NULL columns.
     pub(super) unusual: Option<&'static str>,
@@ -39,7 +53,23 @@ pub(super) async fn children_of(
     conn: &mut PgConnection,
     relation: &str,
 ) -> std::result::Result<Vec<Found>, sqlx::Error> {
-    let rows = sqlx::query(CHILDREN_SQL)
+    references(conn, relation, "confrelid").await
+}
+
+/// The foreign keys `relation` itself holds to other tables.
+pub(super) async fn parents_of(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> std::result::Result<Vec<Found>, sqlx::Error> {
+    references(conn, relation, "conrelid").await
+}
+
+async fn references(
+    conn: &mut PgConnection,
+    relation: &str,
+    dir: &str,
+) -> std::result::Result<Vec<Found>, sqlx::Error> {
+    let rows = sqlx::query(sql(REFERENCES_SQL.replace("{dir}", dir)))
         .bind(relation)
         .fetch_all(&mut *conn)
         .await?;
@@ -69,11 +99,40 @@ pub(super) async fn children_of(
                     deferrable: r.get(8),
                     deferred: r.get(9),
                 },
+                parent: (r.get(14), r.get(15)),
                 validated: r.get(10),
                 unusual,
             }
         })
         .collect())
+}
+
+/// The foreign keys `relation` holds, re-created on the new table (named `table` by then)
+/// under the same names with its column names: (foreign key, qualified parent).
+pub(super) async fn carried_parents(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+) -> std::result::Result<Vec<(ChildFk, String)>, sqlx::Error> {
+    parents_of(conn, &g.live())
+        .await?
+        .into_iter()
+        .map(|f| {
+            let mut fk = f.fk;
+            fk.columns = fk
+                .columns
+                .iter()
+                .map(|c| g.new_name_of(c))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!(
+                        "foreign key {} of {} names a column the new table does not copy",
+                        fk.name, fk.table
+                    ))
+                })?;
+            let parent = super::sql::qualified(&f.parent.0, &f.parent.1);
+            Ok((fk, parent))
+        })
+        .collect()
 }
 
 /// The references of `relation`, their referenced columns renamed by `rename`; an
@@ -109,9 +168,9 @@ impl Postgres {
     pub(super) async fn validate_children(&self, g: &Gen<'_>) -> Result<()> {
         let ctx = |e| Error::db(format!("validating the foreign keys to {}", g.m.table), e);
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
-        let pending: Vec<ChildFk> = children_of(&mut conn, &g.live())
-            .await
-            .map_err(ctx)?
+        let mut found = children_of(&mut conn, &g.live()).await.map_err(ctx)?;
+        found.extend(parents_of(&mut conn, &g.live()).await.map_err(ctx)?);
+        let pending: Vec<ChildFk> = found
             .into_iter()
             .filter(|f| !f.validated)
             .map(|f| f.fk)

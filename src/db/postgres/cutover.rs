@@ -275,12 +275,14 @@ impl Postgres {
         }
         let children =
             super::children::renamed_children(&mut *conn, &g.live(), &|c| g.new_name_of(c)).await?;
+        let parents = super::children::carried_parents(&mut *conn, g).await?;
         Ok(CutoverFacts {
             pk_name,
             identities,
             sequences,
             retyped,
             children,
+            parents,
         })
     }
 

@@ -18,6 +18,8 @@ pub(in crate::db::postgres) struct CutoverFacts {
     pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
     /// Other tables' references to the live table, naming the new table's columns.
     pub(in crate::db::postgres) children: Vec<ChildFk>,
+    /// The live table's own foreign keys, for the new table: (key, qualified parent).
+    pub(in crate::db::postgres) parents: Vec<(ChildFk, String)>,
 }
 
 /// Facts read from the catalog inside a rollback after cutover.
@@ -108,6 +110,9 @@ impl<'a> Gen<'a> {
         }
         for fk in &f.children {
             out.extend(fk.repoint(&self.live()));
+        }
+        for (fk, parent) in &f.parents {
+            out.push(fk.add(parent));
         }
         out.extend(self.dual_write(&self.reverse()));
         out
@@ -208,6 +213,7 @@ mod tests {
             sequences: vec![("sales".into(), "orders_id_seq".into(), "id".into())],
             retyped: vec![("sales".into(), "orders_id_seq".into(), "bigint".into())],
             children: vec![],
+            parents: vec![],
         };
         let stmts = g.cutover(&facts);
         let n = &g.n.base;

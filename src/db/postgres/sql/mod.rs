@@ -332,6 +332,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
         sequences: Vec::new(),
         retyped: Vec::new(),
         children: Vec::new(),
+        parents: Vec::new(),
     };
     let mut cutover = vec![
         format!("ANALYZE {}", g.shadow()),
