@@ -15,7 +15,10 @@
 //! reference that is `NOT VALID` before the migration, so every `NOT VALID` reference to
 //! the table after a cutover or rollback is one turnout re-pointed. Cutover and rollback
 //! validate right after their commit; cleanup validates again first, so a crash between
-//! the commit and the validation is finished by `resume`.
+//! the commit and the validation is finished by `resume`. A crash between a rollback's
+//! commit and its validation leaves the references `NOT VALID` (still enforced for every
+//! write); the engine does not revisit a rolled-back migration, so the next `check` names
+//! them and asks for `VALIDATE CONSTRAINT`.
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
