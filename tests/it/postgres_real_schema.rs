@@ -3,6 +3,11 @@
 //! ids above 2^31 inserted through the serial sequence afterwards; a rollback from
 //! `cut_over` giving the old table and its `integer` sequence back; a rollback refused by
 //! name once the new table holds an id the old key type cannot; narrowing refused by check.
+//! Then the same widening with three child tables referencing `items` (cascade, set null,
+//! deferrable) and `items` referencing a parent: after done, after a rollback from
+//! `cut_over` and after every cutover, cleanup and rollback fault, every reference is as
+//! the catalog showed it before (name, definition, validated), cascades reached the right
+//! table, and a probe notes the longest wait of a child-table write across the cutover.
 
 use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 use crate::scenarios::SEED_ROWS;
@@ -426,6 +431,44 @@ async fn postgres_children_point_back_at_the_old_table_after_rollback_at_every_f
             .await,
             "0"
         );
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_every_cutover_and_cleanup_fault_is_survived_with_references() {
+    for point in [
+        "phase.cutover.before",
+        "cutover.attempt",
+        "phase.cutover.after",
+        "phase.cleanup.before",
+        "cleanup.inside",
+        "phase.cleanup.after",
+    ] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed_serial(&db).await;
+        seed_children(&db).await;
+        let before = references(&db).await;
+        let plan = db.plan_file("plan.yaml", &widen_plan("items-children-faults"));
+        let plan = plan.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 41);
+        writer.wait_for(10).await;
+        let killed = db.turnout(&["run", plan, "--yes"], Some(point));
+        assert!(
+            stderr(&killed).contains("fault injected"),
+            "{point}: {}",
+            stderr(&killed)
+        );
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["resume", plan, "--yes"], None),
+            &format!("resume after {point}"),
+        );
+        writer.wait_for(10).await;
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(references(&db).await, before, "after {point}");
+        children_consistent(&db).await;
         db.drop().await;
     }
 }
