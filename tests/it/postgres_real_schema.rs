@@ -472,3 +472,104 @@ async fn postgres_every_cutover_and_cleanup_fault_is_survived_with_references() 
         db.drop().await;
     }
 }
+
+/// `items` gets the application's own triggers: BEFORE UPDATE stamping `last_update`, and
+/// AFTER INSERT writing an audit row.
+async fn seed_triggers(db: &TestDb) {
+    db.exec(
+        "ALTER TABLE items ADD COLUMN last_update timestamptz NOT NULL DEFAULT '2000-01-01'\n;\n\
+         CREATE TABLE item_log (item_id bigint, at timestamptz DEFAULT now())\n;\n\
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.last_update := clock_timestamp(); RETURN NEW; END $$\n;\n\
+         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO item_log (item_id) VALUES (NEW.id); RETURN NULL; END $$\n;\n\
+         CREATE TRIGGER items_stamp BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION stamp()\n;\n\
+         CREATE TRIGGER items_log AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION log_insert()",
+    )
+    .await;
+}
+
+async fn triggers(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT tgname::text, pg_get_triggerdef(oid), tgenabled::text FROM pg_trigger \
+         WHERE tgrelid = 'items'::regclass AND NOT tgisinternal ORDER BY 1",
+    )
+    .await
+}
+
+/// Rows no one updated keep their stamp through every copy; the triggers still fire.
+async fn stamps_kept_and_triggers_fire(db: &TestDb, untouched: &[Vec<Option<String>>]) {
+    let ids: Vec<String> = untouched.iter().filter_map(|r| r[0].clone()).collect();
+    let now = db
+        .rows(&format!(
+            "SELECT id::text, last_update::text FROM items WHERE id IN ({}) ORDER BY id",
+            ids.join(", ")
+        ))
+        .await;
+    assert_eq!(now, untouched, "a copy restamped rows no one updated");
+    let logged = one(db, "SELECT count(*)::text FROM item_log").await;
+    db.exec("INSERT INTO items (id, qty) VALUES (1999999990, 1);\nUPDATE items SET qty = 2 WHERE id = 1999999990")
+        .await;
+    assert_ne!(
+        one(
+            db,
+            "SELECT last_update::text FROM items WHERE id = 1999999990"
+        )
+        .await,
+        "2000-01-01 00:00:00+00"
+    );
+    assert_eq!(
+        one(db, "SELECT (count(*) - 1)::text FROM item_log").await,
+        logged,
+        "the AFTER INSERT trigger did not fire once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_tables_own_triggers_follow_it_and_come_back_at_rollback() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed_serial(&db).await;
+        seed_triggers(&db).await;
+        let before = triggers(&db).await;
+        assert_eq!(before.len(), 2);
+        // Rows above the writer's reach, which nobody updates.
+        for t in ["items", "mirror"] {
+            db.exec(&format!(
+                "INSERT INTO {t} (id, qty) SELECT i, 1 FROM generate_series(2000000001, 2000000050) AS i"
+            ))
+            .await;
+        }
+        let untouched = db
+            .rows("SELECT id::text, last_update::text FROM items WHERE id > 2000000000 ORDER BY id")
+            .await;
+        let plan = db.plan_file("plan.yaml", &widen_plan("items-triggers"));
+        let plan = plan.to_str().expect("utf-8 path");
+        ok(&db.turnout(&["check", plan], None), "check");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 43);
+        writer.wait_for(10).await;
+        let until = if rollback { "cut_over" } else { "done" };
+        ok(
+            &db.turnout(&["run", plan, "--until", until, "--yes"], None),
+            until,
+        );
+        writer.wait_for(20).await;
+        let mut untouched = untouched;
+        if rollback {
+            // A row updated on the new table: its stamp is copied back, never restamped.
+            db.exec("UPDATE items SET qty = 9 WHERE id = 2000000001;\nUPDATE mirror SET qty = 9 WHERE id = 2000000001")
+                .await;
+            let stamped = db
+                .rows("SELECT id::text, last_update::text FROM items WHERE id = 2000000001")
+                .await;
+            assert_ne!(stamped, untouched[..1]);
+            untouched[0] = stamped[0].clone();
+            ok(&db.turnout(&["rollback", plan], None), "rollback");
+            writer.wait_for(10).await;
+        }
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(triggers(&db).await, before, "rollback: {rollback}");
+        // After done the new table, after rollback the old one: stamps exactly as they were.
+        stamps_kept_and_triggers_fire(&db, &untouched).await;
+        db.drop().await;
+    }
+}

@@ -4,7 +4,8 @@
 //!
 //! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
 //! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
-//! EXCLUDE constraints and self-referencing foreign keys; user triggers; views depending on the table;
+//! EXCLUDE constraints and self-referencing foreign keys; disabled or constraint triggers,
+//! and any trigger when the plan drops or renames a column; views depending on the table;
 //! stored generated columns; non-default collations; partitioned tables. Foreign keys of
 //! other tables referencing this one are carried (re-pointed at cutover) unless they are
 //! NOT VALID, on a partitioned child, or reference a column the plan drops or computes;
@@ -160,8 +161,8 @@ impl Postgres {
                 "table {t}: it is a partitioned table ({x}); turnout migrates plain tables only",
             ),
             (
-                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
-                "table {t}: trigger {x} would stay on the old table after cutover; drop it for the migration and recreate it after",
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND (tgenabled <> 'O' OR tgconstraint <> 0)",
+                "table {t}: trigger {x} is disabled, replica-only or a constraint trigger, which turnout does not carry; enable it (or drop it) for the migration",
             ),
             (
                 "SELECT conname::text || ' (' || CASE contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' WHEN 'x' THEN 'EXCLUDE' ELSE contype::text END || ')' \
@@ -227,6 +228,33 @@ impl Postgres {
                 if g.new_name_of(c).is_none() {
                     problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references column {c:?}, which the plan drops or computes; keep that column as it is"));
                 }
+            }
+        }
+        // The table's own triggers are re-created on the new table at cutover from their
+        // definitions, so they must find every column they may use under its old name.
+        let changed: Vec<&str> = m
+            .before
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| {
+                !m.forward.iter().any(|mp| {
+                    mp.target == *c
+                        && matches!(&mp.source, crate::schema::Source::Column(s) if s == c)
+                })
+            })
+            .collect();
+        if let Some(col) = changed.first() {
+            let triggers: Vec<String> = sqlx::query_scalar(sql(format!(
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgname::text NOT LIKE {} ORDER BY 1",
+                g.own_names_like()
+            )))
+            .bind(&live)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(ctx)?;
+            for tg in triggers {
+                problems.push(format!("table {t:?}: trigger {tg:?} would be re-created on the new table, but the plan drops or renames column {col:?}, which its function may use; migrate the trigger's function first, or keep the column"));
             }
         }
         // The table's own foreign keys go to the new table at cutover (see `children.rs`).

@@ -276,6 +276,17 @@ impl Postgres {
         let children =
             super::children::renamed_children(&mut *conn, &g.live(), &|c| g.new_name_of(c)).await?;
         let parents = super::children::carried_parents(&mut *conn, g).await?;
+        let triggers = sqlx::query(sql(format!(
+            "SELECT tgname::text, pg_get_triggerdef(oid) FROM pg_trigger \
+             WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgname::text NOT LIKE {} ORDER BY tgname",
+            g.own_names_like()
+        )))
+        .bind(g.live())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
         Ok(CutoverFacts {
             pk_name,
             identities,
@@ -283,6 +294,7 @@ impl Postgres {
             retyped,
             children,
             parents,
+            triggers,
         })
     }
 
@@ -398,12 +410,22 @@ impl Postgres {
             .collect();
         let children =
             super::children::renamed_children(&mut *conn, &g.live(), &|c| g.old_name_of(c)).await?;
+        // Preflight refuses disabled user triggers: every disabled one is cutover's.
+        let triggers = sqlx::query_scalar(sql(format!(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal \
+             AND tgenabled = 'D' AND tgname::text NOT LIKE {} ORDER BY tgname",
+            g.own_names_like()
+        )))
+        .bind(g.old())
+        .fetch_all(&mut *conn)
+        .await?;
         Ok(RollbackFacts {
             pk_name,
             sequences,
             identities,
             retyped,
             children,
+            triggers,
         })
     }
 }

@@ -190,6 +190,10 @@ impl<'a> Gen<'a> {
     pub(super) fn old(&self) -> String {
         self.rel(&self.m.old)
     }
+    /// A LIKE pattern (a literal) matching the names of this migration's own triggers.
+    pub(super) fn own_names_like(&self) -> String {
+        literal(&format!("{}%", self.n.base))
+    }
     fn failures(&self) -> String {
         qualified(&self.home, "turnout_failures")
     }
@@ -333,6 +337,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
         retyped: Vec::new(),
         children: Vec::new(),
         parents: Vec::new(),
+        triggers: Vec::new(),
     };
     let mut cutover = vec![
         format!("ANALYZE {}", g.shadow()),
