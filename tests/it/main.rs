@@ -9,6 +9,7 @@ mod examples;
 mod faults;
 mod harness;
 mod names;
+mod postgres_real_schema;
 mod random_plans;
 mod scenarios;
 mod security;

@@ -4,8 +4,13 @@
 //!
 //! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
 //! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
-//! EXCLUDE constraints; user triggers; views depending on the table; stored generated
-//! columns; non-default collations; partitioned tables.
+//! EXCLUDE constraints and self-referencing foreign keys; disabled or constraint triggers,
+//! and any trigger when the plan drops or renames a column; views depending on the table;
+//! stored generated columns; non-default collations; partitioned tables. Foreign keys of
+//! other tables referencing this one are carried (re-pointed at cutover) unless they are
+//! NOT VALID, on a partitioned child, or reference a column the plan drops or computes;
+//! the table's own foreign keys to other tables likewise go to the new table.
+//! Primary-key type changes are judged in `sql/keys.rs`.
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -137,7 +142,11 @@ impl Postgres {
         let g = self.gen_for(m);
         let t = &m.table;
         let ctx = |e| Error::db(format!("preflight of {t}"), e);
-        let mut problems = crate::db::refuse_key_type_changes(m, "PostgreSQL");
+        let mut problems: Vec<String> = m
+            .key_type_changes()
+            .iter()
+            .filter_map(|k| super::sql::key_type_refusal(t, k))
+            .collect();
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
         for (name, rel) in [(&m.shadow, g.shadow()), (&m.old, g.old())] {
             if self.relation_exists(&mut conn, &rel).await? {
@@ -146,23 +155,19 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 9] = [
+        let checks: [(&str, &str); 8] = [
             (
                 "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1) AND relkind <> 'r'",
                 "table {t}: it is a partitioned table ({x}); turnout migrates plain tables only",
             ),
             (
-                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
-                "table {t}: trigger {x} would stay on the old table after cutover; drop it for the migration and recreate it after",
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND (tgenabled <> 'O' OR tgconstraint <> 0)",
+                "table {t}: trigger {x} is disabled, replica-only or a constraint trigger, which turnout does not carry; enable it (or drop it) for the migration",
             ),
             (
                 "SELECT conname::text || ' (' || CASE contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' WHEN 'x' THEN 'EXCLUDE' ELSE contype::text END || ')' \
-              FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype IN ('c', 'f', 'x')",
+              FROM pg_constraint WHERE conrelid = to_regclass($1) AND (contype IN ('c', 'x') OR (contype = 'f' AND confrelid = conrelid))",
                 "table {t}: constraint {x} is not carried to the new table; drop it for the migration and recreate it after",
-            ),
-            (
-                "SELECT conname::text || ' on ' || conrelid::regclass::text FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'",
-                "table {t}: foreign key {x} references it and would follow the old table at cutover; drop it for the migration and recreate it after",
             ),
             (
                 "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
@@ -206,6 +211,69 @@ impl Postgres {
                         .replace("{t}", &format!("{t:?}"))
                         .replace("{x}", &format!("{x:?}")),
                 );
+            }
+        }
+        // Other tables' references are re-pointed at cutover (see `sql/children.rs`).
+        for f in super::children::children_of(&mut conn, &live)
+            .await
+            .map_err(ctx)?
+        {
+            let (fk, child) = (&f.fk.name, format!("{}.{}", f.fk.schema, f.fk.table));
+            if !f.validated {
+                problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references it and is NOT VALID; run ALTER TABLE … VALIDATE CONSTRAINT (or drop it) first, so turnout can tell its own pending validations apart"));
+            } else if let Some(why) = f.unusual {
+                problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references it, and turnout cannot re-point it because {why}"));
+            }
+            for c in &f.fk.referenced {
+                if g.new_name_of(c).is_none() {
+                    problems.push(format!("table {t:?}: foreign key {fk:?} of {child:?} references column {c:?}, which the plan drops or computes; keep that column as it is"));
+                }
+            }
+        }
+        // The table's own triggers are re-created on the new table at cutover from their
+        // definitions, so they must find every column they may use under its old name.
+        let changed: Vec<&str> = m
+            .before
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| {
+                !m.forward.iter().any(|mp| {
+                    mp.target == *c
+                        && matches!(&mp.source, crate::schema::Source::Column(s) if s == c)
+                })
+            })
+            .collect();
+        if let Some(col) = changed.first() {
+            let triggers: Vec<String> = sqlx::query_scalar(sql(format!(
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgname::text NOT LIKE {} ORDER BY 1",
+                g.own_names_like()
+            )))
+            .bind(&live)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(ctx)?;
+            for tg in triggers {
+                problems.push(format!("table {t:?}: trigger {tg:?} would be re-created on the new table, but the plan drops or renames column {col:?}, which its function may use; migrate the trigger's function first, or keep the column"));
+            }
+        }
+        // The table's own foreign keys go to the new table at cutover (see `children.rs`).
+        for f in super::children::parents_of(&mut conn, &live)
+            .await
+            .map_err(ctx)?
+        {
+            let fk = &f.fk.name;
+            if !f.validated {
+                problems.push(format!("table {t:?}: its foreign key {fk:?} is NOT VALID; run ALTER TABLE … VALIDATE CONSTRAINT (or drop it) first, so turnout can tell its own pending validations apart"));
+            } else if let Some(why) = f.unusual {
+                problems.push(format!(
+                    "table {t:?}: its foreign key {fk:?} cannot be carried because {why}"
+                ));
+            }
+            for c in &f.fk.columns {
+                if g.new_name_of(c).is_none() {
+                    problems.push(format!("table {t:?}: its foreign key {fk:?} uses column {c:?}, which the plan drops or computes; keep that column as it is"));
+                }
             }
         }
         // Index names the new table will take must be free, unless the old table holds them.

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::errors::{is_conflict, is_lock_timeout};
-use super::sql::{CutoverFacts, Gen, RollbackFacts, qualified, quote};
+use super::sql::{CutoverFacts, Gen, KeyType, RollbackFacts, qualified, quote};
 use super::state::save_in;
 use super::{DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, Postgres, run_all, sql};
 use crate::db::{CutoverOutcome, StateRow};
@@ -57,7 +57,8 @@ impl Postgres {
         .await;
         match attempt {
             Ok(()) => {}
-            Err(e) if is_lock_timeout(&e) => {
+            // A deadlock with an application transaction holding a child table: retried too.
+            Err(e) if is_lock_timeout(&e) || is_conflict(&e) => {
                 tx.rollback().await.map_err(ctx)?;
                 return Ok(CutoverOutcome::LockTimeout);
             }
@@ -66,6 +67,7 @@ impl Postgres {
         crate::fault::point("cutover.inside");
         save_in(&mut tx, &self.home, save).await?;
         tx.commit().await.map_err(ctx)?;
+        self.validate_children(&g).await?;
         Ok(CutoverOutcome::Swapped)
     }
 
@@ -76,6 +78,8 @@ impl Postgres {
         save: &StateRow,
     ) -> Result<()> {
         let g = self.gen_for(m);
+        // A crash may have come between the cutover's commit and its validation.
+        self.validate_children(&g).await?;
         self.ddl_txn(
             &format!("cleanup of {}", m.table),
             &g.cleanup(keep_old),
@@ -100,7 +104,8 @@ impl Postgres {
                     m.old, m.shadow, m.table
                 )));
             }
-            let result: std::result::Result<(), sqlx::Error> = async {
+            // Ok(Some(why)): the rollback would lose rows, and is refused.
+            let result: std::result::Result<Option<String>, sqlx::Error> = async {
                 sqlx::raw_sql(sql(format!(
                     "SET LOCAL lock_timeout = '{}ms'",
                     DDL_LOCK_TIMEOUT.as_millis()
@@ -116,16 +121,23 @@ impl Postgres {
                     )))
                     .execute(&mut *tx)
                     .await?;
+                    if let Some(why) = self.narrower_key_refusal(&mut tx, &g).await? {
+                        return Ok(Some(why));
+                    }
                     let facts = self.rollback_facts(&mut tx, &g).await?;
                     g.rollback_swapped(&facts)
                 } else {
                     g.rollback_unprepared()
                 };
-                run_all(&mut tx, &stmts).await
+                run_all(&mut tx, &stmts).await.map(|()| None)
             }
             .await;
             match result {
-                Ok(()) => {}
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    tx.rollback().await.map_err(ctx)?;
+                    return Err(Error::State(why));
+                }
                 Err(e) if (is_lock_timeout(&e) || is_conflict(&e)) && attempt < DDL_ATTEMPTS => {
                     drop(tx);
                     tracing::info!(attempt, "rollback: lock not granted, retrying");
@@ -137,7 +149,7 @@ impl Postgres {
             crate::fault::point("rollback.inside");
             save_in(&mut tx, &self.home, save).await?;
             tx.commit().await.map_err(ctx)?;
-            return Ok(());
+            return self.validate_children(&g).await;
         }
     }
 
@@ -190,7 +202,8 @@ impl Postgres {
         .await?;
         let seqs = sqlx::query(
             "SELECT sn.nspname::text, s.relname::text, a.attname::text, d.deptype::text, \
-             coalesce(pg_sequence_last_value(s.oid), 0)::bigint \
+             coalesce(pg_sequence_last_value(s.oid), 0)::bigint, \
+             (SELECT format_type(q.seqtypid, NULL) FROM pg_sequence q WHERE q.seqrelid = s.oid) \
              FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
              JOIN pg_namespace sn ON sn.oid = s.relnamespace \
              JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
@@ -200,21 +213,38 @@ impl Postgres {
         .bind(g.live())
         .fetch_all(&mut *conn)
         .await?;
+        // A copied column, or a widened key (its only cast).
         let new_of_old = |old: &str| {
             g.m.forward.iter().find_map(|mp| match &mp.source {
-                crate::schema::Source::Column(c) if c == old && mp.cast.is_none() => {
+                crate::schema::Source::Column(c)
+                    if c == old
+                        && (mp.cast.is_none() || g.m.key.iter().any(|k| k.new == mp.target)) =>
+                {
                     Some(mp.target.clone())
                 }
                 _ => None,
             })
         };
         let mut sequences = Vec::new();
+        let mut retyped = Vec::new();
         let mut last_of_old: std::collections::HashMap<String, i64> = Default::default();
         for r in seqs {
             let (schema, seq, col, kind, last): (String, String, String, String, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let seq_type: Option<String> = r.get(5);
             if kind == "a" {
                 if let Some(new) = new_of_old(&col) {
+                    let grow =
+                        g.m.after
+                            .column(&new)
+                            .and_then(|c| KeyType::parse(&c.sql_type));
+                    let had = seq_type.as_deref().and_then(KeyType::parse);
+                    if let (Some(KeyType::Int(to)), Some(KeyType::Int(from))) = (grow, had)
+                        && to > from
+                        && let Some(t) = KeyType::Int(to).int_name()
+                    {
+                        retyped.push((schema.clone(), seq.clone(), t.to_string()));
+                    }
                     sequences.push((schema, seq, new));
                 }
             } else {
@@ -243,11 +273,76 @@ impl Postgres {
             let start = max.unwrap_or(0).max(last).saturating_add(1);
             identities.push((c.name.clone(), always, start.to_string()));
         }
+        let children =
+            super::children::renamed_children(&mut *conn, &g.live(), &|c| g.new_name_of(c)).await?;
+        let parents = super::children::carried_parents(&mut *conn, g).await?;
+        let triggers = sqlx::query(sql(format!(
+            "SELECT tgname::text, pg_get_triggerdef(oid) FROM pg_trigger \
+             WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgname::text NOT LIKE {} ORDER BY tgname",
+            g.own_names_like()
+        )))
+        .bind(g.live())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
         Ok(CutoverFacts {
             pk_name,
             identities,
             sequences,
+            retyped,
+            children,
+            parents,
+            triggers,
         })
+    }
+
+    /// After a key widened: a row of the new table, or an id its sequence handed out,
+    /// that the old key type cannot hold makes the rollback lose data, so it is refused.
+    async fn narrower_key_refusal(
+        &self,
+        conn: &mut PgConnection,
+        g: &Gen<'_>,
+    ) -> std::result::Result<Option<String>, sqlx::Error> {
+        let Some(query) = g.keys_beyond_old_type() else {
+            return Ok(None);
+        };
+        let t = &g.m.table;
+        let found: Option<String> = sqlx::query_scalar(sql(query))
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(key) = found {
+            return Ok(Some(format!(
+                "rollback of {t}: the row with key {key} does not fit the old table's key type, so a rollback would lose it; finish the migration (cleanup) instead, or delete such rows first"
+            )));
+        }
+        for k in g.m.key_type_changes() {
+            let Some(max) =
+                g.m.key
+                    .iter()
+                    .find(|c| c.new == k.column)
+                    .and_then(|c| g.m.before.column(&c.old))
+                    .and_then(|c| KeyType::parse(&c.sql_type))
+                    .and_then(KeyType::int_max)
+            else {
+                continue;
+            };
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT pg_sequence_last_value(pg_get_serial_sequence($1, $2)::regclass)",
+            )
+            .bind(g.live())
+            .bind(&k.column)
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(last) = last.filter(|l| *l > max) {
+                return Ok(Some(format!(
+                    "rollback of {t}: the sequence of column {:?} has handed out id {last}, above what the old key type {} holds; finish the migration (cleanup) instead",
+                    k.column, k.from
+                )));
+            }
+        }
+        Ok(None)
     }
 
     async fn rollback_facts(
@@ -261,7 +356,8 @@ impl Postgres {
         .bind(g.live())
         .fetch_optional(&mut *conn)
         .await?;
-        let seq_query = "SELECT sn.nspname::text, s.relname::text, a.attname::text, s.oid::bigint \
+        let seq_query = "SELECT sn.nspname::text, s.relname::text, a.attname::text, s.oid::bigint, \
+             (SELECT format_type(q.seqtypid, NULL) FROM pg_sequence q WHERE q.seqrelid = s.oid) \
              FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
              JOIN pg_namespace sn ON sn.oid = s.relnamespace \
              JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
@@ -272,17 +368,36 @@ impl Postgres {
             .bind("a")
             .fetch_all(&mut *conn)
             .await?;
+        let mut retyped = Vec::new();
         let sequences = owned
             .into_iter()
             .map(|r| {
                 let new_col: String = r.get(2);
                 let old_col = g.m.reverse.iter().find_map(|mp| match &mp.source {
-                    crate::schema::Source::Column(c) if *c == new_col && mp.cast.is_none() => {
+                    crate::schema::Source::Column(c)
+                        if *c == new_col
+                            && (mp.cast.is_none()
+                                || g.m.key.iter().any(|k| k.old == mp.target)) =>
+                    {
                         Some(mp.target.clone())
                     }
                     _ => None,
                 });
-                (r.get(0), r.get(1), old_col)
+                let (schema, seq): (String, String) = (r.get(0), r.get(1));
+                // The old key's type again (cutover widened the sequence with the key).
+                let seq_type: Option<String> = r.get(4);
+                let narrow = old_col
+                    .as_ref()
+                    .and_then(|c| g.m.before.column(c))
+                    .and_then(|c| KeyType::parse(&c.sql_type));
+                if let (Some(KeyType::Int(to)), Some(KeyType::Int(from))) =
+                    (narrow, seq_type.as_deref().and_then(KeyType::parse))
+                    && to < from
+                    && let Some(t) = KeyType::Int(to).int_name()
+                {
+                    retyped.push((schema.clone(), seq.clone(), t.to_string()));
+                }
+                (schema, seq, old_col)
             })
             .collect();
         let identities = sqlx::query(seq_query)
@@ -293,10 +408,24 @@ impl Postgres {
             .into_iter()
             .map(|r| (r.get(3), r.get(2)))
             .collect();
+        let children =
+            super::children::renamed_children(&mut *conn, &g.live(), &|c| g.old_name_of(c)).await?;
+        // Preflight refuses disabled user triggers: every disabled one is cutover's.
+        let triggers = sqlx::query_scalar(sql(format!(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal \
+             AND tgenabled = 'D' AND tgname::text NOT LIKE {} ORDER BY tgname",
+            g.own_names_like()
+        )))
+        .bind(g.old())
+        .fetch_all(&mut *conn)
+        .await?;
         Ok(RollbackFacts {
             pk_name,
             sequences,
             identities,
+            retyped,
+            children,
+            triggers,
         })
     }
 }

@@ -8,7 +8,9 @@
 //! and its ownership moves to the new table at cutover, back at rollback. An identity
 //! column is a plain column on the shadow while rows are copied (identity sequences
 //! cannot be shared) and becomes an identity again at cutover, starting above every id
-//! the old sequence handed out or the table holds.
+//! the old sequence handed out or the table holds. When the key widens, a serial's
+//! sequence is altered `AS <new type>` in the cutover transaction and back at rollback
+//! (`sql/keys.rs`).
 //!
 //! The layout: this file holds the backend, its connection and the `Backend` answers, each
 //! handed to the file of its concern (`state`, `catalog`, `prepare`, `backfill`, `verify`,
@@ -16,6 +18,7 @@
 
 mod backfill;
 mod catalog;
+mod children;
 mod cutover;
 mod errors;
 mod prepare;

@@ -1,9 +1,15 @@
 //! Cutover, cleanup and rollback SQL: the name swap in one transaction (tables, primary
 //! keys, indexes, identities, sequences) that turns dual-write around, the drops after it,
-//! and the way back before or after cutover. The catalog facts these statements depend on
+//! and the way back before or after cutover. The table's own triggers are created on the
+//! new table in the cutover transaction (never earlier, so they never fire on the backfill
+//! or the forward trigger's copies: those carry values the live table's triggers already
+//! produced) and disabled on the old table, which from then on only receives the reverse
+//! trigger's copies of rows the new table's triggers shaped; rollback enables them again
+//! in its transaction, and the new table's go with it. Every application write therefore
+//! meets exactly one set of the triggers, at every moment. The catalog facts these statements depend on
 //! are read by the backend inside the same transaction.
 
-use super::{Gen, qualified, quote};
+use super::{ChildFk, Gen, qualified, quote};
 
 /// Facts read from the catalog inside the cutover transaction.
 #[derive(Debug, Clone)]
@@ -14,6 +20,14 @@ pub(in crate::db::postgres) struct CutoverFacts {
     pub(in crate::db::postgres) identities: Vec<(String, bool, String)>,
     /// Serial sequences owned by the live table: (schema, sequence, new column).
     pub(in crate::db::postgres) sequences: Vec<(String, String, String)>,
+    /// Sequences whose type the widened key outgrows: (schema, sequence, new type).
+    pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
+    /// Other tables' references to the live table, naming the new table's columns.
+    pub(in crate::db::postgres) children: Vec<ChildFk>,
+    /// The live table's own foreign keys, for the new table: (key, qualified parent).
+    pub(in crate::db::postgres) parents: Vec<(ChildFk, String)>,
+    /// The live table's own triggers: (name, `pg_get_triggerdef`), naming the table by name.
+    pub(in crate::db::postgres) triggers: Vec<(String, String)>,
 }
 
 /// Facts read from the catalog inside a rollback after cutover.
@@ -25,6 +39,12 @@ pub(in crate::db::postgres) struct RollbackFacts {
     pub(in crate::db::postgres) sequences: Vec<(String, String, Option<String>)>,
     /// Identity sequences of the old table to move above its rows: (sequence oid, column).
     pub(in crate::db::postgres) identities: Vec<(i64, String)>,
+    /// Sequences given back to a narrower old key: (schema, sequence, old type).
+    pub(in crate::db::postgres) retyped: Vec<(String, String, String)>,
+    /// Other tables' references to the new table, naming the old table's columns.
+    pub(in crate::db::postgres) children: Vec<ChildFk>,
+    /// The old table's triggers that cutover disabled, enabled again.
+    pub(in crate::db::postgres) triggers: Vec<String>,
 }
 
 impl<'a> Gen<'a> {
@@ -95,6 +115,26 @@ impl<'a> Gen<'a> {
                 quote(col)
             ));
         }
+        for (schema, seq, t) in &f.retyped {
+            out.push(format!("ALTER SEQUENCE {} AS {t}", qualified(schema, seq)));
+        }
+        for fk in &f.children {
+            out.extend(fk.repoint(&self.live()));
+        }
+        for (fk, parent) in &f.parents {
+            out.push(fk.add(parent));
+        }
+        // The definitions name the table by name, which is the new table's now. The old
+        // table's copies stop firing: it only receives the reverse trigger's rows, which
+        // the new table's triggers already shaped (a BEFORE trigger must not restamp them).
+        for (name, def) in &f.triggers {
+            out.push(def.clone());
+            out.push(format!(
+                "ALTER TABLE {} DISABLE TRIGGER {}",
+                self.old(),
+                quote(name)
+            ));
+        }
         out.extend(self.dual_write(&self.reverse()));
         out
     }
@@ -137,12 +177,25 @@ impl<'a> Gen<'a> {
                 None => format!("ALTER SEQUENCE {} OWNED BY NONE", qualified(schema, seq)),
             });
         }
+        for (schema, seq, t) in &f.retyped {
+            out.push(format!("ALTER SEQUENCE {} AS {t}", qualified(schema, seq)));
+        }
+        for name in &f.triggers {
+            out.push(format!(
+                "ALTER TABLE {} ENABLE TRIGGER {}",
+                self.old(),
+                quote(name)
+            ));
+        }
+        // The references leave the new table before it is dropped.
+        out.extend(f.children.iter().map(ChildFk::drop));
         out.push(format!("DROP TABLE {}", self.live()));
         out.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             self.old(),
             quote(&self.m.table)
         ));
+        out.extend(f.children.iter().map(|fk| fk.add(&self.live())));
         for (i, idx) in self.m.before.indexes.iter().enumerate() {
             out.push(format!(
                 "ALTER INDEX IF EXISTS {} RENAME TO {}",
@@ -186,6 +239,10 @@ mod tests {
             pk_name: Some("orders_pkey".into()),
             identities: vec![],
             sequences: vec![("sales".into(), "orders_id_seq".into(), "id".into())],
+            retyped: vec![("sales".into(), "orders_id_seq".into(), "bigint".into())],
+            children: vec![],
+            parents: vec![],
+            triggers: vec![],
         };
         let stmts = g.cutover(&facts);
         let n = &g.n.base;
@@ -207,6 +264,9 @@ mod tests {
                 &"ALTER SEQUENCE \"sales\".\"orders_id_seq\" OWNED BY \"sales\".\"orders\".\"id\""
                     .to_string()
             )
+        );
+        assert!(
+            stmts.contains(&"ALTER SEQUENCE \"sales\".\"orders_id_seq\" AS bigint".to_string())
         );
         assert!(stmts.iter().any(|s| s.contains(
             "INSERT INTO \"sales\".\"_orders_old\" (\"id\", \"amount_cents\", \"note\")"

@@ -12,12 +12,16 @@
 //! (`…_o<i>`, `…_opk`) and the new ones take the final names; rollback renames them back.
 
 mod backfill;
+mod children;
 mod cutover;
+mod keys;
 mod shadow;
 mod triggers;
 mod verify;
 
+pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, RollbackFacts};
+pub(super) use keys::{KeyType, refusal as key_type_refusal};
 
 use crate::db::PhaseSql;
 use crate::schema::{Generated, Migration, TableShape};
@@ -186,6 +190,10 @@ impl<'a> Gen<'a> {
     pub(super) fn old(&self) -> String {
         self.rel(&self.m.old)
     }
+    /// A LIKE pattern (a literal) matching the names of this migration's own triggers.
+    pub(super) fn own_names_like(&self) -> String {
+        literal(&format!("{}%", self.n.base))
+    }
     fn failures(&self) -> String {
         qualified(&self.home, "turnout_failures")
     }
@@ -209,10 +217,11 @@ impl<'a> Gen<'a> {
     pub(super) fn old_key(&self) -> Vec<&'a str> {
         self.m.key.iter().map(|k| k.old.as_str()).collect()
     }
-    fn new_key(&self) -> Vec<&'a str> {
+    pub(super) fn new_key(&self) -> Vec<&'a str> {
         self.m.key.iter().map(|k| k.new.as_str()).collect()
     }
-    /// The key columns' types (a key's type never changes).
+    /// The old key columns' types: every cursor value comes from the old table, and a key
+    /// only widens, so the new table compares with them too (see `keys`).
     pub(super) fn key_types(&self) -> Vec<String> {
         self.m
             .key
@@ -325,6 +334,10 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             })
             .collect(),
         sequences: Vec::new(),
+        retyped: Vec::new(),
+        children: Vec::new(),
+        parents: Vec::new(),
+        triggers: Vec::new(),
     };
     let mut cutover = vec![
         format!("ANALYZE {}", g.shadow()),
