@@ -4,6 +4,7 @@
 mod bad_plans;
 mod confirmation;
 mod connections;
+mod control;
 mod examples;
 mod faults;
 mod harness;
@@ -103,6 +104,21 @@ macro_rules! scenarios {
             #[test]
             fn random_plans_keep_every_write() {
                 crate::random_plans::random_plans_keep_every_write($kind);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pause_tune_unpause_a_running_backfill() {
+                crate::control::pause_tune_unpause_a_running_backfill($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pause_during_verify() {
+                crate::control::pause_during_verify($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_while_paused_resume_stays_paused() {
+                crate::control::killed_while_paused_resume_stays_paused($kind).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
