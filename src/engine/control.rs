@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::state::State;
 use super::{Phase, Session};
-use crate::db::{Backend, StateRow};
+use crate::db::{Backend, StateRow, VerifyReport, VerifyRequest};
 use crate::error::{Error, Result};
 use crate::plan::{Backfill, BatchSize, Plan};
 
@@ -207,6 +207,15 @@ async fn controllable<B: Backend>(b: &B, plan: &Plan, what: &str) -> Result<Stat
     Ok(st)
 }
 
+/// Drops every pause and tuning of a migration that rolled back, so running it again
+/// starts from its plan's settings.
+pub async fn forget<B: Backend>(b: &B, migration: &str) -> Result<()> {
+    if read(b, migration).await? != Control::default() {
+        write(b, migration, &Control::default()).await?;
+    }
+    Ok(())
+}
+
 /// `turnout pause`: the running turnout stops after the batch (or verify chunk) in hand.
 /// Returns the pause in force (an earlier one is kept, with its time and author).
 pub async fn pause<B: Backend>(b: &B, plan: &Plan) -> Result<Stamp> {
@@ -343,7 +352,7 @@ pub async fn hold<B: Backend>(
 
 /// Runs `work` while watching the control record: `paused` is set once an operator
 /// pauses, and `work` (verify) is expected to stop at its next chunk when it sees it.
-pub async fn watching<B: Backend, T>(
+async fn watching<B: Backend, T>(
     b: &B,
     migration: &str,
     paused: &AtomicBool,
@@ -366,6 +375,39 @@ pub async fn watching<B: Backend, T>(
     tokio::select! {
         r = &mut work => r,
         () = watch => work.await,
+    }
+}
+
+/// Verify's comparison, stopped at its next chunk when an operator pauses: it reads one
+/// snapshot, and holding that open through a pause would hold the table and the
+/// database's cleanup back, so it is let go, and taken again from the first chunk once
+/// unpaused.
+pub(super) async fn verify<B: Backend>(
+    b: &B,
+    s: &Session<'_>,
+    st: &mut State,
+    req: &VerifyRequest,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport> {
+    let m = st.migration()?.clone();
+    loop {
+        hold(b, s, st, Gate::Verify).await?;
+        if s.cancel.is_cancelled() {
+            return Err(s.interrupted(st.phase));
+        }
+        let paused = AtomicBool::new(false);
+        let stop = || s.cancel.is_cancelled() || paused.load(Ordering::Relaxed);
+        let report = watching(b, &st.name, &paused, b.verify(&m, req, progress, &stop)).await?;
+        if s.cancel.is_cancelled() {
+            return Err(s.interrupted(st.phase));
+        }
+        if !paused.load(Ordering::Relaxed) {
+            return Ok(report);
+        }
+        info!(
+            rows = report.rows,
+            "verify paused; it compares again from the first chunk once unpaused"
+        );
     }
 }
 

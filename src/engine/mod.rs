@@ -81,6 +81,7 @@ pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Resul
             fresh.events = st.events.clone();
             fresh.event("started again after a rollback");
             b.save_state(&fresh.to_row()).await?;
+            control::forget(b, &fresh.name).await?;
             st = fresh;
         }
         loop {
@@ -399,7 +400,6 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
 
 /// Compares the live table with its shadow; differences are rendered as row diffs.
 async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &mut State) -> Result<VerifyReport> {
-    let m = st.migration()?.clone();
     let cfg = &s.plan.file.verify;
     let req = VerifyRequest {
         chunk_rows: fault::knob("TURNOUT_VERIFY_CHUNK_ROWS", VERIFY_CHUNK_ROWS),
@@ -408,32 +408,11 @@ async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &mut State) -> Result<V
         max_diffs: cfg.max_diffs,
     };
     let total = st.backfill.rows_copied.max(st.backfill.estimated_rows);
-    let report = loop {
-        control::hold(b, s, st, Gate::Verify).await?;
-        if s.cancel.is_cancelled() {
-            return Err(s.interrupted(st.phase));
-        }
-        let paused = std::sync::atomic::AtomicBool::new(false);
-        let progress = |rows| {
-            fault::point("verify.chunk");
-            s.observer.verify_progress(rows, total.max(rows));
-        };
-        let stop = || s.cancel.is_cancelled() || paused.load(std::sync::atomic::Ordering::Relaxed);
-        let run = b.verify(&m, &req, &progress, &stop);
-        let report = control::watching(b, &st.name, &paused, run).await?;
-        if s.cancel.is_cancelled() {
-            return Err(s.interrupted(st.phase));
-        }
-        if !paused.load(std::sync::atomic::Ordering::Relaxed) {
-            break report;
-        }
-        // The comparison reads one snapshot; holding it open through a pause would hold
-        // the table and the database's cleanup back, so it is let go and taken again.
-        info!(
-            rows = report.rows,
-            "verify paused; it compares again from the first chunk once unpaused"
-        );
+    let progress = |rows| {
+        fault::point("verify.chunk");
+        s.observer.verify_progress(rows, total.max(rows));
     };
+    let report = control::verify(b, s, st, &req, &progress).await?;
     for d in &report.diffs {
         s.observer.diff(d, &render_diff(d));
     }
@@ -725,6 +704,7 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
         let done = rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} is as it was", m.table));
         b.rollback(&m, &done.to_row()).await?;
         fault::point("rollback.after");
+        control::forget(b, &done.name).await?;
         Ok(done)
     })
     .await

@@ -370,3 +370,106 @@ pub async fn killed_while_paused_resume_stays_paused(kind: Kind) {
     assert_eq!(status(&db, plan).await["phase"], "done");
     db.drop().await;
 }
+
+/// The plan's throttle query holds the backfill back and `status` says so; a pause
+/// while throttled is shown as the reason instead; once the query reads low again the
+/// backfill carries on and finishes exact.
+pub async fn the_throttle_query_holds_the_backfill_and_status_says_why(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    db.exec("CREATE TABLE knob (v BIGINT NOT NULL);\nINSERT INTO knob (v) VALUES (5)")
+        .await;
+    let path = db.plan_file(
+        "plan.yaml",
+        &plan(kind, "items-throttled", 100).replace(
+            "batch_size: 100",
+            "batch_size: 100\n  throttle: {query: 'SELECT v FROM knob', max: 1}",
+        ),
+    );
+    let plan = path.to_str().expect("utf-8");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 53);
+    let child = spawn(&db, &["run", plan, "--yes"], &[]);
+    let st = until(&db, plan, 20, "waiting throttled", |st| {
+        st["waiting"]["reason"] == "throttled"
+    })
+    .await;
+    assert!(
+        st["waiting"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("throttle.query reads 5")),
+        "{st}"
+    );
+    writer.wait_for(30).await;
+    let st = status(&db, plan).await;
+    assert_eq!(copied(&st), 0, "it copied while throttled: {st}");
+    let text = stdout(&db.turnout(&["status", plan], None));
+    assert!(text.contains("throttled"), "{text}");
+
+    ok(&db.turnout(&["pause", plan], None), "pause");
+    until(&db, plan, 10, "waiting paused", |st| {
+        st["waiting"]["reason"] == "paused"
+    })
+    .await;
+    ok(&db.turnout(&["unpause", plan], None), "unpause");
+    until(&db, plan, 10, "throttled again", |st| {
+        st["waiting"]["reason"] == "throttled"
+    })
+    .await;
+    db.exec("UPDATE knob SET v = 0").await;
+    let out = finish(child).await;
+    ok(&out, "the throttled run");
+    assert!(writer.stop().await.is_empty());
+    compare_with_mirror(&db, true).await;
+    let st = status(&db, plan).await;
+    assert_eq!(st["phase"], "done");
+    assert!(st["waiting"].is_null(), "{st}");
+    db.drop().await;
+}
+
+/// A pause does not hold back `rollback`, which clears it and every tuning: the
+/// migration started again runs on its plan's settings without waiting.
+pub async fn rollback_clears_the_pause_and_the_tuning(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-forget", 400));
+    let plan = path.to_str().expect("utf-8");
+    let refused = db.turnout(&["pause", plan], None);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("has not started"),
+        "{}",
+        stderr(&refused)
+    );
+    ok(
+        &db.turnout(&["run", plan, "--until", "dual_writing", "--yes"], None),
+        "dual-write",
+    );
+    ok(&db.turnout(&["pause", plan], None), "pause");
+    ok(
+        &db.turnout(&["tune", plan, "--batch-size", "77"], None),
+        "tune",
+    );
+    let st = status(&db, plan).await;
+    assert!(
+        st["paused"].is_object() && st["in_force"]["batch_size"] == 77,
+        "{st}"
+    );
+    ok(
+        &db.turnout(&["rollback", plan, "--yes"], None),
+        "rollback while paused",
+    );
+    let st = status(&db, plan).await;
+    assert_eq!(st["phase"], "rolled_back");
+    assert!(st["paused"].is_null(), "{st}");
+    let again = db.turnout(&["run", plan, "--yes"], None);
+    ok(&again, "run again after the rollback");
+    assert!(!stderr(&again).contains("paused"), "{}", stderr(&again));
+    let st = status(&db, plan).await;
+    assert_eq!(st["phase"], "done");
+    assert_eq!(
+        st["backfill"]["batch_size"], 400,
+        "the plan's batch size: {st}"
+    );
+    compare_with_mirror(&db, true).await;
+    db.drop().await;
+}

@@ -112,6 +112,17 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_throttle_query_holds_the_backfill_and_status_says_why() {
+                crate::control::the_throttle_query_holds_the_backfill_and_status_says_why($kind)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollback_clears_the_pause_and_the_tuning() {
+                crate::control::rollback_clears_the_pause_and_the_tuning($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn pause_during_verify() {
                 crate::control::pause_during_verify($kind).await;
             }
