@@ -28,6 +28,18 @@ pub fn point(point: &str) {
     }
 }
 
+/// A test's override of an internal size, from the environment variable `name` (debug
+/// builds only), so small test tables still exercise loops of many rounds.
+pub fn knob(name: &str, default: u64) -> u64 {
+    if !cfg!(debug_assertions) {
+        return default;
+    }
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn visit(point: &str) -> u32 {
     use std::collections::HashMap;
     use std::sync::Mutex;

@@ -100,6 +100,13 @@ impl Observer for Progress {
     fn diff(&self, _diff: &RowDiff, rendered: &str) {
         println!("{rendered}");
     }
+
+    fn waiting(&self, why: Option<&str>) {
+        match why {
+            Some(why) => eprintln!("turnout: {why}"),
+            None => eprintln!("turnout: carrying on"),
+        }
+    }
 }
 
 #[cfg(test)]

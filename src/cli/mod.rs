@@ -17,6 +17,7 @@ use crate::progress::Progress;
 use crate::with_backend;
 
 mod confirm;
+mod control;
 mod dir;
 mod logging;
 mod plan_source;
@@ -116,6 +117,26 @@ pub enum Command {
         /// Print JSON (one object per migration) instead of text
         #[arg(long)]
         json: bool,
+    },
+    /// Ask the running migration (on any machine) to stop after the batch in hand and wait
+    Pause { plan: PathBuf },
+    /// Let a paused migration carry on
+    Unpause { plan: PathBuf },
+    /// Change the backfill's settings from the next batch, without stopping it
+    Tune {
+        plan: PathBuf,
+        /// Rows per batch, or `auto` (steered toward the target batch time)
+        #[arg(long, value_parser = control::parse_batch_size)]
+        batch_size: Option<crate::plan::BatchSize>,
+        /// Sleep between batches (e.g. 100ms, 0s)
+        #[arg(long, value_parser = control::parse_duration)]
+        pause: Option<std::time::Duration>,
+        /// What `auto` batch sizes aim for (e.g. 200ms)
+        #[arg(long, value_parser = control::parse_positive_duration)]
+        target_batch_time: Option<std::time::Duration>,
+        /// Go back to the plan's values (the other options then apply on top)
+        #[arg(long)]
+        reset: bool,
     },
     /// The whole story on an embedded SQLite database
     Demo {
@@ -347,6 +368,33 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             );
             Ok(0)
         }
+        Command::Pause { plan: path } => {
+            let plan = plan::load(path)?;
+            let db = Database::connect(database_url(&cli.database_url)?).await?;
+            control::pause(&db, &plan).await.map(|()| 0)
+        }
+        Command::Unpause { plan: path } => {
+            let plan = plan::load(path)?;
+            let db = Database::connect(database_url(&cli.database_url)?).await?;
+            control::unpause(&db, &plan).await.map(|()| 0)
+        }
+        Command::Tune {
+            plan: path,
+            batch_size,
+            pause,
+            target_batch_time,
+            reset,
+        } => {
+            let plan = plan::load(path)?;
+            let db = Database::connect(database_url(&cli.database_url)?).await?;
+            let t = crate::engine::control::Tuning {
+                batch_size: *batch_size,
+                pause: *pause,
+                target_batch_time: *target_batch_time,
+                reset: *reset,
+            };
+            control::tune(&db, &plan, &t).await.map(|()| 0)
+        }
         Command::Status { plan: path, json } => {
             if let Some(p) = path.as_deref().filter(|p| p.is_dir()) {
                 return dir::status(database_url(&cli.database_url)?, p, *json).await;
@@ -360,7 +408,7 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             if *json {
                 let out: Vec<_> = states
                     .iter()
-                    .map(|e| status_json(&e.state, &e.failures))
+                    .map(|e| status_json(&e.state, &e.failures, &e.control))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             } else if states.is_empty() {
@@ -370,7 +418,7 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
                 );
             } else {
                 for e in &states {
-                    println!("{}", status_text(&e.state, &e.failures));
+                    println!("{}", status_text(&e.state, &e.failures, &e.control));
                 }
             }
             Ok(0)

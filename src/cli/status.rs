@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::engine::control::{Control, InForce};
 use crate::engine::{Phase, State};
 
 fn rate_and_eta(st: &State) -> (Option<f64>, Option<Duration>) {
@@ -19,7 +20,38 @@ fn rate_and_eta(st: &State) -> (Option<f64>, Option<Duration>) {
     (Some(rate), eta)
 }
 
-pub(super) fn status_text(st: &State, failures: &[String]) -> String {
+/// Pause and tuning lines: who paused and when, why the running turnout waits, and the
+/// backfill settings in force.
+fn control_text(st: &State, c: &Control) -> String {
+    let mut out = String::new();
+    if let Some(p) = &c.paused {
+        out.push_str(&format!(
+            "\n  PAUSED since {} by {} (a running turnout stops after the batch in hand; `turnout unpause` carries on)",
+            p.at.to_rfc3339(),
+            p.by
+        ));
+    }
+    if let Some(w) = &st.waiting {
+        out.push_str(&format!(
+            "\n  waiting since {}: {}",
+            w.since.to_rfc3339(),
+            w.detail
+        ));
+    }
+    let live = matches!(
+        st.phase,
+        Phase::Planned | Phase::Prepared | Phase::DualWriting
+    );
+    if let Some(f) = InForce::of_state(st, c).filter(|_| live) {
+        out.push_str(&format!(
+            "\n  in force: {}",
+            super::control::in_force_text(&f)
+        ));
+    }
+    out
+}
+
+pub(super) fn status_text(st: &State, failures: &[String], c: &Control) -> String {
     let (rate, eta) = rate_and_eta(st);
     let mut out = format!("{}: {}", st.name, st.phase);
     if let Some(m) = &st.migration {
@@ -40,6 +72,7 @@ pub(super) fn status_text(st: &State, failures: &[String]) -> String {
             ));
         }
     }
+    out.push_str(&control_text(st, c));
     if let Some(passed) = st.verify.passed {
         out.push_str(&format!(
             "\n  verify: {} ({} rows, {} mismatches)",
@@ -69,7 +102,7 @@ pub(super) fn status_text(st: &State, failures: &[String]) -> String {
     out
 }
 
-pub(super) fn status_json(st: &State, failures: &[String]) -> serde_json::Value {
+pub(super) fn status_json(st: &State, failures: &[String], c: &Control) -> serde_json::Value {
     let (rate, eta) = rate_and_eta(st);
     serde_json::json!({
         "name": st.name,
@@ -86,6 +119,9 @@ pub(super) fn status_json(st: &State, failures: &[String]) -> serde_json::Value 
         },
         "verify": st.verify,
         "cutover_attempts": st.cutover_attempts,
+        "paused": c.paused,
+        "waiting": st.waiting,
+        "in_force": InForce::of_state(st, c),
         "trigger_failures": failures,
         "last_checkpoint": st.updated_at,
         "events": st.events,

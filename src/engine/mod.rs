@@ -4,6 +4,7 @@
 //! its effect where the database allows, so a crash at any instant leaves a state that
 //! `resume` (or `rollback`) can carry on from.
 
+pub mod control;
 pub mod dir;
 pub mod state;
 
@@ -13,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::db::{
-    Backend, BatchDone, CutoverOutcome, PhaseSql, RowDiff, VerifyReport, VerifyRequest,
+    Backend, BatchDone, CutoverOutcome, PhaseSql, RowDiff, StateRow, VerifyReport, VerifyRequest,
 };
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::plan::{BatchSize, Plan, VerifyMode};
 use crate::schema::Migration;
+use control::{Gate, InForce};
 pub use state::{Phase, State};
 
 /// What the engine tells whoever watches it (progress bars, the demo, nobody in tests).
@@ -28,6 +30,8 @@ pub trait Observer: Sync {
     fn backfill_progress(&self, _rows_done: u64, _rows_estimated: u64) {}
     fn verify_progress(&self, _rows_done: u64, _rows_estimated: u64) {}
     fn diff(&self, _diff: &RowDiff, _rendered: &str) {}
+    /// The migration waits (`Some`: why, in words) or carries on after waiting (`None`).
+    fn waiting(&self, _why: Option<&str>) {}
 }
 
 /// An observer that ignores everything.
@@ -70,18 +74,23 @@ const VERIFY_WORKERS: usize = 2;
 pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Result<State> {
     with_lock(b, s, async {
         let mut st = load_or_start(b, s.plan).await?;
+        // Why a killed turnout was waiting is not this run's reason: it says its own.
+        st.waiting = None;
         if st.phase == Phase::RolledBack {
             // A rolled-back migration can be run again from the start, with the same name.
             let mut fresh = State::new(&st.name, &s.plan.hash, &s.plan.canonical());
             fresh.events = st.events.clone();
             fresh.event("started again after a rollback");
             b.save_state(&fresh.to_row()).await?;
+            control::forget(b, &fresh.name).await?;
             st = fresh;
         }
         loop {
             if st.phase == Phase::Done || opts.until.is_some_and(|u| reached(st.phase, u)) {
                 return Ok(st);
             }
+            // A paused migration takes no step, whichever phase it is in.
+            control::hold(b, s, &mut st, Gate::Step).await?;
             if s.cancel.is_cancelled() {
                 return Err(s.interrupted(st.phase));
             }
@@ -304,18 +313,31 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         ));
         b.save_state(&st.to_row()).await?;
     }
-    let mut batch = match cfg.batch_size {
-        BatchSize::Rows(n) => n,
-        BatchSize::Auto if st.backfill.batch_size > 0 => st.backfill.batch_size,
-        BatchSize::Auto => FIRST_AUTO_BATCH,
+    let mut batch = match st.backfill.batch_size {
+        0 => FIRST_AUTO_BATCH,
+        n => n,
     };
+    // The batch-size mode last applied: `turnout tune` can change it between batches.
+    let mut mode = None;
     let started = Instant::now();
     let copied_before = st.backfill.rows_copied;
     loop {
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
-        throttle(b, s).await?;
+        let force = InForce::new(cfg, &control::hold(b, s, &mut st, Gate::Batch).await?);
+        if s.cancel.is_cancelled() {
+            return Err(s.interrupted(st.phase));
+        }
+        if mode != Some(force.batch_size) {
+            if let BatchSize::Rows(n) = force.batch_size {
+                batch = n;
+            }
+            if mode.is_some() {
+                info!(batch, "batch size tuned");
+            }
+            mode = Some(force.batch_size);
+        }
         b.keep_lock(&st.name).await?;
         fault::point("backfill.batch.before");
         let t0 = Instant::now();
@@ -354,10 +376,10 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         if done.rows < batch {
             break;
         }
-        if cfg.batch_size == BatchSize::Auto {
-            batch = tune(batch, t0.elapsed(), cfg.target_batch_time);
+        if force.batch_size == BatchSize::Auto {
+            batch = tune(batch, t0.elapsed(), force.target_batch_time());
         }
-        let rest = cfg.pause.max(done.rest);
+        let rest = force.pause().max(done.rest);
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
         }
@@ -377,49 +399,21 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
     Ok(next)
 }
 
-/// Waits while the plan's throttle query reads above its maximum.
-async fn throttle<B: Backend>(b: &B, s: &Session<'_>) -> Result<()> {
-    let Some(t) = &s.plan.file.backfill.throttle else {
-        return Ok(());
-    };
-    loop {
-        let value = b.throttle_value(&t.query).await?;
-        if value <= t.max {
-            return Ok(());
-        }
-        info!(value, max = t.max, "throttled");
-        if s.cancel.is_cancelled() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Compares the live table with its shadow; differences are rendered as row diffs.
-async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &State) -> Result<VerifyReport> {
-    let m = st.migration()?;
+async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &mut State) -> Result<VerifyReport> {
     let cfg = &s.plan.file.verify;
     let req = VerifyRequest {
-        chunk_rows: VERIFY_CHUNK_ROWS,
+        chunk_rows: fault::knob("TURNOUT_VERIFY_CHUNK_ROWS", VERIFY_CHUNK_ROWS),
         workers: VERIFY_WORKERS,
         sample_rate: (cfg.mode == VerifyMode::Sample).then_some(cfg.sample_rate),
         max_diffs: cfg.max_diffs,
     };
     let total = st.backfill.rows_copied.max(st.backfill.estimated_rows);
-    let report = b
-        .verify(
-            m,
-            &req,
-            &|rows| {
-                fault::point("verify.chunk");
-                s.observer.verify_progress(rows, total.max(rows));
-            },
-            &|| s.cancel.is_cancelled(),
-        )
-        .await?;
-    if s.cancel.is_cancelled() {
-        return Err(s.interrupted(st.phase));
-    }
+    let progress = |rows| {
+        fault::point("verify.chunk");
+        s.observer.verify_progress(rows, total.max(rows));
+    };
+    let report = control::verify(b, s, st, &req, &progress).await?;
     for d in &report.diffs {
         s.observer.diff(d, &render_diff(d));
     }
@@ -483,7 +477,7 @@ fn failure_details(failures: &[String]) -> String {
 async fn compare_or_failures<B: Backend>(
     b: &B,
     s: &Session<'_>,
-    st: &State,
+    st: &mut State,
 ) -> Result<(VerifyReport, Vec<String>)> {
     match compare(b, s, st).await {
         Ok(report) => Ok((report, b.trigger_failures(st.migration()?).await?)),
@@ -504,7 +498,7 @@ async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Resul
         b.save_state(&next.to_row()).await?;
         return Ok(next);
     }
-    let (report, failures) = compare_or_failures(b, s, &st).await?;
+    let (report, failures) = compare_or_failures(b, s, &mut st).await?;
     st.verify = state::VerifyProgress {
         rows_checked: report.rows,
         chunks: report.chunks,
@@ -548,14 +542,15 @@ async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Resul
 /// `turnout verify`: the comparison alone, any time between backfill and cutover.
 pub async fn verify_only<B: Backend>(b: &B, s: &Session<'_>) -> Result<VerifyReport> {
     with_lock(b, s, async {
-        let st = load_or_start(b, s.plan).await?;
+        let mut st = load_or_start(b, s.plan).await?;
+        st.waiting = None;
         if !matches!(st.phase, Phase::Backfilled | Phase::Verified) {
             return Err(Error::State(format!(
                 "migration {:?} is {}; verify compares the live table with its shadow between backfill and cutover",
                 st.name, st.phase
             )));
         }
-        let (report, failures) = compare_or_failures(b, s, &st).await?;
+        let (report, failures) = compare_or_failures(b, s, &mut st).await?;
         if !report.diffs.is_empty() || !failures.is_empty() {
             return Err(Error::VerifyFailed {
                 table: st.migration()?.table.clone(),
@@ -710,6 +705,7 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
         let done = rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} is as it was", m.table));
         b.rollback(&m, &done.to_row()).await?;
         fault::point("rollback.after");
+        control::forget(b, &done.name).await?;
         Ok(done)
     })
     .await
@@ -720,18 +716,29 @@ pub struct StatusEntry {
     pub state: State,
     /// Writes the triggers could not map (`on_error: record`), as recorded.
     pub failures: Vec<String>,
+    /// What the operators asked (`pause`, `tune`).
+    pub control: control::Control,
 }
 
 /// `turnout status`: every migration's state, or one.
 pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<StatusEntry>> {
     b.ensure_state_table().await?;
-    let rows = match name {
+    let mut rows: Vec<StateRow> = match name {
         Some(n) => b.load_state(n).await?.into_iter().collect(),
         None => b.list_states().await?,
     };
+    if let Some(n) = name {
+        rows.extend(b.load_state(&control::row_name(n)).await?);
+    }
+    let (controls, rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(control::is_control);
     let mut out = Vec::new();
     for row in &rows {
         let state = State::from_row(row)?;
+        let own = control::row_name(&state.name);
+        let control = match controls.iter().find(|c| c.name == own) {
+            Some(c) => control::parse(c)?,
+            None => control::Control::default(),
+        };
         let live = matches!(
             state.phase,
             Phase::DualWriting | Phase::Backfilled | Phase::Verified | Phase::CutOver
@@ -740,7 +747,11 @@ pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<StatusE
             (Some(m), true) => b.trigger_failures(m).await?,
             _ => Vec::new(),
         };
-        out.push(StatusEntry { state, failures });
+        out.push(StatusEntry {
+            state,
+            failures,
+            control,
+        });
     }
     Ok(out)
 }

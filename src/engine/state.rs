@@ -130,6 +130,10 @@ pub struct State {
     /// The phase a rollback started from.
     pub rollback_from: Option<Phase>,
     pub events: Vec<Event>,
+    /// Why the running turnout waits (paused, throttled), for `status`; absent when it
+    /// does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<super::control::Waiting>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -148,6 +152,7 @@ impl State {
             cutover_attempts: 0,
             rollback_from: None,
             events: Vec::new(),
+            waiting: None,
             created_at: now,
             updated_at: now,
         }

@@ -179,6 +179,15 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
             "name",
             format!("expected at most 63 characters; found {}", p.name.len()),
         );
+    } else if p.name.ends_with(crate::engine::control::SUFFIX) {
+        bad(
+            "name",
+            format!(
+                "names ending in {:?} are reserved for turnout's control records; found {:?}",
+                crate::engine::control::SUFFIX,
+                p.name
+            ),
+        );
     }
     if p.table.is_empty() {
         bad(

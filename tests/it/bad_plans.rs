@@ -97,6 +97,11 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
             format!("version: 1\nname: x\nchanges:\n{ok_change}"),
             "table",
         ),
+        (
+            "a name reserved for control records",
+            with(ok_change).replace("name: bad", "name: \"bad#control\""),
+            "reserved for turnout's control records",
+        ),
         ("missing changes", HEAD.into(), "changes"),
         (
             "empty changes",

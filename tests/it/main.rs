@@ -4,6 +4,7 @@
 mod bad_plans;
 mod confirmation;
 mod connections;
+mod control;
 mod dirs;
 mod examples;
 mod faults;
@@ -120,6 +121,32 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_directory_run_killed_in_its_third_plan_resumes() {
                 crate::dirs::a_directory_run_killed_in_its_third_plan_resumes($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pause_tune_unpause_a_running_backfill() {
+                crate::control::pause_tune_unpause_a_running_backfill($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_throttle_query_holds_the_backfill_and_status_says_why() {
+                crate::control::the_throttle_query_holds_the_backfill_and_status_says_why($kind)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollback_clears_the_pause_and_the_tuning() {
+                crate::control::rollback_clears_the_pause_and_the_tuning($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pause_during_verify() {
+                crate::control::pause_during_verify($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_while_paused_resume_stays_paused() {
+                crate::control::killed_while_paused_resume_stays_paused($kind).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,8 +49,9 @@ impl Postgres {
             ),
         ] {
             if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&self.pool).await {
-                // Two turnouts creating the table at once: the loser sees a duplicate.
-                if !matches!(sqlstate(&e).as_deref(), Some("23505" | "42P07")) {
+                // Two turnouts (or a turnout and a `status`) creating the table at once: the
+                // loser sees a duplicate key, relation or row type.
+                if !matches!(sqlstate(&e).as_deref(), Some("23505" | "42P07" | "42710")) {
                     return Err(Error::db("creating turnout_state", e));
                 }
             }
