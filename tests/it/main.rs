@@ -6,6 +6,7 @@ mod connections;
 mod examples;
 mod faults;
 mod harness;
+mod mysql_real_schema;
 mod names;
 mod random_plans;
 mod scenarios;
