@@ -9,6 +9,7 @@ mod dirs;
 mod examples;
 mod faults;
 mod harness;
+mod mysql_real_schema;
 mod names;
 mod postgres_real_schema;
 mod random_plans;

@@ -123,7 +123,7 @@ impl MySql {
     pub(super) async fn find_problems(&self, m: &Migration) -> Result<Vec<String>> {
         let g = self.sql(m);
         let n = &g.n;
-        let mut problems = crate::db::refuse_key_type_changes(m, "MySQL/MariaDB");
+        let mut problems = Vec::new();
         let Some(schema) = n.schema.clone() else {
             return Ok(vec![
                 "the URL names no database and the plan no schema".into(),
@@ -140,7 +140,11 @@ impl MySql {
         let find = |name: &str| tables.iter().find(|r| r[0].as_deref() == Some(name));
         match find(t) {
             None => problems.push(format!("table {schema}.{t} does not exist")),
-            Some(r) if r[2].as_deref() != Some("BASE TABLE") => problems.push(format!("{t} is a view, not a table")),
+            Some(r) if r[2].as_deref() == Some("VIEW") => problems.push(format!("{t} is a view, not a table")),
+            Some(r) if r[2].as_deref() != Some("BASE TABLE") => problems.push(format!(
+                "{t} is a {} table, which turnout cannot copy (only plain tables)",
+                r[2].as_deref().unwrap_or("special")
+            )),
             Some(r) if !r[1].as_deref().unwrap_or_default().eq_ignore_ascii_case("InnoDB") => problems.push(format!(
                 "table {t} uses the {} engine; turnout needs InnoDB (transactions and row locks)",
                 r[1].as_deref().unwrap_or("unknown")
@@ -175,7 +179,7 @@ impl MySql {
             .filter(|r| r[1].as_deref() == Some(t) || r[2].as_deref() == Some(t))
         {
             problems.push(format!(
-                "foreign key {} links {} to {}: a renamed table would leave it pointing at the old one; drop it for the migration",
+                "foreign key {} links {} to {}: turnout does not carry foreign keys on MySQL/MariaDB yet (RENAME TABLE would leave it on, or pointing at, the old table), so {t} cannot be migrated by turnout until it does",
                 r[0].as_deref().unwrap_or("?"),
                 r[1].as_deref().unwrap_or("?"),
                 r[2].as_deref().unwrap_or("?")
@@ -189,7 +193,7 @@ impl MySql {
         .map_err(sql_err("preflight: triggers"))?;
         for r in trig.iter().filter(|r| r[1].as_deref() == Some(t)) {
             problems.push(format!(
-                "table {t} has a trigger {}; turnout's dual-write needs the table without triggers (they would stay on the old table at cutover)",
+                "table {t} has its own trigger {}: turnout does not carry a table's triggers on MySQL/MariaDB yet (RENAME TABLE would keep it on the old table, and the new table's writes would skip it), so {t} cannot be migrated by turnout until it does",
                 r[0].as_deref().unwrap_or("?")
             ));
         }
@@ -203,7 +207,7 @@ impl MySql {
         .map_err(sql_err("preflight: generated columns"))?;
         for r in gen_cols.iter().filter(|r| r[1].as_deref() == Some(t)) {
             problems.push(format!(
-                "column {} of {t} is a generated column; turnout does not copy those yet",
+                "column {} of {t} is a generated column, which turnout does not recompute in the new table yet; {t} cannot be migrated by turnout until it does",
                 r[0].as_deref().unwrap_or("?")
             ));
         }
@@ -217,10 +221,11 @@ impl MySql {
         .map_err(sql_err("preflight: indexes"))?;
         for r in idx.iter().filter(|r| r[3].as_deref() == Some(t)) {
             problems.push(format!(
-                "index {} of {t} is a prefix, FULLTEXT or SPATIAL index, which turnout cannot rebuild yet",
+                "index {} of {t} is a prefix, FULLTEXT or SPATIAL index, which turnout cannot rebuild yet; drop it for the migration and build it again after, or wait for a turnout that carries it",
                 r[0].as_deref().unwrap_or("?")
             ));
         }
+        problems.extend(self.furniture_problems(&mut conn, m, &schema).await?);
         if !problems.is_empty() {
             return Ok(problems);
         }

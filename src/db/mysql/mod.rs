@@ -33,6 +33,8 @@ mod backfill;
 mod catalog;
 mod cutover;
 mod errors;
+mod furniture;
+mod key_types;
 mod prepare;
 mod sql;
 mod state;

@@ -1,0 +1,248 @@
+//! What the table carries besides columns and plain indexes, judged before anything is
+//! touched: each thing is either carried by the swap itself or refused here by name,
+//! with why and what to do instead; nothing is half-carried.
+//!
+//! Carried without any work, because MariaDB/MySQL resolve them by *name* at the moment
+//! a statement runs and the swap is one atomic `RENAME TABLE`:
+//! - views over the table: a view's stored definition names `db`.`t`, so before the
+//!   swap every query through it reads the old table and after it the new one (and the
+//!   old one again after a rollback's swap back). There is no statement that sees a mix,
+//!   because the rename is atomic and a view is expanded per statement. A view that uses
+//!   a column the plan drops or renames would break, so it is refused naming the view
+//!   and the column.
+//! - table and column privileges (`mysql.tables_priv` / `columns_priv` are keyed by
+//!   name, and `RENAME TABLE` does not move them), so the grants on `t` apply to
+//!   whichever table is named `t`.
+//!
+//! Refused (not carried yet): foreign keys in either direction (a `RENAME TABLE` takes
+//! a child's reference along with the renamed parent, so after the swap it would point at
+//! the old table), the table's own triggers (they move with `RENAME TABLE` and would stay
+//! on the old table), CHECK constraints (but for the `json_valid` check MariaDB gives
+//! every JSON column, which the shadow's column type does not carry yet either, as
+//! before), column comments, invisible columns, descending,
+//! ignored or commented indexes. Where a primary-key type change meets a child column
+//! whose integer type must equal the key's, the child column is named: it must change in
+//! the same step, which needs a multi-table plan.
+
+use sqlx::mysql::MySqlConnection;
+
+use crate::error::Result;
+use crate::schema::Migration;
+
+use super::MySql;
+use super::errors::sql_err;
+use super::key_types::{KeyType, Widening, judge, parse};
+use super::sql::{Bound, quote};
+
+impl MySql {
+    /// Problems with what the table carries (see the module documentation).
+    pub(super) async fn furniture_problems(
+        &self,
+        conn: &mut MySqlConnection,
+        m: &Migration,
+        schema: &str,
+    ) -> Result<Vec<String>> {
+        let t = m.table.as_str();
+        let mut problems = Vec::new();
+        problems.extend(self.key_change_problems(conn, m, schema).await?);
+        let q = |sql: &str, binds: Vec<String>| Bound {
+            sql: sql.into(),
+            binds,
+        };
+        let on_t = vec![schema.to_string(), t.to_string()];
+        // MariaDB's JSON type is LONGTEXT plus a column-level CHECK (json_valid(col)) named
+        // after the column; that one is the type's own, not the application's.
+        let check_sql = if self.mariadb {
+            "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(LEVEL AS CHAR), CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?"
+        } else {
+            "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), '', '' FROM information_schema.TABLE_CONSTRAINTS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_TYPE = 'CHECK'"
+        };
+        let checks = Self::rows(conn, &q(check_sql, on_t.clone()))
+            .await
+            .map_err(sql_err("preflight: CHECK constraints"))?;
+        for r in checks.iter().filter(|r| r[1].as_deref() == Some(t)) {
+            let name = r[0].as_deref().unwrap_or("?");
+            let json_type = r[2].as_deref() == Some("Column")
+                && r[3].as_deref() == Some(format!("json_valid({})", quote(name)).as_str());
+            if json_type {
+                continue;
+            }
+            problems.push(format!(
+                "CHECK constraint {name} of {t}: turnout does not copy CHECK constraints to the new table yet, so writes after the swap would not be checked; drop it and add it again after the migration, or wait for a turnout that carries it"
+            ));
+        }
+        let cols = Self::rows(conn, &q(
+            "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_COMMENT AS CHAR), CAST(EXTRA AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            on_t.clone(),
+        ))
+        .await
+        .map_err(sql_err("preflight: column comments"))?;
+        for r in cols.iter().filter(|r| r[3].as_deref() == Some(t)) {
+            let col = r[0].as_deref().unwrap_or("?");
+            if r[1].as_deref().is_some_and(|c| !c.is_empty()) {
+                problems.push(format!(
+                    "column {col} of {t} has a comment, which turnout does not copy yet; remove it for the migration (ALTER TABLE … MODIFY without COMMENT) and set it again after"
+                ));
+            }
+            if r[2]
+                .as_deref()
+                .unwrap_or_default()
+                .to_uppercase()
+                .contains("INVISIBLE")
+            {
+                problems.push(format!(
+                    "column {col} of {t} is INVISIBLE, which turnout does not copy yet; make it visible for the migration"
+                ));
+            }
+        }
+        let idx = Self::rows(conn, &q(
+            "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLLATION AS CHAR), CAST(INDEX_COMMENT AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            on_t.clone(),
+        ))
+        .await
+        .map_err(sql_err("preflight: index options"))?;
+        let mut named = std::collections::BTreeSet::new();
+        for r in idx.iter().filter(|r| r[3].as_deref() == Some(t)) {
+            let name = r[0].as_deref().unwrap_or("?");
+            if r[1].as_deref() == Some("D") && named.insert((name, "desc")) {
+                problems.push(format!(
+                    "index {name} of {t} has a descending column, which turnout does not rebuild yet; use an ascending index for the migration"
+                ));
+            }
+            if r[2].as_deref().is_some_and(|c| !c.is_empty()) && named.insert((name, "comment")) {
+                problems.push(format!(
+                    "index {name} of {t} has a comment, which turnout does not copy yet; remove it for the migration"
+                ));
+            }
+        }
+        if self.mariadb {
+            let ignored = Self::rows(conn, &q(
+                "SELECT DISTINCT CAST(INDEX_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND IGNORED = 'YES'",
+                on_t.clone(),
+            ))
+            .await
+            .map_err(sql_err("preflight: ignored indexes"))?;
+            for r in ignored.iter().filter(|r| r[1].as_deref() == Some(t)) {
+                problems.push(format!(
+                    "index {} of {t} is IGNORED, which turnout does not copy yet; make it NOT IGNORED for the migration",
+                    r[0].as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        problems.extend(self.view_problems(conn, m, schema).await?);
+        Ok(problems)
+    }
+
+    /// Views are carried by name (module documentation); a view that uses a column the
+    /// new table no longer has is refused. MariaDB stores the definition with every
+    /// column qualified, so a view mentioning the table and the column's quoted name is
+    /// counted as using it (a false match only refuses, never breaks a view).
+    async fn view_problems(
+        &self,
+        conn: &mut MySqlConnection,
+        m: &Migration,
+        schema: &str,
+    ) -> Result<Vec<String>> {
+        let gone: Vec<&str> = m
+            .before
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| m.after.column(c).is_none())
+            .collect();
+        if gone.is_empty() {
+            return Ok(vec![]);
+        }
+        let views = Self::rows(conn, &Bound {
+            sql: "SELECT CAST(TABLE_NAME AS CHAR), CAST(VIEW_DEFINITION AS CHAR) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ?".into(),
+            binds: vec![schema.to_string()],
+        })
+        .await
+        .map_err(sql_err("preflight: views"))?;
+        let table_ref = format!("{}.{}", quote(schema), quote(&m.table));
+        let mut problems = Vec::new();
+        for r in &views {
+            let (Some(view), Some(def)) = (r[0].as_deref(), r[1].as_deref()) else {
+                continue;
+            };
+            if !def.contains(&table_ref) {
+                continue;
+            }
+            for col in gone.iter().filter(|c| def.contains(&quote(c))) {
+                problems.push(format!(
+                    "view {view} uses column {col} of {}, which the plan drops or renames: the view would break at cutover; keep the column, or change the view first so it does not use it",
+                    m.table
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Each primary-key type change is judged (key_types); an accepted signed-to-unsigned
+    /// one is checked for negative keys, and a child column that references the key and
+    /// must share its integer type is named.
+    async fn key_change_problems(
+        &self,
+        conn: &mut MySqlConnection,
+        m: &Migration,
+        schema: &str,
+    ) -> Result<Vec<String>> {
+        let t = m.table.as_str();
+        let mut problems = Vec::new();
+        for c in m.key_type_changes() {
+            let Some(old) = m
+                .key
+                .iter()
+                .find(|k| k.new == c.column)
+                .map(|k| k.old.clone())
+            else {
+                continue;
+            };
+            match judge(t, &c) {
+                Err(why) => problems.push(why),
+                Ok(Widening::Plain) => {}
+                Ok(Widening::NoNegatives) => {
+                    let sql = format!(
+                        "SELECT CAST(MIN({k}) AS CHAR) FROM {}.{} WHERE {k} < 0",
+                        quote(schema),
+                        quote(t),
+                        k = quote(&old)
+                    );
+                    let r = Self::rows(conn, &Bound { sql, binds: vec![] })
+                        .await
+                        .map_err(sql_err("preflight: looking for negative keys"))?;
+                    if let Some(min) = r.first().and_then(|r| r[0].clone()) {
+                        problems.push(format!(
+                            "primary key column {} of {t}: {} cannot hold the existing key {min}; keep the key signed (e.g. BIGINT)",
+                            c.column, c.to
+                        ));
+                    }
+                }
+            }
+            if !matches!(parse(&c.from), KeyType::Int { .. }) {
+                continue;
+            }
+            let children = Self::rows(conn, &Bound {
+                sql: "SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), CAST(CONSTRAINT_NAME AS CHAR), CAST(REFERENCED_TABLE_NAME AS CHAR), CAST(REFERENCED_COLUMN_NAME AS CHAR) \
+                      FROM information_schema.KEY_COLUMN_USAGE WHERE REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ? AND REFERENCED_COLUMN_NAME = ?"
+                    .into(),
+                binds: vec![schema.to_string(), t.to_string(), old.clone()],
+            })
+            .await
+            .map_err(sql_err("preflight: columns referencing the key"))?;
+            for r in children
+                .iter()
+                .filter(|r| r[3].as_deref() == Some(t) && r[4].as_deref() == Some(old.as_str()))
+            {
+                problems.push(format!(
+                    "column {}.{} references {t}.{old} (foreign key {}) and MySQL/MariaDB require it to have exactly the key's integer type: it must change to {} too, in the same step, which turnout cannot do yet (multi-table plans come later)",
+                    r[0].as_deref().unwrap_or("?"),
+                    r[1].as_deref().unwrap_or("?"),
+                    r[2].as_deref().unwrap_or("?"),
+                    c.to
+                ));
+            }
+        }
+        Ok(problems)
+    }
+}
