@@ -15,6 +15,7 @@ mod postgres_real_schema;
 mod random_plans;
 mod scenarios;
 mod security;
+mod sqlite_real_schema;
 
 /// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
 macro_rules! scenarios {

@@ -1,11 +1,11 @@
 //! What the table is (`describe`, from SQLite's pragmas) and what stops the migration
-//! (`preflight`: names turnout needs, the application's triggers, expressions that do not
-//! compile, a new shape SQLite refuses).
+//! (`preflight`: names turnout needs, expressions that do not compile, the furniture
+//! turnout cannot carry, and a rehearsal of the whole swap in a rolled-back transaction).
 
 use sqlx::Row;
 
 use super::errors::db_message;
-use super::sql::shadow::{create_shadow, shadow_index_name};
+use super::sql::shadow::shadow_index_name;
 use super::sql::{list, mapped_select, quote};
 use super::{Sqlite, sql};
 use crate::error::{Error, Result};
@@ -92,7 +92,7 @@ impl Sqlite {
     }
 
     pub(super) async fn preflight(&self, m: &Migration) -> Result<Vec<String>> {
-        let mut problems = crate::db::refuse_key_type_changes(m, "SQLite");
+        let mut problems = Vec::new();
         let t = &m.table;
         if m.schema.as_deref().is_some_and(|s| s != "main") {
             problems.push(format!(
@@ -104,19 +104,6 @@ impl Sqlite {
             if self.exists("table", name).await? {
                 problems.push(format!("a table {name:?} already exists; turnout needs that name for {t:?} (drop it, or roll back the migration that left it)"));
             }
-        }
-        let user_triggers: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1",
-        )
-        .bind(t)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::db("reading triggers", e))?;
-        if !user_triggers.is_empty() {
-            problems.push(format!(
-                "table {t:?} has triggers ({}); turnout would not carry them to the new table. Drop them for the migration and recreate them after",
-                user_triggers.join(", ")
-            ));
         }
         for idx in &m.after.indexes {
             let carried = m.before.indexes.iter().any(|b| b.name == idx.name);
@@ -167,22 +154,9 @@ impl Sqlite {
                 problems.push(format!("column {:?}: the reverse expression does not compile against the new shape: {}", mp.target, db_message(&e)));
             }
         }
-        // The whole shadow DDL, in a transaction that is always rolled back.
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| Error::db("preflight", e))?;
-        for stmt in create_shadow(m) {
-            if let Err(e) = sqlx::query(sql(stmt)).execute(&mut *tx).await {
-                problems.push(format!(
-                    "the new shape of {t:?} cannot be created: {}",
-                    db_message(&e)
-                ));
-                break;
-            }
-        }
-        tx.rollback().await.map_err(|e| Error::db("preflight", e))?;
+        let f = self.furniture(t).await?;
+        problems.extend(self.furniture_problems(m, &f).await?);
+        problems.extend(self.dry_run(m, &f).await?);
         Ok(problems)
     }
 }

@@ -1,11 +1,14 @@
 //! Cutover (the swap, in one `BEGIN IMMEDIATE` under the lock timeout), cleanup and
-//! rollback; trigger failures (none on SQLite) and the throttle query.
+//! rollback; trigger failures (none on SQLite) and the throttle query. Both swaps run on
+//! a connection in rename mode (foreign keys off, legacy renames: see [`super::furniture`])
+//! and move the application's triggers along inside the same transaction.
 
 use std::time::Duration;
 
 use sqlx::Row;
 
 use super::errors::is_busy;
+use super::furniture::{move_triggers, rename_mode, user_triggers};
 use super::sql::cutover::{drop_all_triggers, drop_shadow, swap, swap_back};
 use super::sql::triggers::triggers;
 use super::sql::{backfill::analyze_shadow, names, reverse};
@@ -34,11 +37,9 @@ impl Sqlite {
             .execute(&mut *conn)
             .await
             .map_err(ctx)?;
-        // Views that name the table must keep naming `<table>`, i.e. follow the new table.
-        sqlx::query("PRAGMA legacy_alter_table = ON")
-            .execute(&mut *conn)
-            .await
-            .map_err(ctx)?;
+        // Views, triggers and children's foreign keys that name the table must keep naming
+        // `<table>`, i.e. follow the new table.
+        rename_mode(&mut conn, true).await?;
         let outcome: Result<CutoverOutcome> = async {
             if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
                 if is_busy(&e) {
@@ -50,7 +51,8 @@ impl Sqlite {
                 self.exists("table", &m.old).await? && !self.exists("table", &m.shadow).await?;
             let mut stmts = Vec::new();
             if !swapped {
-                stmts.extend(swap(m, &n));
+                let user = user_triggers(&mut conn, m).await?;
+                stmts.extend(move_triggers(&user, swap(m, &n)));
             }
             stmts.extend(triggers(&reverse(m, &n)));
             for stmt in stmts {
@@ -71,9 +73,7 @@ impl Sqlite {
             Ok(CutoverOutcome::Swapped)
         }
         .await;
-        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF")
-            .execute(&mut *conn)
-            .await;
+        let _ = rename_mode(&mut conn, false).await;
         let _ = sqlx::query("PRAGMA busy_timeout = 10000")
             .execute(&mut *conn)
             .await;
@@ -104,10 +104,7 @@ impl Sqlite {
         let n = names(m);
         let ctx = |e| Error::db(format!("rollback of {}", m.table), e);
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
-        sqlx::query("PRAGMA legacy_alter_table = ON")
-            .execute(&mut *conn)
-            .await
-            .map_err(ctx)?;
+        rename_mode(&mut conn, true).await?;
         let result: Result<()> = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(ctx)?;
             let mut stmts = drop_all_triggers(m, &n);
@@ -119,7 +116,8 @@ impl Sqlite {
                         m.old, m.shadow, m.table
                     )));
                 }
-                stmts.extend(swap_back(m));
+                let user = user_triggers(&mut conn, m).await?;
+                stmts.extend(move_triggers(&user, swap_back(m)));
             }
             stmts.push(drop_shadow(m));
             for stmt in stmts {
@@ -137,9 +135,7 @@ impl Sqlite {
             Ok(())
         }
         .await;
-        let _ = sqlx::query("PRAGMA legacy_alter_table = OFF")
-            .execute(&mut *conn)
-            .await;
+        let _ = rename_mode(&mut conn, false).await;
         result
     }
 

@@ -16,6 +16,7 @@ mod backfill;
 mod catalog;
 mod cutover;
 mod errors;
+mod furniture;
 mod prepare;
 mod sql;
 mod state;

@@ -12,11 +12,12 @@ use crate::schema::Migration;
 
 impl Sqlite {
     pub(super) async fn prepare(&self, m: &Migration, save: &StateRow) -> Result<()> {
+        let furniture = self.furniture(&m.table).await?;
         let mut tx = self
             .begin_immediate()
             .await
             .map_err(|e| Error::db("prepare", e))?;
-        for stmt in create_shadow(m) {
+        for stmt in create_shadow(m, &furniture) {
             sqlx::query(sql(stmt))
                 .execute(&mut *tx)
                 .await

@@ -6,6 +6,8 @@
 
 pub(super) mod backfill;
 pub(super) mod cutover;
+pub(super) mod furniture;
+pub(super) mod keys;
 pub(super) mod shadow;
 pub(super) mod triggers;
 pub(super) mod verify;
@@ -41,6 +43,20 @@ pub(in crate::db::sqlite) fn names(m: &Migration) -> Names {
         rev_insert: format!("{base}_rev_ins"),
         rev_update: format!("{base}_rev_upd"),
         rev_delete: format!("{base}_rev_del"),
+    }
+}
+
+impl Names {
+    /// Every trigger turnout creates for the migration, to tell them from the user's.
+    pub(in crate::db::sqlite) fn own(&self) -> [&str; 6] {
+        [
+            &self.fwd_insert,
+            &self.fwd_update,
+            &self.fwd_delete,
+            &self.rev_insert,
+            &self.rev_update,
+            &self.rev_delete,
+        ]
     }
 }
 
@@ -217,7 +233,7 @@ pub(in crate::db::sqlite) fn preview(m: &Migration) -> Vec<PhaseSql> {
     vec![
         PhaseSql {
             phase: "prepare",
-            statements: shadow::create_shadow(m),
+            statements: shadow::create_shadow(m, &furniture::Furniture::default()),
         },
         PhaseSql {
             phase: "dual-write",
