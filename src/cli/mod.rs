@@ -119,11 +119,18 @@ pub enum Command {
         json: bool,
     },
     /// Ask the running migration (on any machine) to stop after the batch in hand and wait
-    Pause { plan: PathBuf },
+    Pause {
+        /// The plan file (YAML) of the running migration
+        plan: PathBuf,
+    },
     /// Let a paused migration carry on
-    Unpause { plan: PathBuf },
+    Unpause {
+        /// The plan file (YAML) of the paused migration
+        plan: PathBuf,
+    },
     /// Change the backfill's settings from the next batch, without stopping it
     Tune {
+        /// The plan file (YAML) of the migration to retune
         plan: PathBuf,
         /// Rows per batch, or `auto` (steered toward the target batch time)
         #[arg(long, value_parser = control::parse_batch_size)]

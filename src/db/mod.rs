@@ -347,19 +347,6 @@ macro_rules! with_backend {
     };
 }
 
-/// The refusal of every primary-key type change, for a database that cannot carry one.
-pub fn refuse_key_type_changes(m: &Migration, database: &str) -> Vec<String> {
-    m.key_type_changes()
-        .into_iter()
-        .map(|k| {
-            format!(
-                "primary key column {:?} of {:?}: changing its type from {} to {} is not supported on {database}",
-                k.column, m.table, k.from, k.to
-            )
-        })
-        .collect()
-}
-
 /// Renders a mapping source over a row whose columns are reached by `column`.
 pub fn render_source(
     mapped: &crate::schema::Mapped,

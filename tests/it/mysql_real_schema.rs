@@ -209,7 +209,7 @@ async fn mysql_widened_key_rolls_back_from_cut_over_with_its_view() {
     )
     .await;
     assert_eq!(same, "1");
-    ok(&db.turnout(&["rollback", plan], None), "rollback");
+    ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
     writer.wait_for(10).await;
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
@@ -231,7 +231,7 @@ async fn mysql_an_id_the_old_key_cannot_hold_is_recorded_and_rollback_asks_to_ac
     );
     db.exec("INSERT INTO items (id, qty, name) VALUES (3000000000, 1, 'big')")
         .await;
-    let refused = db.turnout(&["rollback", plan], None);
+    let refused = db.turnout(&["rollback", plan, "--yes"], None);
     assert!(!refused.status.success(), "{}", stdout(&refused));
     assert!(
         stderr(&refused).contains("--accept-loss"),
@@ -239,7 +239,7 @@ async fn mysql_an_id_the_old_key_cannot_hold_is_recorded_and_rollback_asks_to_ac
         stderr(&refused)
     );
     ok(
-        &db.turnout(&["rollback", plan, "--accept-loss"], None),
+        &db.turnout(&["rollback", plan, "--yes", "--accept-loss"], None),
         "rollback",
     );
     assert_eq!(key_type(&db).await, "int(11)");
@@ -352,7 +352,7 @@ async fn mysql_widened_key_survives_every_cutover_and_rollback_fault() {
                 "to cut_over",
             );
             writer.wait_for(10).await;
-            db.turnout(&["rollback", plan], Some(point))
+            db.turnout(&["rollback", plan, "--yes"], Some(point))
         } else {
             db.turnout(&["run", plan, "--yes"], Some(point))
         };
@@ -364,7 +364,7 @@ async fn mysql_widened_key_survives_every_cutover_and_rollback_fault() {
         );
         writer.wait_for(10).await;
         if is_rollback {
-            ok(&db.turnout(&["rollback", plan], None), point);
+            ok(&db.turnout(&["rollback", plan, "--yes"], None), point);
         } else {
             ok(&db.turnout(&["resume", plan, "--yes"], None), point);
         }

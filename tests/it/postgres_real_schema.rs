@@ -162,8 +162,8 @@ async fn postgres_widened_key_rolls_back_from_cut_over_and_refuses_what_would_be
     db.exec("INSERT INTO items (id, qty) VALUES (3000000000, 5)")
         .await;
     for args in [
-        vec!["rollback", plan],
-        vec!["rollback", plan, "--accept-loss"],
+        vec!["rollback", plan, "--yes"],
+        vec!["rollback", plan, "--yes", "--accept-loss"],
     ] {
         let refused = db.turnout(&args, None);
         assert!(!refused.status.success(), "{}", stdout(&refused));
@@ -174,13 +174,13 @@ async fn postgres_widened_key_rolls_back_from_cut_over_and_refuses_what_would_be
         );
     }
     assert!(
-        stderr(&db.turnout(&["rollback", plan, "--accept-loss"], None))
+        stderr(&db.turnout(&["rollback", plan, "--yes", "--accept-loss"], None))
             .contains("does not fit the old table's key type")
     );
     db.exec("DELETE FROM items WHERE id = 3000000000").await;
     writer.wait_for(10).await;
     ok(
-        &db.turnout(&["rollback", plan, "--accept-loss"], None),
+        &db.turnout(&["rollback", plan, "--yes", "--accept-loss"], None),
         "rollback",
     );
     writer.wait_for(10).await;
@@ -406,7 +406,7 @@ async fn postgres_children_point_back_at_the_old_table_after_rollback_at_every_f
         );
         writer.wait_for(20).await;
         if let Some(p) = point {
-            let killed = db.turnout(&["rollback", plan], Some(p));
+            let killed = db.turnout(&["rollback", plan, "--yes"], Some(p));
             assert!(
                 stderr(&killed).contains("fault injected"),
                 "{p}: {}",
@@ -415,7 +415,7 @@ async fn postgres_children_point_back_at_the_old_table_after_rollback_at_every_f
             writer.wait_for(10).await;
         }
         ok(
-            &db.turnout(&["rollback", plan], None),
+            &db.turnout(&["rollback", plan, "--yes"], None),
             &format!("rollback after {point:?}"),
         );
         writer.wait_for(10).await;
@@ -562,7 +562,7 @@ async fn postgres_the_tables_own_triggers_follow_it_and_come_back_at_rollback() 
                 .await;
             assert_ne!(stamped, untouched[..1]);
             untouched[0] = stamped[0].clone();
-            ok(&db.turnout(&["rollback", plan], None), "rollback");
+            ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
             writer.wait_for(10).await;
         }
         assert!(writer.stop().await.is_empty());
@@ -572,4 +572,70 @@ async fn postgres_the_tables_own_triggers_follow_it_and_come_back_at_rollback() 
         stamps_kept_and_triggers_fire(&db, &untouched).await;
         db.drop().await;
     }
+}
+
+/// Every privilege others hold on `items` and its columns, from the catalog.
+async fn grants(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT coalesce(pg_get_userbyid(NULLIF(a.grantee, 0))::text, 'PUBLIC'), a.privilege_type::text, \
+         NULL::text, a.is_grantable::text \
+         FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'items'::regclass AND a.grantee <> c.relowner \
+         UNION ALL \
+         SELECT coalesce(pg_get_userbyid(NULLIF(a.grantee, 0))::text, 'PUBLIC'), a.privilege_type::text, \
+         att.attname::text, a.is_grantable::text \
+         FROM pg_attribute att, aclexplode(att.attacl) a \
+         WHERE att.attrelid = 'items'::regclass AND att.attnum > 0 AND NOT att.attisdropped \
+         ORDER BY 1, 2, 3 NULLS FIRST",
+    )
+    .await
+}
+
+/// The application's role keeps its table and column privileges on the table it reaches
+/// after cutover, and finds them unchanged after a rollback from `cut_over`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_grants_follow_the_table_and_come_back_at_rollback() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed_serial(&db).await;
+    let role = format!("turnout_app_{:08x}", rand::random::<u32>());
+    db.exec(&format!(
+        "CREATE ROLE {role};\n\
+         GRANT SELECT, INSERT, DELETE ON items TO {role};\n\
+         GRANT UPDATE (qty, name) ON items TO {role} WITH GRANT OPTION;\n\
+         GRANT SELECT ON items TO PUBLIC"
+    ))
+    .await;
+    let before = grants(&db).await;
+    assert_eq!(before.len(), 6, "{before:?}");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 31);
+    writer.wait_for(10).await;
+
+    let plan = db.plan_file("plan.yaml", &widen_plan("items-grants"));
+    let plan = plan.to_str().expect("utf-8 path");
+    ok(
+        &db.turnout(&["run", plan, "--until", "cut_over", "--yes"], None),
+        "run to cut_over",
+    );
+    assert_eq!(grants(&db).await, before, "the new table's grants");
+    ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
+    assert_eq!(
+        grants(&db).await,
+        before,
+        "the old table's grants after rollback"
+    );
+
+    let again = db.plan_file("again.yaml", &widen_plan("items-grants-again"));
+    let again = again.to_str().expect("utf-8 path");
+    ok(&db.turnout(&["run", again, "--yes"], None), "run to done");
+    writer.wait_for(10).await;
+    assert!(writer.stop().await.is_empty());
+    assert_eq!(grants(&db).await, before, "the grants after done");
+    same_as_mirror(&db).await;
+    db.exec(&format!("REVOKE ALL ON items FROM {role}")).await;
+    db.drop().await;
+    let admin = sqlx::PgPool::connect(crate::harness::PG_ADMIN)
+        .await
+        .expect("admin");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&admin)
+        .await;
 }

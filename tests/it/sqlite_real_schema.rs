@@ -459,7 +459,7 @@ async fn sqlite_rollback_from_cut_over_restores_every_object() {
         "cutover",
     );
     writer.wait_for(20).await;
-    ok(&db.turnout(&["rollback", path], None), "rollback");
+    ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
     writer.wait_for(10).await;
     assert!(writer.stop().await.is_empty());
     parents.stop().await;
@@ -594,13 +594,13 @@ async fn sqlite_every_fault_point_with_foreign_keys_views_and_triggers() {
                 until,
             );
             writer.wait_for(5).await;
-            let out = db.turnout(&["rollback", path], Some(point));
+            let out = db.turnout(&["rollback", path, "--yes"], Some(point));
             assert!(
                 !out.status.success() && stderr(&out).contains("fault injected"),
                 "{point}: {}",
                 stderr(&out)
             );
-            ok(&db.turnout(&["rollback", path], None), point);
+            ok(&db.turnout(&["rollback", path, "--yes"], None), point);
             assert!(writer.stop().await.is_empty());
             mirror_is_exact(&db).await;
             furniture_works(&db).await;

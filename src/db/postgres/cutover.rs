@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::errors::{is_conflict, is_lock_timeout};
-use super::sql::{CutoverFacts, Gen, KeyType, RollbackFacts, qualified, quote};
+use super::sql::{CutoverFacts, Gen, Grant, KeyType, RollbackFacts, qualified, quote};
 use super::state::save_in;
 use super::{DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, Postgres, run_all, sql};
 use crate::db::{CutoverOutcome, StateRow};
@@ -287,6 +287,7 @@ impl Postgres {
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+        let grants = table_grants(&mut *conn, g).await?;
         Ok(CutoverFacts {
             pk_name,
             identities,
@@ -295,6 +296,7 @@ impl Postgres {
             children,
             parents,
             triggers,
+            grants,
         })
     }
 
@@ -428,4 +430,50 @@ impl Postgres {
             triggers,
         })
     }
+}
+
+/// The privileges others hold on the live table and its columns (the owner's excepted),
+/// each column named as in the new table; a column the plan drops takes its grants along.
+async fn table_grants(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+) -> std::result::Result<Vec<Grant>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
+         a.privilege_type::text, NULL::text, a.is_grantable \
+         FROM pg_class c, aclexplode(c.relacl) a \
+         WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner \
+         UNION ALL \
+         SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
+         a.privilege_type::text, att.attname::text, a.is_grantable \
+         FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 \
+         AND NOT att.attisdropped, aclexplode(att.attacl) a \
+         WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner \
+         ORDER BY 3 NULLS FIRST, 1 NULLS FIRST, 2",
+    )
+    .bind(g.live())
+    .fetch_all(&mut *conn)
+    .await?;
+    let carried = |old: &str| {
+        g.m.forward.iter().find_map(|mp| match &mp.source {
+            crate::schema::Source::Column(c) if c == old => Some(mp.target.clone()),
+            _ => None,
+        })
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let column: Option<String> = r.get(2);
+            let column = match column {
+                Some(old) => Some(carried(&old)?),
+                None => None,
+            };
+            Some(Grant {
+                grantee: r.get(0),
+                privilege: r.get(1),
+                column,
+                grantable: r.get(3),
+            })
+        })
+        .collect())
 }

@@ -28,6 +28,42 @@ pub(in crate::db::postgres) struct CutoverFacts {
     pub(in crate::db::postgres) parents: Vec<(ChildFk, String)>,
     /// The live table's own triggers: (name, `pg_get_triggerdef`), naming the table by name.
     pub(in crate::db::postgres) triggers: Vec<(String, String)>,
+    /// The live table's privileges granted to others, for the new table.
+    pub(in crate::db::postgres) grants: Vec<Grant>,
+}
+
+/// One privilege on the live table (or on one of its columns) held by a role other than
+/// the owner; the new table is turnout's own, so the owner's rights need no copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::db::postgres) struct Grant {
+    /// None: PUBLIC.
+    pub(in crate::db::postgres) grantee: Option<String>,
+    /// `SELECT`, `INSERT`, … as `aclexplode` names it.
+    pub(in crate::db::postgres) privilege: String,
+    /// The new table's column, for a column privilege.
+    pub(in crate::db::postgres) column: Option<String>,
+    pub(in crate::db::postgres) grantable: bool,
+}
+
+impl Grant {
+    fn sql(&self, table: &str) -> String {
+        format!(
+            "GRANT {}{} ON TABLE {table} TO {}{}",
+            self.privilege,
+            self.column
+                .as_deref()
+                .map(|c| format!(" ({})", quote(c)))
+                .unwrap_or_default(),
+            self.grantee
+                .as_deref()
+                .map_or_else(|| "PUBLIC".to_string(), quote),
+            if self.grantable {
+                " WITH GRANT OPTION"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 /// Facts read from the catalog inside a rollback after cutover.
@@ -135,6 +171,9 @@ impl<'a> Gen<'a> {
                 quote(name)
             ));
         }
+        // The application's roles keep their rights on the table they now reach; the old
+        // table keeps its own grants untouched, which is all a rollback needs.
+        out.extend(f.grants.iter().map(|g| g.sql(&self.live())));
         out.extend(self.dual_write(&self.reverse()));
         out
     }
@@ -243,8 +282,29 @@ mod tests {
             children: vec![],
             parents: vec![],
             triggers: vec![],
+            grants: vec![
+                Grant {
+                    grantee: Some("app \"ro\"".into()),
+                    privilege: "SELECT".into(),
+                    column: None,
+                    grantable: false,
+                },
+                Grant {
+                    grantee: None,
+                    privilege: "UPDATE".into(),
+                    column: Some("note".into()),
+                    grantable: true,
+                },
+            ],
         };
         let stmts = g.cutover(&facts);
+        assert!(stmts.contains(
+            &"GRANT SELECT ON TABLE \"sales\".\"orders\" TO \"app \"\"ro\"\"\"".to_string()
+        ));
+        assert!(stmts.contains(
+            &"GRANT UPDATE (\"note\") ON TABLE \"sales\".\"orders\" TO PUBLIC WITH GRANT OPTION"
+                .to_string()
+        ));
         let n = &g.n.base;
         assert_eq!(
             stmts[0],

@@ -20,7 +20,7 @@ mod triggers;
 mod verify;
 
 pub(super) use children::ChildFk;
-pub(super) use cutover::{CutoverFacts, RollbackFacts};
+pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
 
 use crate::db::PhaseSql;
@@ -338,6 +338,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
         children: Vec::new(),
         parents: Vec::new(),
         triggers: Vec::new(),
+        grants: Vec::new(),
     };
     let mut cutover = vec![
         format!("ANALYZE {}", g.shadow()),
