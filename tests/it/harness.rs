@@ -142,6 +142,19 @@ impl TestDb {
     }
 
     /// `CAST(expr AS text)` in this dialect.
+    /// The first column of the first row a query returns, as text ("" for NULL).
+    pub async fn one(&self, sql: &str) -> String {
+        self.rows(sql).await[0][0].clone().unwrap_or_default()
+    }
+
+    /// The error a statement fails with (it must fail).
+    pub async fn exec_err(&self, sql: &str) -> String {
+        match self.pool.exec(sql, &[]).await {
+            Ok(_) => panic!("{sql} succeeded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     pub fn text(&self, expr: &str) -> String {
         match self.kind {
             Kind::MySql => format!("CAST({expr} AS CHAR)"),

@@ -53,16 +53,12 @@ cutover:
     )
 }
 
-async fn one(db: &TestDb, sql: &str) -> String {
-    db.rows(sql).await[0][0].clone().unwrap_or_default()
-}
-
 async fn key_type(db: &TestDb) -> String {
-    one(db, "SELECT CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'items' AND COLUMN_NAME = 'id'").await
+    db.one("SELECT CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'items' AND COLUMN_NAME = 'id'").await
 }
 
 async fn view_key_type(db: &TestDb) -> String {
-    one(db, "SELECT CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'tagged' AND COLUMN_NAME = 'id'").await
+    db.one("SELECT CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'tagged' AND COLUMN_NAME = 'id'").await
 }
 
 /// The table's rows against the mirror, and the view against a query over the table.
@@ -153,19 +149,18 @@ async fn mysql_int_key_widened_to_bigint_under_writes_with_a_kill_and_resume() {
     assert_eq!(key_type(&db).await, "bigint(20)");
     assert_eq!(grants(&db, &user).await, before_grants, "grants changed");
     // Above 2^31, explicitly and from AUTO_INCREMENT, which carries on above every id.
-    let max: i64 = one(&db, "SELECT CAST(MAX(id) AS CHAR) FROM items")
+    let max: i64 = db
+        .one("SELECT CAST(MAX(id) AS CHAR) FROM items")
         .await
         .parse()
         .expect("max id");
     db.exec("INSERT INTO items (qty, name) VALUES (1, 'next')")
         .await;
-    let next_by_name: i64 = one(
-        &db,
-        "SELECT CAST(id AS CHAR) FROM items WHERE name = 'next'",
-    )
-    .await
-    .parse()
-    .expect("id");
+    let next_by_name: i64 = db
+        .one("SELECT CAST(id AS CHAR) FROM items WHERE name = 'next'")
+        .await
+        .parse()
+        .expect("id");
     assert!(
         next_by_name > max,
         "AUTO_INCREMENT gave {next_by_name}, max was {max}"
@@ -174,13 +169,11 @@ async fn mysql_int_key_widened_to_bigint_under_writes_with_a_kill_and_resume() {
         .await;
     db.exec("INSERT INTO items (qty, name) VALUES (1, 'bigger')")
         .await;
-    let bigger: i64 = one(
-        &db,
-        "SELECT CAST(id AS CHAR) FROM items WHERE name = 'bigger'",
-    )
-    .await
-    .parse()
-    .expect("id");
+    let bigger: i64 = db
+        .one("SELECT CAST(id AS CHAR) FROM items WHERE name = 'bigger'")
+        .await
+        .parse()
+        .expect("id");
     assert_eq!(bigger, 3000000001);
     db.exec(&format!("DROP USER '{user}'@'localhost'")).await;
     db.drop().await;
@@ -203,9 +196,7 @@ async fn mysql_widened_key_rolls_back_from_cut_over_with_its_view() {
     // The view reads the new table now (its column has the new type), and in one
     // statement (one read view) it returns what a query over the table returns.
     assert_eq!(view_key_type(&db).await, "bigint(20)");
-    let same = one(
-        &db,
-        "SELECT CAST((SELECT COUNT(*) FROM tagged) = (SELECT COUNT(*) FROM items WHERE tag IS NOT NULL) AS CHAR)",
+    let same = db.one("SELECT CAST((SELECT COUNT(*) FROM tagged) = (SELECT COUNT(*) FROM items WHERE tag IS NOT NULL) AS CHAR)",
     )
     .await;
     assert_eq!(same, "1");
@@ -244,11 +235,8 @@ async fn mysql_an_id_the_old_key_cannot_hold_is_recorded_and_rollback_asks_to_ac
     );
     assert_eq!(key_type(&db).await, "int(11)");
     assert_eq!(
-        one(
-            &db,
-            "SELECT CAST(COUNT(*) AS CHAR) FROM items WHERE name = 'big'"
-        )
-        .await,
+        db.one("SELECT CAST(COUNT(*) AS CHAR) FROM items WHERE name = 'big'")
+            .await,
         "0"
     );
     db.drop().await;

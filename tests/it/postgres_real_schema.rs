@@ -50,24 +50,6 @@ cutover:
     )
 }
 
-trait ExecErr {
-    async fn exec_err(&self, sql: &str) -> String;
-}
-
-impl ExecErr for TestDb {
-    /// The error a statement fails with (it must fail).
-    async fn exec_err(&self, sql: &str) -> String {
-        match self.pool.exec(sql, &[]).await {
-            Ok(_) => panic!("{sql} succeeded"),
-            Err(e) => e.to_string(),
-        }
-    }
-}
-
-async fn one(db: &TestDb, sql: &str) -> String {
-    db.rows(sql).await[0][0].clone().unwrap_or_default()
-}
-
 async fn same_as_mirror(db: &TestDb) {
     let q = |t: &str| format!("SELECT id::text, qty::text, tag::text FROM {t} ORDER BY id");
     let (live, mirror) = (db.rows(&q("items")).await, db.rows(&q("mirror")).await);
@@ -82,14 +64,10 @@ async fn same_as_mirror(db: &TestDb) {
 
 async fn key_and_sequence_types(db: &TestDb) -> (String, String) {
     (
-        one(
-            db,
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'id'",
+        db.one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'id'",
         )
         .await,
-        one(
-            db,
-            "SELECT format_type(seqtypid, NULL) FROM pg_sequence WHERE seqrelid = pg_get_serial_sequence('items', 'id')::regclass",
+        db.one("SELECT format_type(seqtypid, NULL) FROM pg_sequence WHERE seqrelid = pg_get_serial_sequence('items', 'id')::regclass",
         )
         .await,
     )
@@ -128,12 +106,10 @@ async fn postgres_int_key_widens_to_bigint_killed_in_cutover_and_resumed() {
     db.exec("SELECT setval('items_id_seq', 2147483647)").await;
     db.exec("INSERT INTO items (qty) VALUES (1), (2)").await;
     assert_eq!(
-        one(&db, "SELECT max(id)::text FROM items").await,
+        db.one("SELECT max(id)::text FROM items").await,
         "2147483649"
     );
-    let owner = one(
-        &db,
-        "SELECT d.refobjid::regclass::text FROM pg_depend d WHERE d.objid = 'items_id_seq'::regclass AND d.deptype = 'a'",
+    let owner = db.one("SELECT d.refobjid::regclass::text FROM pg_depend d WHERE d.objid = 'items_id_seq'::regclass AND d.deptype = 'a'",
     )
     .await;
     assert_eq!(owner, "items");
@@ -254,9 +230,7 @@ async fn references(db: &TestDb) -> Vec<Vec<Option<String>>> {
 /// Every child row references an item that exists, and the cascades kept pace.
 async fn children_consistent(db: &TestDb) {
     for (child, nullable) in [("lines", false), ("notes", true), ("audits", false)] {
-        let orphans = one(
-            db,
-            &format!(
+        let orphans = db.one(&format!(
                 "SELECT count(*)::text FROM {child} c WHERE c.item_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM items i WHERE i.id = c.item_id)"
             ),
         )
@@ -264,21 +238,20 @@ async fn children_consistent(db: &TestDb) {
         assert_eq!(orphans, "0", "{child} has rows whose item is gone");
         if !nullable {
             assert_eq!(
-                one(
-                    db,
-                    &format!("SELECT count(*)::text FROM {child} WHERE item_id IS NULL")
-                )
+                db.one(&format!(
+                    "SELECT count(*)::text FROM {child} WHERE item_id IS NULL"
+                ))
                 .await,
                 "0"
             );
         }
     }
-    let nulled = one(db, "SELECT count(*)::text FROM notes WHERE item_id IS NULL").await;
-    let deleted = one(
-        db,
-        "SELECT (300 - count(*))::text FROM notes n WHERE n.item_id IS NOT NULL",
-    )
-    .await;
+    let nulled = db
+        .one("SELECT count(*)::text FROM notes WHERE item_id IS NULL")
+        .await;
+    let deleted = db
+        .one("SELECT (300 - count(*))::text FROM notes n WHERE n.item_id IS NOT NULL")
+        .await;
     assert_eq!(
         nulled, deleted,
         "a note lost its row instead of its reference"
@@ -290,10 +263,9 @@ async fn delete_category(db: &TestDb, id: i64) {
     db.exec(&format!("DELETE FROM categories WHERE id = {id}"))
         .await;
     assert_eq!(
-        one(
-            db,
-            &format!("SELECT count(*)::text FROM items WHERE category_id = {id}")
-        )
+        db.one(&format!(
+            "SELECT count(*)::text FROM items WHERE category_id = {id}"
+        ))
         .await,
         "0"
     );
@@ -374,11 +346,8 @@ async fn postgres_referenced_key_widens_with_three_children_under_the_writer() {
     .await;
     db.exec("DELETE FROM items WHERE id = 3000000001").await;
     assert_eq!(
-        one(
-            &db,
-            "SELECT count(*)::text FROM audits WHERE item_id = 3000000001"
-        )
-        .await,
+        db.one("SELECT count(*)::text FROM audits WHERE item_id = 3000000001")
+            .await,
         "0"
     );
     db.drop().await;
@@ -424,11 +393,8 @@ async fn postgres_children_point_back_at_the_old_table_after_rollback_at_every_f
         assert_eq!(references(&db).await, before, "after rollback ({point:?})");
         children_consistent(&db).await;
         assert_eq!(
-            one(
-                &db,
-                "SELECT count(*)::text FROM pg_class WHERE relname LIKE '\\_items\\_%'"
-            )
-            .await,
+            db.one("SELECT count(*)::text FROM pg_class WHERE relname LIKE '\\_items\\_%'")
+                .await,
             "0"
         );
         db.drop().await;
@@ -505,19 +471,16 @@ async fn stamps_kept_and_triggers_fire(db: &TestDb, untouched: &[Vec<Option<Stri
         ))
         .await;
     assert_eq!(now, untouched, "a copy restamped rows no one updated");
-    let logged = one(db, "SELECT count(*)::text FROM item_log").await;
+    let logged = db.one("SELECT count(*)::text FROM item_log").await;
     db.exec("INSERT INTO items (id, qty) VALUES (1999999990, 1);\nUPDATE items SET qty = 2 WHERE id = 1999999990")
         .await;
     assert_ne!(
-        one(
-            db,
-            "SELECT last_update::text FROM items WHERE id = 1999999990"
-        )
-        .await,
+        db.one("SELECT last_update::text FROM items WHERE id = 1999999990")
+            .await,
         "2000-01-01 00:00:00+00"
     );
     assert_eq!(
-        one(db, "SELECT (count(*) - 1)::text FROM item_log").await,
+        db.one("SELECT (count(*) - 1)::text FROM item_log").await,
         logged,
         "the AFTER INSERT trigger did not fire once"
     );
