@@ -60,7 +60,12 @@ pub fn rows_per_sec(rate: f64) -> String {
     } else {
         0
     };
-    format!("{} rows/s", indicatif::HumanCount(whole))
+    format!("{} rows/s", thousands(whole))
+}
+
+/// A count with thousands separators, as the bars print theirs: `1,048,576`.
+pub fn thousands(n: u64) -> String {
+    indicatif::HumanCount(n).to_string()
 }
 
 impl Observer for Progress {

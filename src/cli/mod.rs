@@ -160,6 +160,7 @@ pub enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    exit_quietly_on_a_closed_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -205,6 +206,26 @@ pub fn main() -> ExitCode {
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
+}
+
+/// `turnout status | head -1`: once the reader has gone, printing fails with a broken
+/// pipe, which `println!` turns into a panic. Exit as a program stopped by a closed pipe
+/// does (quietly, status 141 = 128 + SIGPIPE) instead of printing a panic at the user;
+/// every other panic still reaches the default hook.
+fn exit_quietly_on_a_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn database_url(cli_url: &Option<String>) -> Result<&str> {

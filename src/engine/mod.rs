@@ -5,6 +5,7 @@
 //! `resume` (or `rollback`) can carry on from.
 
 pub mod control;
+pub mod diff;
 pub mod dir;
 pub mod state;
 
@@ -21,6 +22,7 @@ use crate::fault;
 use crate::plan::{BatchSize, Plan, VerifyMode};
 use crate::schema::Migration;
 use control::{Gate, InForce};
+pub use diff::render_diff;
 pub use state::{Phase, State};
 
 /// What the engine tells whoever watches it (progress bars, the demo, nobody in tests).
@@ -389,10 +391,7 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         / started.elapsed().as_secs_f64().max(0.001);
     let mut next = st.entered(
         Phase::Backfilled,
-        format!(
-            "copied {} rows in {} batches ({rate:.0} rows/s)",
-            st.backfill.rows_copied, st.backfill.batches
-        ),
+        backfill_summary(st.backfill.rows_copied, st.backfill.batches, rate),
     );
     next.backfill.finished_at = Some(chrono::Utc::now());
     b.save_state(&next.to_row()).await?;
@@ -420,39 +419,15 @@ async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &mut State) -> Result<V
     Ok(report)
 }
 
-/// A unified diff of the expected (mapped live) row image and the shadow's.
-pub fn render_diff(d: &RowDiff) -> String {
-    let pretty = |img: &Option<String>| match img {
-        Some(json) => {
-            serde_json::from_str::<serde_json::Value>(json)
-                .and_then(|v| serde_json::to_string_pretty(&v))
-                .unwrap_or_else(|_| json.clone())
-                + "\n"
-        }
-        None => String::new(),
-    };
-    let (left, right) = (pretty(&d.expected), pretty(&d.shadow));
-    let diff = similar::TextDiff::from_lines(&left, &right);
-    // Backends render keys as a JSON array or as values joined by ", "; show one form.
-    let key = if d.key.starts_with('[') {
-        d.key.clone()
-    } else {
-        format!("[{}]", d.key)
-    };
-    let mut out = format!("row with key {key}");
-    match (&d.expected, &d.shadow) {
-        (Some(_), None) => out.push_str(" is missing from the shadow table\n"),
-        (None, Some(_)) => out.push_str(" is in the shadow table but not in the live table\n"),
-        _ => out.push_str(" differs\n"),
-    }
-    out.push_str(
-        &diff
-            .unified_diff()
-            .context_radius(1)
-            .header("expected (live, mapped)", "shadow")
-            .to_string(),
-    );
-    out
+/// The backfill's line in the phase summary and the event history, its figures printed
+/// as the progress bars print theirs.
+fn backfill_summary(rows: u64, batches: u64, rate: f64) -> String {
+    format!(
+        "copied {} rows in {} batches ({})",
+        crate::progress::thousands(rows),
+        crate::progress::thousands(batches),
+        crate::progress::rows_per_sec(rate)
+    )
 }
 
 /// The failures the triggers recorded, as the tail of a verification message.
@@ -776,6 +751,14 @@ mod tests {
         assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
         let late = cutover_backoff(d, 30);
         assert!(late >= Duration::from_millis(600) && late <= Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn the_backfill_summary_prints_rates_as_the_bars_do() {
+        assert_eq!(
+            backfill_summary(1_048_576, 1_024, 138_201.507_8),
+            "copied 1,048,576 rows in 1,024 batches (138,201 rows/s)"
+        );
     }
 
     #[test]

@@ -11,11 +11,16 @@ mod faults;
 mod harness;
 mod mysql_real_schema;
 mod names;
+mod output;
 mod postgres_real_schema;
 mod random_plans;
 mod scenarios;
 mod security;
 mod sqlite_real_schema;
+mod types_matrix;
+mod types_mysql;
+mod types_postgres;
+mod types_sqlite;
 
 /// Runs each scenario once per database, as ripgrep's `rgtest!` runs a test per engine.
 macro_rules! scenarios {

@@ -6,6 +6,12 @@ use super::{cast, key_json, list, literal, quote, range};
 use crate::db::render_source;
 use crate::schema::Migration;
 
+/// A value as `json_object` can hold it: JSON has no bytes, so a BLOB (in any column,
+/// SQLite's typing being the value's own) is shown as its SQL literal, `x'00FF'`.
+fn json_value(v: &str) -> String {
+    format!("CASE WHEN typeof({v}) = 'blob' THEN 'x''' || hex({v}) || '''' ELSE {v} END")
+}
+
 /// The statements of one verify, built once from the migration.
 pub(in crate::db::sqlite) struct ChunkSql<'a> {
     m: &'a Migration,
@@ -124,7 +130,7 @@ impl<'a> ChunkSql<'a> {
         sorted.sort();
         let parts = sorted
             .iter()
-            .map(|c| format!("{}, {side}.{}", literal(c), quote(c)))
+            .map(|c| format!("{}, {}", literal(c), json_value(&format!("{side}.{}", quote(c)))))
             .collect::<Vec<_>>()
             .join(", ");
         format!("CASE WHEN {side}.{k0} IS NULL THEN NULL ELSE json_object({parts}) END")
