@@ -92,7 +92,8 @@ fn shorten(raw: &str, other: Option<&str>) -> String {
     let mine: Vec<char> = text(raw).chars().collect();
     let head: String = mine.iter().take(HEAD).collect();
     let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| s.to_string());
-    let mut out = format!("{}… ({} chars", quoted(&head), mine.len());
+    let length = crate::progress::thousands(mine.len() as u64);
+    let mut out = format!("{}… ({length} chars", quoted(&head));
     if let Some(theirs) = other.map(|o| text(o).chars().collect::<Vec<char>>()) {
         let parted = mine
             .iter()

@@ -77,7 +77,8 @@ fn matrix(create: &str) -> Matrix {
         tamper: vec![
             "UPDATE _kinds_new SET b = x'DEADBEEF00' WHERE id = 1000001".into(),
             "UPDATE _kinds_new SET t = substr(t, 1, 4000) || 'Y' || substr(t, 4002) WHERE id = 900008".into(),
-            "UPDATE _kinds_new SET i = CAST(i AS TEXT) WHERE id = 900002".into(),
+            // Same digits, another storage class: text where the live row has an integer.
+            "UPDATE _kinds_new SET u = '1' WHERE id = 900002".into(),
         ],
         tampered_shows: vec![
             "row with key [1000001] differs".into(),
@@ -86,12 +87,13 @@ fn matrix(create: &str) -> Matrix {
             "row with key [900008] differs".into(),
             "(6,000 chars; from char 3,980:".into(),
             "row with key [900002] differs".into(),
-            "\"9007199254740993\"".into(),
+            "+  \"u\": \"1\"".into(),
+            "-  \"u\": 1".into(),
         ],
         untamper: vec![
             "UPDATE _kinds_new SET b = x'00010203' WHERE id = 1000001".into(),
             "UPDATE _kinds_new SET t = (SELECT t FROM kinds WHERE id = 900008) WHERE id = 900008".into(),
-            "UPDATE _kinds_new SET i = 9007199254740993 WHERE id = 900002".into(),
+            "UPDATE _kinds_new SET u = 1 WHERE id = 900002".into(),
         ],
     }
 }
