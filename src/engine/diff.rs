@@ -72,7 +72,10 @@ fn lines(image: Option<&Image<'_>>, other: Option<&Image<'_>>) -> String {
             let mut out = String::from("{\n");
             for (name, value) in f {
                 let shown = serde_json::to_string(name).unwrap_or_else(|_| name.clone());
-                out.push_str(&format!("  {shown}: {}\n", shorten(value, other_value(name))));
+                out.push_str(&format!(
+                    "  {shown}: {}\n",
+                    shorten(value, other_value(name))
+                ));
             }
             out.push_str("}\n");
             out
@@ -182,7 +185,10 @@ mod tests {
             Some(&format!(r#"{{"doc": "{tampered}"}}"#)),
         );
         assert!(out.len() < 1000, "{out}");
-        assert!(out.contains("(1,000,000 chars; from char 499,980:"), "{out}");
+        assert!(
+            out.contains("(1,000,000 chars; from char 499,980:"),
+            "{out}"
+        );
         assert!(out.contains('Y'), "{out}");
     }
 
@@ -194,13 +200,19 @@ mod tests {
         assert!(out.contains("   \"doc\": \"ééé"), "{out}");
         assert!(out.contains("(500 chars)"), "{out}");
         let missing = diff(Some(r#"{"a": 1}"#), None);
-        assert!(missing.contains("is missing from the shadow table"), "{missing}");
+        assert!(
+            missing.contains("is missing from the shadow table"),
+            "{missing}"
+        );
         assert!(missing.contains("-  \"a\": 1"), "{missing}");
     }
 
     #[test]
     fn an_image_that_is_not_an_object_is_shown_as_it_is() {
         let out = diff(Some("not json"), Some("[1, 2]"));
-        assert!(out.contains("-not json") && out.contains("+[1, 2]"), "{out}");
+        assert!(
+            out.contains("-not json") && out.contains("+[1, 2]"),
+            "{out}"
+        );
     }
 }

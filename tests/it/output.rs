@@ -79,6 +79,9 @@ async fn the_phase_summary_prints_counts_and_rates_with_separators() {
         .map(|c| std::str::from_utf8(c).expect("digits"))
         .collect::<Vec<_>>()
         .join(",");
-    assert_eq!(rate, grouped, "the rate is not whole rows grouped by thousands");
+    assert_eq!(
+        rate, grouped,
+        "the rate is not whole rows grouped by thousands"
+    );
     db.drop().await;
 }

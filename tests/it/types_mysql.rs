@@ -53,10 +53,7 @@ const EDGE: &str = "INSERT INTO kinds VALUES
  (4, 4, 4, b'1', 0, 'b', 'x,y,z', '{\"k\": \"v\", \"n\": null}', x'00', x'000000', x'00', x'00', ' ', 'trailing  ', 'x', 'y', x'00000000', x'0000', '9999-12-31 23:59:59.999999', FROM_UNIXTIME(2147483647.999999), 0.1, 0.1, 0.000000000000000000000000000001, 127, 32767, 8388607, 2147483647, 9223372036854775808, ST_GeomFromText('POLYGON((0 0, 1 0, 1 1, 0 0))'), '🦀')";
 
 fn matrix() -> Matrix {
-    let typed: Vec<String> = COLS
-        .iter()
-        .map(|c| format!("CAST({c} AS CHAR)"))
-        .collect();
+    let typed: Vec<String> = COLS.iter().map(|c| format!("CAST({c} AS CHAR)")).collect();
     Matrix {
         create: CREATE.into(),
         seed: vec![
@@ -77,9 +74,11 @@ backfill: {batch_size: 40}
         during_dual_write: vec![
             // Written by an application in Tokyo: TIMESTAMP keeps the instant.
             "SET time_zone = '+09:00';\nINSERT INTO {t} (id, qty, bt, yr, en, st, js, lb, lt, bn, vbn, dt, ts, fl, db, de, bi, g, emo) VALUES (1000001, 1, b'1010101010', 1999, 'c d', 'y,z', '{\"z\":1,  \"a\":2}', REPEAT(x'00', 200000), REPEAT('y', 1048576), x'00', x'6100', '2024-03-10 02:30:00.000001', '2024-03-10 02:30:00.000001', -0e0, 2.2250738585072014e-308, 99999999999999999999999999999999999.999999999999999999999999999999, 18446744073709551615, ST_GeomFromText('POINT(-1.5 2.25)'), '👩‍👩‍👧');\nSET time_zone = DEFAULT".into(),
-            "UPDATE {t} SET bn = x'00000001', vbn = x'00000000', st = 'x', js = '  {\"spaced\" : true}  ', yr = 2000 WHERE id = 900004".into(),
             "UPDATE {t} SET id = 1000003 WHERE id = 900001".into(),
             "DELETE FROM {t} WHERE id = 900002".into(),
+        ],
+        after_backfill: vec![
+            "UPDATE {t} SET bn = x'00000001', vbn = x'00000000', st = 'x', js = '  {\"spaced\" : true}  ', yr = 2000 WHERE id = 900004".into(),
         ],
         after_cutover: vec![
             "SET time_zone = '-07:00';\nINSERT INTO {t} (id, qty, ts, tb, mt, ii, si) VALUES (1000004, 4, '1970-01-01 00:00:01', x'ff00', REPEAT('ü', 70000), 4294967295, 65535);\nSET time_zone = DEFAULT".into(),
@@ -142,6 +141,10 @@ backfill: {batch_size: 25}
             "INSERT INTO {t} (k, id, qty, v) VALUES ('APPLE!', 1000001, 1, x'00000000')".into(),
             "UPDATE {t} SET k = 'CHERRY COPY' WHERE id = 900003".into(),
             "UPDATE {t} SET k = 'APPLE COPY', v = x'02' WHERE id = 900001".into(),
+        ],
+        after_backfill: vec![
+            "UPDATE {t} SET k = 'éBÈNE COPY' WHERE id = 900004".into(),
+            "UPDATE {t} SET k = 'Apple!' WHERE id = 1000001".into(),
         ],
         after_cutover: vec![
             "UPDATE {t} SET k = 'banana copy' WHERE id = 900002".into(),

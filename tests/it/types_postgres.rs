@@ -81,9 +81,11 @@ backfill: {batch_size: 40}
         .into(),
         during_dual_write: vec![
             "INSERT INTO {t} (id, qty, by, js, jb, arr, f4, f8, num, num40, ts, tstz, big, x, rng, comp, e) VALUES (1000001, 1, '\\x0001020300'::bytea, '{\"z\":1,  \"a\":2}', '{\"z\": 1, \"a\": 2}', '{{NULL,NULL},{NULL,5}}', '-0', 'NaN', 'NaN', 9999999999999999999999999999999999999999.99999, 'infinity', '-infinity', repeat('y', 1048576), '<b/>', 'empty', ROW(3, 'z'), 'ok')".into(),
-            "UPDATE {t} SET by = '\\xdeadbeef'::bytea, jb = '{\"b\": [1, {\"a\": null}]}', f8 = '-Infinity', iv = '-1 day' WHERE id = 900003".into(),
             "UPDATE {t} SET id = 1000003 WHERE id = 900004".into(),
             "DELETE FROM {t} WHERE id = 900002".into(),
+        ],
+        after_backfill: vec![
+            "UPDATE {t} SET by = '\\xdeadbeef'::bytea, jb = '{\"b\": [1, {\"a\": null}]}', f8 = '-Infinity', iv = '-1 day' WHERE id = 900003".into(),
         ],
         after_cutover: vec![
             "INSERT INTO {t} (id, qty, by, tarr, mon, tmtz, bits, vb, tsv, trng, txt) VALUES (1000004, 4, '\\x00'::bytea, '{NULL}', '0.01', '01:02:03.456789-01', '00000001', '0101', 'late:1', '(2024-01-01 00:00+00,)', '🦀 late')".into(),

@@ -62,9 +62,12 @@ fn matrix(create: &str) -> Matrix {
         during_dual_write: vec![
             "INSERT INTO {t} (id, qty, i, r, t, b, n, u) VALUES (1000001, 1, 'text again', -0.0, x'0000', x'00010203', '007', x'')".into(),
             "INSERT INTO {t} (id, qty, i, t, b, d) VALUES (1000002, 2, 9007199254740993, '😀 emoji', zeroblob(3), 1e999)".into(),
-            "UPDATE {t} SET t = x'feff', i = 'now text', b = NULL WHERE id = 900003".into(),
             "UPDATE {t} SET id = 1000003 WHERE id = 900004".into(),
             "DELETE FROM {t} WHERE id = 900005".into(),
+        ],
+        after_backfill: vec![
+            "UPDATE {t} SET t = x'feff', i = 'now text', b = NULL WHERE id = 900003".into(),
+            "UPDATE {t} SET id = 1000006, r = -0.0, n = 'x' WHERE id = 900007".into(),
         ],
         after_cutover: vec![
             "INSERT INTO {t} (id, qty, i, r, t, b) VALUES (1000004, 4, 'late text', 1e999, x'00', x'ff00')".into(),

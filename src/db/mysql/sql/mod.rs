@@ -516,7 +516,7 @@ mod tests {
         );
         assert!(fwd[0].contains("IF turnout_gate = 'f' THEN"));
         assert!(
-            fwd[1].contains("IF NOT (OLD.`id` <=> NEW.`id`) THEN DELETE FROM `db`.`_t_new` WHERE `id` = OLD.`id`; END IF"),
+            fwd[1].contains("IF NOT (CAST(OLD.`id` AS BINARY) <=> CAST(NEW.`id` AS BINARY)) THEN DELETE FROM `db`.`_t_new` WHERE `id` = OLD.`id`; END IF"),
             "{}",
             fwd[1]
         );

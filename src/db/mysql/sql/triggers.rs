@@ -43,10 +43,17 @@ impl<'a> Gen<'a> {
             .join(" AND ")
     }
 
+    /// Byte for byte: under a case-insensitive collation 'a' → 'A' changes no key to `=`,
+    /// but the row must be re-keyed on the other side (the upsert keeps the old spelling).
     fn key_changed(key: &[&str]) -> String {
         let same: Vec<String> = key
             .iter()
-            .map(|k| format!("OLD.{q} <=> NEW.{q}", q = quote(k)))
+            .map(|k| {
+                format!(
+                    "CAST(OLD.{q} AS BINARY) <=> CAST(NEW.{q} AS BINARY)",
+                    q = quote(k)
+                )
+            })
             .collect();
         format!("NOT ({})", same.join(" AND "))
     }

@@ -130,7 +130,13 @@ impl<'a> ChunkSql<'a> {
         sorted.sort();
         let parts = sorted
             .iter()
-            .map(|c| format!("{}, {}", literal(c), json_value(&format!("{side}.{}", quote(c)))))
+            .map(|c| {
+                format!(
+                    "{}, {}",
+                    literal(c),
+                    json_value(&format!("{side}.{}", quote(c)))
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         format!("CASE WHEN {side}.{k0} IS NULL THEN NULL ELSE json_object({parts}) END")
