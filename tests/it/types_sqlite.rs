@@ -130,3 +130,47 @@ async fn sqlite_a_strict_without_rowid_table_migrates_verifies_and_rolls_back() 
         .into();
     every_type_migrates_verifies_and_rolls_back(Kind::Sqlite, m).await;
 }
+
+/// A key that is bytes cannot travel between batches (the cursor is JSON): `check` and
+/// `run` refuse it by column and type, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_key_of_bytes_is_refused_by_check() {
+    use crate::harness::{TestDb, stderr, stdout};
+    for (create, words) in [
+        (
+            "CREATE TABLE t (k BLOB PRIMARY KEY, v TEXT);
+INSERT INTO t VALUES ('text', 'a'), (2, 'b')",
+            &["key column \"k\"", "type BLOB"][..],
+        ),
+        (
+            "CREATE TABLE t (k, v TEXT, PRIMARY KEY (k))",
+            &["key column \"k\"", "no type"][..],
+        ),
+        (
+            "CREATE TABLE t (a INTEGER, k TEXT, v TEXT, PRIMARY KEY (a, k));
+INSERT INTO t VALUES (1, 'text', 'a'), (1, x'00ff', 'b')",
+            &["key column \"k\"", "type TEXT", "holds BLOB values"][..],
+        ),
+    ] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        db.exec(create).await;
+        let plan = db.plan_file(
+            "bytes.yaml",
+            "version: 1\nname: bytes-key\ntable: t\nchanges:\n  - add_column: {name: n, type: TEXT, from: v}\n",
+        );
+        let plan = plan.to_str().expect("utf-8 path");
+        for cmd in [vec!["check", plan], vec!["run", plan, "--yes"]] {
+            let out = db.turnout(&cmd, None);
+            let said = format!("{}{}", stdout(&out), stderr(&out));
+            assert_eq!(out.status.code(), Some(2), "{cmd:?}: {said}");
+            for w in words {
+                assert!(said.contains(w), "{w:?} not in {said}");
+            }
+        }
+        let left = db
+            .one("SELECT CAST(count(*) AS TEXT) FROM sqlite_master WHERE name IN ('_t_new', '_t_old') OR type = 'trigger'")
+            .await;
+        assert_eq!(left, "0", "no shadow table and no trigger may be created");
+        db.drop().await;
+    }
+}

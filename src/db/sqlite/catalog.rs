@@ -91,6 +91,41 @@ impl Sqlite {
         }))
     }
 
+    /// Key columns that hold, or by their declared type would keep, a BLOB: batches and
+    /// verify chunks carry the key from one statement to the next as JSON, which has no
+    /// bytes, so the backfill would stop at the first such key.
+    async fn blob_keys(&self, m: &Migration) -> Result<Vec<String>> {
+        let t = &m.table;
+        let mut problems = Vec::new();
+        for k in m.old_key() {
+            let declared = m
+                .before
+                .column(k)
+                .map(|c| c.sql_type.as_str())
+                .unwrap_or_default();
+            let holds_blob: Option<i64> = sqlx::query_scalar(sql(format!(
+                "SELECT 1 FROM {} WHERE typeof({}) = 'blob' LIMIT 1",
+                self.table(t),
+                quote(k)
+            )))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::db(format!("preflight of {t}"), e))?;
+            let shown = if declared.trim().is_empty() {
+                "no type (BLOB affinity)".to_string()
+            } else {
+                format!("type {declared}")
+            };
+            if super::types::affinity(declared) == "BLOB" || holds_blob.is_some() {
+                problems.push(format!(
+                    "key column {k:?} of {t:?} ({shown}) {}: turnout cannot carry a key whose values are bytes yet; give the key an INTEGER or TEXT type (and store its values as such) first",
+                    if holds_blob.is_some() { "holds BLOB values" } else { "takes BLOB values as they are" }
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     pub(super) async fn preflight(&self, m: &Migration) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let t = &m.table;
@@ -122,6 +157,7 @@ impl Sqlite {
                 problems.push(why);
             }
         }
+        problems.extend(self.blob_keys(m).await?);
         let before_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
         for mp in &m.forward {
             let rows = format!(
