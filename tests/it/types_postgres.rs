@@ -66,7 +66,7 @@ fn matrix() -> Matrix {
         create: format!("{TYPES}{CREATE}"),
         seed: vec![
             EDGE.into(),
-            "INSERT INTO kinds SELECT id + 900000, qty, tag, by, js, jb, arr, tarr, e, dom, comp, u, ip, net, mac, mon, iv, d, ts, tstz, tm, tmtz, f4, f8, num, num40, bits, vb, tsv, x, rng, trng, big, txt FROM kinds".into(),
+            "INSERT INTO kinds SELECT id + 900000, qty, tag, by, js, jb, arr, tarr, e, dom, comp, u, ip, net, mac, mon, iv, d, ts, tstz, tm, tmtz, f4, f8, num, num40, bits, vb, tsv, x, rng, trng, left(big, 1000), txt FROM kinds".into(),
             "INSERT INTO kinds (id, qty, tag, by, jb, f8, num, txt) SELECT k, k % 17, k % 5, decode(md5(k::text), 'hex'), jsonb_build_object('k', k), k / 7.0, k * 1.5, 'row ' || k FROM generate_series(5, 200) AS k".into(),
         ],
         rows: 200,
