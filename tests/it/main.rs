@@ -12,6 +12,7 @@ mod harness;
 mod mysql_real_schema;
 mod names;
 mod postgres_real_schema;
+mod postgres_shape;
 mod random_plans;
 mod scenarios;
 mod security;
