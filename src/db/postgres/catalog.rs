@@ -114,7 +114,7 @@ impl Postgres {
              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
              WHERE i.indrelid = $1::oid AND NOT i.indisprimary AND am.amname = 'btree' AND i.indimmediate \
              AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conindid = i.indexrelid AND x.conrelid = i.indrelid AND x.contype = 'x') \
-             AND ic.reloptions IS NULL AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts \
+             AND ic.reloptions IS NULL AND NOT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts \
              AND NOT EXISTS (SELECT 1 FROM unnest(i.indoption) o WHERE o <> 0) \
              AND NOT EXISTS (SELECT 1 FROM unnest(i.indclass) oc JOIN pg_opclass op ON op.oid = oc WHERE NOT op.opcdefault) \
              AND NOT EXISTS (SELECT 1 FROM unnest(i.indcollation) WITH ORDINALITY AS co(coll, ord) \
