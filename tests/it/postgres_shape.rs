@@ -19,6 +19,7 @@ async fn create_items(db: &TestDb, t: &str) {
            feel mood NOT NULL DEFAULT 'ok', weight posint DEFAULT 1, pos point DEFAULT point(0, 0), parent_id integer, \
            CONSTRAINT {t}_parent_fk FOREIGN KEY (parent_id) REFERENCES {t} (id) ON DELETE SET NULL ON UPDATE CASCADE, \
            CONSTRAINT {t}_tag_range CHECK (tag IS NULL OR tag BETWEEN 0 AND 6), \
+           CONSTRAINT {t}_short_name CHECK (length(name) < 100), \
            CONSTRAINT {t}_light CHECK (qty + weight < 100000 AND feel <> 'sad'), \
            CONSTRAINT {t}_no_overlap EXCLUDE USING gist (slot WITH &&) WHERE (slot IS NOT NULL));\n\
          CREATE INDEX {t}_lower_name ON {t} (lower(name) COLLATE \"C\" text_pattern_ops);\n\
@@ -136,6 +137,7 @@ async fn postgres_new_table_has_every_constraint_and_index_after_done() {
     )
     .await;
     let expected = furniture(&db, "ref_items").await;
+    let before = furniture(&db, "items").await;
     let plan = db.plan_file("plan.yaml", &plan("items-shape"));
     let plan = plan.to_str().expect("utf-8 path");
     ok(&db.turnout(&["check", plan], None), "check");
@@ -147,7 +149,19 @@ async fn postgres_new_table_has_every_constraint_and_index_after_done() {
     );
     writer.wait_for(10).await;
     ok(&db.turnout(&["verify", plan], None), "verify");
-    ok(&db.turnout(&["run", plan, "--yes"], None), "to done");
+    let killed = db.turnout(&["run", plan, "--yes"], Some("cutover.inside"));
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    assert_eq!(
+        furniture(&db, "items").await,
+        before,
+        "a killed cutover changed the table"
+    );
+    writer.wait_for(10).await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "to done");
     writer.wait_for(20).await;
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
@@ -189,6 +203,13 @@ async fn postgres_rollback_from_cut_over_gives_back_every_constraint_and_index()
     };
     assert_eq!(names(&furniture(&db, "items").await), names(&before));
     constraints_enforced(&db).await;
+    let killed = db.turnout(&["rollback", plan, "--yes"], Some("rollback.inside"));
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    assert_eq!(names(&furniture(&db, "items").await), names(&before));
     ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
     writer.wait_for(20).await;
     let disagreements = writer.stop().await;
