@@ -977,7 +977,11 @@ async fn preflight_refuses_what_it_cannot_carry() {
         Err(turnout::Error::Refused { problems, .. }) => {
             let all = problems.join("\n");
             // The index uses the dropped column; the CHECK is carried.
-            for needle in ["index \"p_lower\" uses column \"b\"", "pv", "no_such_column"] {
+            for needle in [
+                "index \"p_lower\" uses column \"b\"",
+                "pv",
+                "no_such_column",
+            ] {
                 assert!(all.contains(needle), "{needle} missing from:\n{all}");
             }
             assert!(!all.contains("p_a_check"), "{all}");

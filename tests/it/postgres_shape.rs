@@ -112,12 +112,30 @@ async fn same_as_mirror(db: &TestDb) {
 /// The carried constraints still refuse what they refused, on whichever table has the name.
 async fn constraints_enforced(db: &TestDb) {
     for (bad, name) in [
-        ("INSERT INTO items (id, qty) VALUES (-1, -1)", "items_qty_check"),
-        ("INSERT INTO items (id, qty, tag) VALUES (-2, 1, 9)", "items_tag_range"),
-        ("INSERT INTO items (id, qty, feel) VALUES (-3, 1, 'sad')", "items_light"),
-        ("INSERT INTO items (id, qty, weight) VALUES (-4, 1, 0)", "posint"),
-        ("INSERT INTO items (id, qty, slot) VALUES (-5, 1, int4range(12, 13))", "items_no_overlap"),
-        ("INSERT INTO items (id, qty, parent_id) VALUES (-6, 1, -7)", "items_parent_fk"),
+        (
+            "INSERT INTO items (id, qty) VALUES (-1, -1)",
+            "items_qty_check",
+        ),
+        (
+            "INSERT INTO items (id, qty, tag) VALUES (-2, 1, 9)",
+            "items_tag_range",
+        ),
+        (
+            "INSERT INTO items (id, qty, feel) VALUES (-3, 1, 'sad')",
+            "items_light",
+        ),
+        (
+            "INSERT INTO items (id, qty, weight) VALUES (-4, 1, 0)",
+            "posint",
+        ),
+        (
+            "INSERT INTO items (id, qty, slot) VALUES (-5, 1, int4range(12, 13))",
+            "items_no_overlap",
+        ),
+        (
+            "INSERT INTO items (id, qty, parent_id) VALUES (-6, 1, -7)",
+            "items_parent_fk",
+        ),
     ] {
         let err = db.exec_err(bad).await;
         assert!(err.contains(name), "{bad}: {err}");
@@ -215,7 +233,11 @@ async fn postgres_rollback_from_cut_over_gives_back_every_constraint_and_index()
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
     same_as_mirror(&db).await;
-    assert_eq!(furniture(&db, "items").await, before, "rollback changed them");
+    assert_eq!(
+        furniture(&db, "items").await,
+        before,
+        "rollback changed them"
+    );
     constraints_enforced(&db).await;
     self_reference_cascades(&db).await;
     db.drop().await;
@@ -266,7 +288,9 @@ async fn postgres_furniture_that_cannot_be_carried_is_refused_by_check_by_name()
         assert!(!out.status.success(), "{changes} was accepted");
         format!("{}{}", stdout(&out), stderr(&out))
     };
-    let said = check("  - drop_column: {name: note}\n  - alter_column: {name: code, type: integer, using: length(code)}\n");
+    let said = check(
+        "  - drop_column: {name: note}\n  - alter_column: {name: code, type: integer, using: length(code)}\n",
+    );
     for (object, column) in [
         ("check constraint \"items_qty_code\"", "\"code\""),
         ("index \"items_lower_note\"", "\"note\""),
@@ -300,8 +324,10 @@ async fn self_reference_cascades(db: &TestDb) {
             "SELECT count(*)::text FROM items WHERE parent_id = {parent}"
         ))
         .await;
-    db.exec(&format!("UPDATE items SET id = -{parent} WHERE id = {parent}"))
-        .await;
+    db.exec(&format!(
+        "UPDATE items SET id = -{parent} WHERE id = {parent}"
+    ))
+    .await;
     assert_eq!(
         db.one(&format!(
             "SELECT count(*)::text FROM items WHERE parent_id = -{parent}"

@@ -78,9 +78,9 @@ async fn references(
     let rows = sqlx::query(sql(REFERENCES_SQL
         .replace("{dir}", dir)
         .replace("{self}", also)))
-        .bind(relation)
-        .fetch_all(&mut *conn)
-        .await?;
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|r| {

@@ -248,8 +248,12 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
                 include.push(expr);
                 continue;
             }
-            let (cn, co, on, oc): (Option<String>, Option<String>, Option<String>, Option<String>) =
-                (p.get(2), p.get(3), p.get(4), p.get(5));
+            let (cn, co, on, oc): (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ) = (p.get(2), p.get(3), p.get(4), p.get(5));
             keys.push(KeyPart {
                 expr,
                 is_expression: p.get(1),
@@ -275,15 +279,14 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
         });
     }
     // Every rename, old → new: the furniture names the old columns (`sql/shape.rs`).
-    f.renamed = g
-        .m
-        .forward
-        .iter()
-        .filter_map(|mp| match &mp.source {
-            Source::Column(old) if *old != mp.target => Some((old.clone(), mp.target.clone())),
-            _ => None,
-        })
-        .collect();
+    f.renamed =
+        g.m.forward
+            .iter()
+            .filter_map(|mp| match &mp.source {
+                Source::Column(old) if *old != mp.target => Some((old.clone(), mp.target.clone())),
+                _ => None,
+            })
+            .collect();
     Ok(Read {
         furniture: f,
         used,

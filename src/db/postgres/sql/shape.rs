@@ -122,7 +122,11 @@ impl<'a> Gen<'a> {
             let in_the_way = f.renamed.iter().any(|(old, _)| old == c)
                 && !f.renamed.iter().any(|(_, new)| new == c);
             if in_the_way {
-                moves.push((c.to_string(), format!("turnout_s{j}"), format!("turnout_s{j}")));
+                moves.push((
+                    c.to_string(),
+                    format!("turnout_s{j}"),
+                    format!("turnout_s{j}"),
+                ));
             }
         }
         let mut out = Vec::new();
@@ -323,14 +327,18 @@ mod tests {
         let renames: Vec<&String> = stmts.iter().filter(|s| s.contains("RENAME")).collect();
         // Every column ends where it started.
         assert_eq!(renames.len(), 10, "{stmts:#?}");
-        assert!(stmts.contains(
-            &"ALTER TABLE \"sales\".\"_orders_new\" RENAME COLUMN \"amount\" TO \"turnout_s2\""
-                .to_string()
-        ));
-        assert!(stmts.contains(
-            &"ALTER TABLE \"sales\".\"_orders_new\" RENAME COLUMN \"turnout_s2\" TO \"amount\""
-                .to_string()
-        ));
+        assert!(
+            stmts.contains(
+                &"ALTER TABLE \"sales\".\"_orders_new\" RENAME COLUMN \"amount\" TO \"turnout_s2\""
+                    .to_string()
+            )
+        );
+        assert!(
+            stmts.contains(
+                &"ALTER TABLE \"sales\".\"_orders_new\" RENAME COLUMN \"turnout_s2\" TO \"amount\""
+                    .to_string()
+            )
+        );
     }
 
     #[test]
