@@ -1,5 +1,5 @@
 //! PostgreSQL builds the new table with everything the old one has: CHECK and EXCLUDE
-//! constraints, NOT NULL, expression / partial / descending / operator-class / collated /
+//! constraints, NOT NULL, column collations, expression / partial / descending / operator-class / collated /
 //! INCLUDE / storage-parameter indexes and GIN, GiST, BRIN and hash ones, on a table with
 //! enum, domain, range, jsonb and point columns and a reference to itself. Under the concurrent writer, a migration
 //! that widens a column the constraints use and renames one the indexes use runs to done,
@@ -16,7 +16,7 @@ async fn create_items(db: &TestDb, t: &str) {
     db.exec(&format!(
         "CREATE TABLE {t} (id serial PRIMARY KEY, qty integer NOT NULL CHECK (qty >= 0), tag integer, \
            name text NOT NULL DEFAULT 'item', note text DEFAULT '', slot int4range, doc jsonb DEFAULT '{{}}', \
-           feel mood NOT NULL DEFAULT 'ok', weight posint DEFAULT 1, pos point DEFAULT point(0, 0), parent_id integer, \
+           feel mood NOT NULL DEFAULT 'ok', weight posint DEFAULT 1, pos point DEFAULT point(0, 0), parent_id integer, code text COLLATE \"C\" DEFAULT 'a', \
            CONSTRAINT {t}_parent_fk FOREIGN KEY (parent_id) REFERENCES {t} (id) ON DELETE SET NULL ON UPDATE CASCADE, \
            CONSTRAINT {t}_tag_range CHECK (tag IS NULL OR tag BETWEEN 0 AND 6), \
            CONSTRAINT {t}_short_name CHECK (length(name) < 100), \
@@ -31,6 +31,8 @@ async fn create_items(db: &TestDb, t: &str) {
          CREATE INDEX {t}_tag_incl ON {t} (tag NULLS FIRST) INCLUDE (name) WITH (fillfactor = 80);\n\
          CREATE UNIQUE INDEX {t}_name_id ON {t} (name, id);\n\
          CREATE INDEX {t}_name_c ON {t} (name COLLATE \"C\");\n\
+         CREATE INDEX {t}_code ON {t} (code);\n\
+         CREATE INDEX {t}_code_default ON {t} (code COLLATE \"default\");\n\
          CREATE INDEX {t}_note_spgist ON {t} USING spgist (note);\n\
          CREATE UNIQUE INDEX {t}_note_id ON {t} (note, id) NULLS NOT DISTINCT"
     ))

@@ -7,7 +7,7 @@
 //! the plan drops, computes or retypes to another kind) and compiled here on the new
 //! shape. Refused by preflight: disabled or constraint triggers, and any trigger when the
 //! plan drops or renames a column; views depending on the table; stored generated
-//! columns; non-default collations; partitioned tables, tables with inheritance children
+//! columns; partitioned tables, tables with inheritance children
 //! and partitions or children themselves (each named). Foreign keys of other tables
 //! referencing this one are carried (re-pointed at cutover) unless they are NOT VALID, on
 //! a partitioned child, or reference a column the plan drops or computes; the table's own
@@ -158,7 +158,7 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 8] = [
+        let checks: [(&str, &str); 7] = [
             (
                 "SELECT coalesce(string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text), 'none yet') \
               FROM pg_class c LEFT JOIN pg_inherits i ON i.inhparent = c.oid WHERE c.oid = to_regclass($1) AND c.relkind = 'p' GROUP BY c.oid",
@@ -185,12 +185,6 @@ impl Postgres {
             (
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
                 "table {t}: column {x} is a generated column; turnout cannot copy into it",
-            ),
-            (
-                "SELECT a.attname::text || ' (collation ' || co.collname::text || ')' FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid \
-              JOIN pg_collation co ON co.oid = a.attcollation \
-              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 0 AND a.attcollation <> ty.typcollation",
-                "table {t}: column {x} has a collation turnout does not carry to the new table",
             ),
             (
                 "SELECT polname::text FROM pg_policy WHERE polrelid = to_regclass($1)",

@@ -1,5 +1,5 @@
-//! Reading what the new table must carry beyond `TableShape` (CHECK and EXCLUDE
-//! constraints, every index `Index` cannot describe) from the live table's catalog, in
+//! Reading what the new table must carry beyond `TableShape` (column collations, CHECK and
+//! EXCLUDE constraints, every index `Index` cannot describe) from the live table's catalog, in
 //! parts the statements of `sql/shape.rs` are composed from; and judging, for preflight,
 //! whether each still means the same over the new columns.
 //!
@@ -48,6 +48,13 @@ const KEYS_SQL: &str = "SELECT pg_get_indexdef(i.indexrelid, k, false), i.indkey
      LEFT JOIN pg_collation co ON co.oid = i.indcollation[k - 1] LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace \
      LEFT JOIN pg_opclass op ON op.oid = i.indclass[k - 1] LEFT JOIN pg_namespace opn ON opn.oid = op.opcnamespace \
      WHERE i.indexrelid = $1::oid ORDER BY k";
+
+/// Columns whose collation is not their type's.
+const COLLATIONS_SQL: &str = "SELECT a.attname::text, cn.nspname::text, co.collname::text \
+     FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_collation co ON co.oid = a.attcollation \
+     JOIN pg_namespace cn ON cn.oid = co.collnamespace \
+     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+     AND a.attcollation <> 0 AND a.attcollation <> ty.typcollation ORDER BY a.attnum";
 
 /// One object of the furniture with the live table's columns it uses.
 struct Used {
@@ -277,6 +284,21 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
             options: r.get(6),
             predicate: r.get(5),
         });
+    }
+    // A copied column keeps its collation, whatever its new name or (collatable) type.
+    for r in sqlx::query(COLLATIONS_SQL)
+        .bind(&live)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let (col, schema, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let new = g.m.forward.iter().find_map(|mp| match &mp.source {
+            Source::Column(s) if *s == col => Some(mp.target.clone()),
+            _ => None,
+        });
+        if let Some(new) = new {
+            f.collations.push((new, qualified(&schema, &name)));
+        }
     }
     // Every rename, old → new: the furniture names the old columns (`sql/shape.rs`).
     f.renamed =

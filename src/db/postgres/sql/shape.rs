@@ -1,5 +1,5 @@
-//! What the new table carries beyond `TableShape`: CHECK and EXCLUDE constraints and every
-//! index `Index` cannot describe (expression, partial, descending / NULLS FIRST, operator
+//! What the new table carries beyond `TableShape`: column collations, CHECK and EXCLUDE
+//! constraints and every index `Index` cannot describe (expression, partial, descending / NULLS FIRST, operator
 //! class, collation, INCLUDE, storage parameters, GIN / GiST / BRIN / hash / SP-GiST).
 //!
 //! They are added to the shadow in the prepare transaction, while it is empty (instant,
@@ -84,6 +84,8 @@ pub(in crate::db::postgres) struct Furniture {
     pub(in crate::db::postgres) indexes: Vec<IndexParts>,
     /// Renamed columns: (old name, new name), taken back for the length of the build.
     pub(in crate::db::postgres) renamed: Vec<(String, String)>,
+    /// Columns of a collation other than their type's: (new column, qualified collation).
+    pub(in crate::db::postgres) collations: Vec<(String, String)>,
 }
 
 impl<'a> Gen<'a> {
@@ -100,7 +102,11 @@ impl<'a> Gen<'a> {
     /// The statements that add the furniture to the (empty) shadow, each with what it
     /// builds (for preflight's messages); they run right after `create_shadow`.
     pub(in crate::db::postgres) fn carry(&self, f: &Furniture) -> Vec<(String, String)> {
-        if f.checks.is_empty() && f.excludes.is_empty() && f.indexes.is_empty() {
+        if f.checks.is_empty()
+            && f.excludes.is_empty()
+            && f.indexes.is_empty()
+            && f.collations.is_empty()
+        {
             return Vec::new();
         }
         let shadow = self.shadow();
@@ -131,6 +137,20 @@ impl<'a> Gen<'a> {
         }
         let mut out = Vec::new();
         let step = |what: &str, stmt: String| (what.to_string(), stmt);
+        // First, so the indexes and constraints below are built over the collated column.
+        for (col, collation) in &f.collations {
+            let Some(c) = self.m.after.column(col) else {
+                continue;
+            };
+            out.push(step(
+                &format!("the collation {collation} of column {col:?}"),
+                format!(
+                    "ALTER TABLE {shadow} ALTER COLUMN {} TYPE {} COLLATE {collation}",
+                    quote(col),
+                    c.sql_type
+                ),
+            ));
+        }
         for (cur, tmp, _) in &moves {
             out.push(step("the renamed columns", rename(cur, tmp)));
         }
