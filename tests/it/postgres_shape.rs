@@ -1,10 +1,12 @@
-//! PostgreSQL builds the new table with everything the old one has: CHECK and EXCLUDE
-//! constraints, NOT NULL, column collations, expression / partial / descending / operator-class / collated /
-//! INCLUDE / storage-parameter indexes and GIN, GiST, BRIN and hash ones, on a table with
-//! enum, domain, range, jsonb and point columns and a reference to itself. Under the concurrent writer, a migration
-//! that widens a column the constraints use and renames one the indexes use runs to done,
-//! and the catalog then shows exactly what PostgreSQL's own `ALTER TABLE` gives a twin
-//! table; a rollback from `cut_over` gives back the catalog as it was, names included.
+//! PostgreSQL builds the new table with everything the old one has: UNIQUE, CHECK,
+//! EXCLUDE and self-referencing FOREIGN KEY constraints, NOT NULL, column collations,
+//! expression / partial / descending / operator-class / collated / INCLUDE /
+//! storage-parameter / NULLS NOT DISTINCT indexes and GIN, GiST, BRIN, hash and SP-GiST
+//! ones, on a table with enum, domain, range, jsonb and point columns. Under the
+//! concurrent writer, a migration that widens a column the constraints use and renames one
+//! the indexes use runs to done (its cutover killed once and resumed), and the catalog
+//! then shows exactly what PostgreSQL's own `ALTER TABLE` gives a twin table; a rollback
+//! from `cut_over` (killed once) gives back the catalog as it was, names included.
 //! A row the new table's constraint refuses stops the backfill naming constraint and key;
 //! what cannot be carried is refused by `check`, each object named.
 
@@ -20,6 +22,7 @@ async fn create_items(db: &TestDb, t: &str) {
            CONSTRAINT {t}_parent_fk FOREIGN KEY (parent_id) REFERENCES {t} (id) ON DELETE SET NULL ON UPDATE CASCADE, \
            CONSTRAINT {t}_tag_range CHECK (tag IS NULL OR tag BETWEEN 0 AND 6), \
            CONSTRAINT {t}_short_name CHECK (length(name) < 100), \
+           CONSTRAINT {t}_code_key UNIQUE (code, id), \
            CONSTRAINT {t}_light CHECK (qty + weight < 100000 AND feel <> 'sad'), \
            CONSTRAINT {t}_no_overlap EXCLUDE USING gist (slot WITH &&) WHERE (slot IS NOT NULL));\n\
          CREATE INDEX {t}_lower_name ON {t} (lower(name) COLLATE \"C\" text_pattern_ops);\n\

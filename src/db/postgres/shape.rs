@@ -300,6 +300,12 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
             f.collations.push((new, qualified(&schema, &name)));
         }
     }
+    f.unique_constraints = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'u' ORDER BY 1",
+    )
+    .bind(&live)
+    .fetch_all(&mut *conn)
+    .await?;
     // Every rename, old → new: the furniture names the old columns (`sql/shape.rs`).
     f.renamed =
         g.m.forward

@@ -1,5 +1,5 @@
-//! What the new table carries beyond `TableShape`: column collations, CHECK and EXCLUDE
-//! constraints and every index `Index` cannot describe (expression, partial, descending / NULLS FIRST, operator
+//! What the new table carries beyond `TableShape`: column collations, UNIQUE, CHECK and
+//! EXCLUDE constraints and every index `Index` cannot describe (expression, partial, descending / NULLS FIRST, operator
 //! class, collation, INCLUDE, storage parameters, GIN / GiST / BRIN / hash / SP-GiST).
 //!
 //! They are added to the shadow in the prepare transaction, while it is empty (instant,
@@ -86,6 +86,9 @@ pub(in crate::db::postgres) struct Furniture {
     pub(in crate::db::postgres) renamed: Vec<(String, String)>,
     /// Columns of a collation other than their type's: (new column, qualified collation).
     pub(in crate::db::postgres) collations: Vec<(String, String)>,
+    /// The plain unique indexes (`TableShape`'s) that are a UNIQUE constraint on the live
+    /// table: the shadow's index becomes one too (`ADD CONSTRAINT … USING INDEX`).
+    pub(in crate::db::postgres) unique_constraints: Vec<String>,
 }
 
 impl<'a> Gen<'a> {
@@ -106,6 +109,7 @@ impl<'a> Gen<'a> {
             && f.excludes.is_empty()
             && f.indexes.is_empty()
             && f.collations.is_empty()
+            && f.unique_constraints.is_empty()
         {
             return Vec::new();
         }
@@ -157,6 +161,17 @@ impl<'a> Gen<'a> {
         for (_, tmp, during) in &moves {
             if tmp != during {
                 out.push(step("the renamed columns", rename(tmp, during)));
+            }
+        }
+        // The constraint takes the index's (temporary) name; the cutover's rename of the
+        // index renames the constraint with it.
+        for (i, idx) in self.m.after.indexes.iter().enumerate() {
+            if idx.unique && f.unique_constraints.contains(&idx.name) {
+                let tmp = quote(&self.n.new_index(i));
+                out.push(step(
+                    &format!("unique constraint {:?}", idx.name),
+                    format!("ALTER TABLE {shadow} ADD CONSTRAINT {tmp} UNIQUE USING INDEX {tmp}"),
+                ));
             }
         }
         for (name, def) in &f.checks {
