@@ -969,16 +969,22 @@ async fn preflight_refuses_what_it_cannot_carry() {
     .await;
     let b = db.backend().await;
     let plan = turnout::plan::parse(
-        "version: 1\nname: refuse\ntable: p\nchanges:\n  - add_column: {name: c, type: integer, from: no_such_column + 1}\n",
+        "version: 1\nname: refuse\ntable: p\nchanges:\n  - add_column: {name: c, type: integer, from: no_such_column + 1}\n  - drop_column: {name: b}\n",
         "p.yaml",
     )
     .expect("plan");
     match turnout::engine::derive(&b, &plan).await {
         Err(turnout::Error::Refused { problems, .. }) => {
             let all = problems.join("\n");
-            for needle in ["CHECK", "p_lower", "pv", "no_such_column"] {
+            // The index uses the dropped column; the CHECK is carried.
+            for needle in [
+                "index \"p_lower\" uses column \"b\"",
+                "pv",
+                "no_such_column",
+            ] {
                 assert!(all.contains(needle), "{needle} missing from:\n{all}");
             }
+            assert!(!all.contains("p_a_check"), "{all}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }

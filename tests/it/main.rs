@@ -13,6 +13,7 @@ mod mysql_real_schema;
 mod names;
 mod output;
 mod postgres_real_schema;
+mod postgres_shape;
 mod random_plans;
 mod scenarios;
 mod security;

@@ -211,6 +211,12 @@ impl Postgres {
                 {
                     return Ok(Some((shown, col.to_string(), message)));
                 }
+                // A CHECK or EXCLUDE constraint the new table carries (`shape.rs`).
+                if let sqlx::Error::Database(d) = &err
+                    && let Some(c) = d.constraint()
+                {
+                    return Ok(Some((shown, format!("(constraint {c:?} of the new table)"), message)));
+                }
                 // Which expression fails, or which value the exact type would alter.
                 for mp in g.m.forward.iter() {
                     let loose = render_source(mp, &|c| quote(c), &loose_cast);

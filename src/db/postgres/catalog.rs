@@ -1,15 +1,17 @@
 //! What the table is and what stops the migration, read from the catalog: `describe` turns
-//! a table into a `TableShape`, and preflight finds what `TableShape` cannot carry to the
-//! new table, names that are taken, and expressions that do not compile.
+//! a table into a `TableShape`, and preflight finds what cannot be carried to the new
+//! table, names that are taken, and expressions that do not compile.
 //!
-//! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
-//! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
-//! EXCLUDE constraints and self-referencing foreign keys; disabled or constraint triggers,
-//! and any trigger when the plan drops or renames a column; views depending on the table;
-//! stored generated columns; non-default collations; partitioned tables. Foreign keys of
-//! other tables referencing this one are carried (re-pointed at cutover) unless they are
-//! NOT VALID, on a partitioned child, or reference a column the plan drops or computes;
-//! the table's own foreign keys to other tables likewise go to the new table.
+//! `TableShape` holds the plain btree indexes; CHECK and EXCLUDE constraints and every
+//! other index are read and judged by `shape.rs` (refused by name when they use a column
+//! the plan drops, computes or retypes to another kind) and compiled here on the new
+//! shape. Refused by preflight: disabled or constraint triggers, and any trigger when the
+//! plan drops or renames a column; views depending on the table; stored generated
+//! columns; partitioned tables, tables with inheritance children
+//! and partitions or children themselves (each named). Foreign keys of other tables
+//! referencing this one are carried (re-pointed at cutover) unless they are NOT VALID, on
+//! a partitioned child, or reference a column the plan drops or computes; the table's own
+//! foreign keys (to other tables and to itself) likewise go to the new table.
 //! Primary-key type changes are judged in `sql/keys.rs`.
 
 use sqlx::Row;
@@ -104,14 +106,15 @@ impl Postgres {
         .fetch_all(&self.pool)
         .await
         .map_err(ctx)?;
-        // Only plain btree indexes fit `Index`; the others are refused by preflight.
+        // Only plain btree indexes fit `Index`; the others are carried by `shape.rs`.
         let idx_rows = sqlx::query(
             "SELECT ic.relname::text, i.indisunique, \
              (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
-             WHERE i.indrelid = $1::oid AND NOT i.indisprimary AND am.amname = 'btree' \
-             AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts \
+             WHERE i.indrelid = $1::oid AND NOT i.indisprimary AND am.amname = 'btree' AND i.indimmediate \
+             AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conindid = i.indexrelid AND x.conrelid = i.indrelid AND x.contype = 'x') \
+             AND ic.reloptions IS NULL AND NOT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts \
              AND NOT EXISTS (SELECT 1 FROM unnest(i.indoption) o WHERE o <> 0) \
              AND NOT EXISTS (SELECT 1 FROM unnest(i.indclass) oc JOIN pg_opclass op ON op.oid = oc WHERE NOT op.opcdefault) \
              AND NOT EXISTS (SELECT 1 FROM unnest(i.indcollation) WITH ORDINALITY AS co(coll, ord) \
@@ -155,19 +158,24 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 8] = [
+        let checks: [(&str, &str); 7] = [
             (
-                "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1) AND relkind <> 'r'",
-                "table {t}: it is a partitioned table ({x}); turnout migrates plain tables only",
+                "SELECT coalesce(string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text), 'none yet') \
+              FROM pg_class c LEFT JOIN pg_inherits i ON i.inhparent = c.oid WHERE c.oid = to_regclass($1) AND c.relkind = 'p' GROUP BY c.oid",
+                "table {t}: it is a partitioned table (partitions: {x}); turnout migrates plain tables only. Change it with ALTER TABLE on the partitioned table, which reaches every partition, or build a new partitioned table and move the partitions across (DETACH / ATTACH PARTITION)",
+            ),
+            (
+                "SELECT string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text) FROM pg_inherits i \
+              JOIN pg_class c ON c.oid = i.inhparent AND c.relkind = 'r' WHERE i.inhparent = to_regclass($1) HAVING count(*) > 0",
+                "table {t}: tables {x} inherit from it and would stay with the old table at cutover; detach them for the migration (ALTER TABLE … NO INHERIT) and attach them to the new table after, or change the tables with ALTER TABLE",
+            ),
+            (
+                "SELECT string_agg(i.inhparent::regclass::text, ', ') FROM pg_inherits i WHERE i.inhrelid = to_regclass($1) HAVING count(*) > 0",
+                "table {t}: it is a partition of (or inherits from) {x}, and the new table would not be; change it through its parent with ALTER TABLE, or detach it first (DETACH PARTITION / NO INHERIT) and attach the new table after",
             ),
             (
                 "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND (tgenabled <> 'O' OR tgconstraint <> 0)",
                 "table {t}: trigger {x} is disabled, replica-only or a constraint trigger, which turnout does not carry; enable it (or drop it) for the migration",
-            ),
-            (
-                "SELECT conname::text || ' (' || CASE contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' WHEN 'x' THEN 'EXCLUDE' ELSE contype::text END || ')' \
-              FROM pg_constraint WHERE conrelid = to_regclass($1) AND (contype IN ('c', 'x') OR (contype = 'f' AND confrelid = conrelid))",
-                "table {t}: constraint {x} is not carried to the new table; drop it for the migration and recreate it after",
             ),
             (
                 "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
@@ -177,22 +185,6 @@ impl Postgres {
             (
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
                 "table {t}: column {x} is a generated column; turnout cannot copy into it",
-            ),
-            (
-                "SELECT a.attname::text || ' (collation ' || co.collname::text || ')' FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid \
-              JOIN pg_collation co ON co.oid = a.attcollation \
-              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 0 AND a.attcollation <> ty.typcollation",
-                "table {t}: column {x} has a collation turnout does not carry to the new table",
-            ),
-            (
-                "SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
-              WHERE i.indrelid = to_regclass($1) AND NOT i.indisprimary AND (am.amname <> 'btree' OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL \
-              OR i.indnkeyatts <> i.indnatts OR EXISTS (SELECT 1 FROM unnest(i.indoption) o WHERE o <> 0) \
-              OR EXISTS (SELECT 1 FROM unnest(i.indclass) oc JOIN pg_opclass op ON op.oid = oc WHERE NOT op.opcdefault) \
-              OR EXISTS (SELECT 1 FROM unnest(i.indcollation) WITH ORDINALITY AS co(coll, ord) \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[co.ord - 1] \
-                 WHERE co.coll <> 0 AND co.coll <> a.attcollation))",
-                "table {t}: index {x} is an expression, partial, INCLUDE, descending, non-btree or special-opclass index, which turnout cannot recreate; drop it for the migration and recreate it after",
             ),
             (
                 "SELECT polname::text FROM pg_policy WHERE polrelid = to_regclass($1)",
@@ -270,7 +262,9 @@ impl Postgres {
                     "table {t:?}: its foreign key {fk:?} cannot be carried because {why}"
                 ));
             }
-            for c in &f.fk.columns {
+            let to_itself = f.parent.0 == g.schema && f.parent.1 == *t;
+            let referenced = f.fk.referenced.iter().filter(|_| to_itself);
+            for c in f.fk.columns.iter().chain(referenced) {
                 if g.new_name_of(c).is_none() {
                     problems.push(format!("table {t:?}: its foreign key {fk:?} uses column {c:?}, which the plan drops or computes; keep that column as it is"));
                 }
@@ -292,6 +286,10 @@ impl Postgres {
                 problems.push(format!("column {:?}: NOT NULL without a default or `from`; turnout cannot fill it for the rows of {t:?}", c.name));
             }
         }
+        // CHECK and EXCLUDE constraints and the indexes `TableShape` does not describe.
+        let (refused, furniture) = self.furniture_refusals(&mut conn, &g).await.map_err(ctx)?;
+        let carry_ok = refused.is_empty();
+        problems.extend(refused);
         drop(conn);
 
         // The new shape, forward and reverse statements: compiled (EXPLAIN, never run)
@@ -306,6 +304,25 @@ impl Postgres {
                 ));
                 created = false;
                 break;
+            }
+        }
+        if created && carry_ok {
+            sqlx::raw_sql("SAVEPOINT turnout_carry")
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx)?;
+            for (what, stmt) in g.carry(&furniture) {
+                if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&mut *tx).await {
+                    problems.push(format!(
+                        "table {t:?}: {what} cannot be created on the new shape: {}; drop it before the migration and create it again after, or change the plan",
+                        db_message(&e)
+                    ));
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT turnout_carry")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(ctx)?;
+                    break;
+                }
             }
         }
         // Only this column's expression and its assignment to the target are checked.

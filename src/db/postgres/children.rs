@@ -9,7 +9,9 @@
 //! are per table), so from the first write after the swap the new table enforces them;
 //! the old table keeps its own until cleanup drops it, so a parent's `ON DELETE CASCADE` or
 //! `SET NULL` reaches both tables alike while the reverse trigger runs, and a rollback
-//! (which drops the new table) leaves the old table exactly as it was.
+//! (which drops the new table) leaves the old table exactly as it was. A reference of the
+//! table to itself goes the same way: the new table's references the new table, the old
+//! table's keeps referencing the old one, whose rows mirror the new table's.
 //!
 //! Validation pending is read from the catalog, not remembered: preflight refuses a
 //! reference that is `NOT VALID` before the migration, so every `NOT VALID` reference to
@@ -39,7 +41,7 @@ const REFERENCES_SQL: &str = "SELECT cn.nspname::text, cc.relname::text, c.conna
      pn.nspname::text, pc.relname::text \
      FROM pg_constraint c JOIN pg_class cc ON cc.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cc.relnamespace \
      JOIN pg_class pc ON pc.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace \
-     WHERE c.contype = 'f' AND c.{dir} = to_regclass($1) AND c.conrelid <> c.confrelid \
+     WHERE c.contype = 'f' AND c.{dir} = to_regclass($1) {self} \
      ORDER BY cn.nspname, cc.relname, c.conname";
 
 /// One reference as the catalog shows it, with what preflight needs to judge it.
@@ -56,26 +58,29 @@ pub(super) async fn children_of(
     conn: &mut PgConnection,
     relation: &str,
 ) -> std::result::Result<Vec<Found>, sqlx::Error> {
-    references(conn, relation, "confrelid").await
+    references(conn, relation, "confrelid", "AND c.conrelid <> c.confrelid").await
 }
 
-/// The foreign keys `relation` itself holds to other tables.
+/// The foreign keys `relation` itself holds, to other tables and to itself.
 pub(super) async fn parents_of(
     conn: &mut PgConnection,
     relation: &str,
 ) -> std::result::Result<Vec<Found>, sqlx::Error> {
-    references(conn, relation, "conrelid").await
+    references(conn, relation, "conrelid", "").await
 }
 
 async fn references(
     conn: &mut PgConnection,
     relation: &str,
     dir: &str,
+    also: &str,
 ) -> std::result::Result<Vec<Found>, sqlx::Error> {
-    let rows = sqlx::query(sql(REFERENCES_SQL.replace("{dir}", dir)))
-        .bind(relation)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(sql(REFERENCES_SQL
+        .replace("{dir}", dir)
+        .replace("{self}", also)))
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -133,6 +138,21 @@ pub(super) async fn carried_parents(
                     ))
                 })?;
             let parent = super::sql::qualified(&f.parent.0, &f.parent.1);
+            // A reference to the table itself: the new table references itself, by the
+            // new column names (the name `parent` is the new table's at cutover).
+            if parent == g.live() {
+                fk.referenced = fk
+                    .referenced
+                    .iter()
+                    .map(|c| g.new_name_of(c))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        sqlx::Error::Protocol(format!(
+                            "foreign key {} of {} references a column the new table does not copy",
+                            fk.name, fk.table
+                        ))
+                    })?;
+            }
             Ok((fk, parent))
         })
         .collect()

@@ -52,7 +52,18 @@ impl Postgres {
             // Take the locks first, then read the facts the statements depend on.
             sqlx::raw_sql(sql(g.lock_both())).execute(&mut *tx).await?;
             let facts = self.cutover_facts(&mut tx, &g).await?;
-            run_all(&mut tx, &g.cutover(&facts)).await
+            let carried = self
+                .carried_names(&mut tx, &g, &g.live(), &|n| g.carried_new(n))
+                .await?;
+            run_all(&mut tx, &g.cutover(&facts)).await?;
+            let to_itself: Vec<String> = facts
+                .parents
+                .iter()
+                .filter(|(_, parent)| *parent == g.live())
+                .map(|(fk, _)| fk.name.clone())
+                .collect();
+            run_all(&mut tx, &g.self_references_cutover(&to_itself)).await?;
+            run_all(&mut tx, &g.carried_cutover(&carried)).await
         }
         .await;
         match attempt {
@@ -125,7 +136,14 @@ impl Postgres {
                         return Ok(Some(why));
                     }
                     let facts = self.rollback_facts(&mut tx, &g).await?;
-                    g.rollback_swapped(&facts)
+                    let carried = self
+                        .carried_names(&mut tx, &g, &g.live(), &|n| g.carried_old(n))
+                        .await?;
+                    let to_itself = self.self_references_back(&mut tx, &g).await?;
+                    let mut stmts = g.rollback_swapped(&facts);
+                    stmts.extend(g.carried_rollback(&carried));
+                    stmts.extend(g.self_references_rollback(&to_itself));
+                    stmts
                 } else {
                     g.rollback_unprepared()
                 };

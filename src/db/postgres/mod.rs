@@ -22,6 +22,7 @@ mod children;
 mod cutover;
 mod errors;
 mod prepare;
+mod shape;
 mod sql;
 mod state;
 mod verify;

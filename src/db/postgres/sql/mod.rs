@@ -16,12 +16,14 @@ mod children;
 mod cutover;
 mod keys;
 mod shadow;
+mod shape;
 mod triggers;
 mod verify;
 
 pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
+pub(super) use shape::{Furniture, IndexParts, KeyPart};
 
 use crate::db::PhaseSql;
 use crate::schema::{Generated, Migration, TableShape};
