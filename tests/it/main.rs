@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod mysql_real_schema;
 mod names;
+mod postgres_carry;
 mod postgres_real_schema;
 mod random_plans;
 mod scenarios;

@@ -52,7 +52,9 @@ impl Postgres {
             // Take the locks first, then read the facts the statements depend on.
             sqlx::raw_sql(sql(g.lock_both())).execute(&mut *tx).await?;
             let facts = self.cutover_facts(&mut tx, &g).await?;
-            run_all(&mut tx, &g.cutover(&facts)).await
+            let furniture = super::carry::read_before(&mut tx, &g).await?;
+            run_all(&mut tx, &g.cutover(&facts)).await?;
+            super::carry::carry(&mut tx, &g, &self.home, &furniture).await
         }
         .await;
         match attempt {
@@ -82,7 +84,11 @@ impl Postgres {
         self.validate_children(&g).await?;
         self.ddl_txn(
             &format!("cleanup of {}", m.table),
-            &g.cleanup(keep_old),
+            &[
+                g.cleanup(keep_old),
+                vec![super::sql::forget_undo(&self.home, &m.name)],
+            ]
+            .concat(),
             save,
             Some("cleanup.inside"),
         )
@@ -125,7 +131,10 @@ impl Postgres {
                         return Ok(Some(why));
                     }
                     let facts = self.rollback_facts(&mut tx, &g).await?;
-                    g.rollback_swapped(&facts)
+                    // What cutover carried goes back first, while the new table exists.
+                    let mut stmts = super::carry::take_undo(&mut tx, &g, &self.home).await?;
+                    stmts.extend(g.rollback_swapped(&facts));
+                    stmts
                 } else {
                     g.rollback_unprepared()
                 };

@@ -17,6 +17,7 @@
 //! `cutover`, `errors`); `sql/` generates every statement without I/O.
 
 mod backfill;
+mod carry;
 mod catalog;
 mod children;
 mod cutover;
@@ -25,6 +26,7 @@ mod prepare;
 mod sql;
 mod state;
 mod verify;
+mod views;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,0 +1,292 @@
+//! PostgreSQL carries what hangs off the table at cutover. Views: a view over `items` with
+//! options, a grant to a second role and comments, a view over that view owned by the
+//! role, and an aggregate view, under the concurrent writer, to done and back by a
+//! rollback from `cut_over`, once with a plan that widens a column they read (views
+//! dropped and created again) and once with one that does not (replaced in place). After
+//! each, the catalog shows every view as before (definition, options, owner, privileges,
+//! comments), each view returns what its query over the table returns, and follows the
+//! table's later writes. A view that reads a column the plan drops is refused by check,
+//! naming both; the plan's `views` key gives its new definition, which a rollback undoes.
+
+use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
+use crate::scenarios::SEED_ROWS;
+
+/// `items` (serial key) and the writer's `mirror`, seeded alike.
+async fn seed(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE items (id serial PRIMARY KEY, qty integer NOT NULL, tag integer, name text);\n\
+         CREATE TABLE mirror (id integer PRIMARY KEY, qty integer NOT NULL, tag integer, name text)",
+    )
+    .await;
+    for table in ["items", "mirror"] {
+        db.exec(&format!(
+            "INSERT INTO {table} (id, qty, tag, name) SELECT i, i * 3 % 1000, NULLIF(i % 7, 0), 'item ' || i \
+             FROM generate_series(1, {SEED_ROWS}) AS i"
+        ))
+        .await;
+    }
+    db.exec(&format!("SELECT setval('items_id_seq', {SEED_ROWS})"))
+        .await;
+}
+
+/// A role of this test's own (roles are server-wide).
+async fn new_role(db: &TestDb) -> String {
+    let role = format!("turnout_view_{:08x}", rand::random::<u32>());
+    db.exec(&format!("CREATE ROLE {role}")).await;
+    role
+}
+
+async fn drop_role(db: TestDb, role: &str) {
+    db.drop().await;
+    let admin = sqlx::PgPool::connect(crate::harness::PG_ADMIN)
+        .await
+        .expect("admin");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&admin)
+        .await;
+}
+
+/// Three views: one with options, comments and grants to `role`, one over it owned by
+/// `role`, one aggregating the table.
+async fn seed_views(db: &TestDb, role: &str) {
+    db.exec(&format!(
+        "CREATE VIEW items_stocked WITH (security_barrier) AS SELECT id, qty, tag, name FROM items WHERE qty >= 100 WITH LOCAL CHECK OPTION;\n\
+         COMMENT ON VIEW items_stocked IS 'items worth showing';\n\
+         COMMENT ON COLUMN items_stocked.qty IS 'on hand';\n\
+         GRANT SELECT, UPDATE ON items_stocked TO {role};\n\
+         GRANT INSERT (qty) ON items_stocked TO {role} WITH GRANT OPTION;\n\
+         CREATE VIEW items_tagged WITH (security_invoker = true) AS SELECT id, tag FROM items_stocked WHERE tag IS NOT NULL;\n\
+         ALTER VIEW items_tagged OWNER TO {role};\n\
+         CREATE VIEW tag_totals AS SELECT tag, count(*) AS n, sum(qty) AS qty FROM items GROUP BY tag"
+    ))
+    .await;
+}
+
+/// The views as the catalog states them: definition, options, owner, privileges, comments.
+async fn views(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT c.relname::text, pg_get_viewdef(c.oid), c.reloptions::text, pg_get_userbyid(c.relowner)::text, \
+         c.relacl::text, obj_description(c.oid, 'pg_class'), \
+         (SELECT string_agg(a.attname || ':' || coalesce(a.attacl::text, '') || ':' || coalesce(col_description(c.oid, a.attnum), ''), ',' ORDER BY a.attnum) \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0) \
+         FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = 'public'::regnamespace ORDER BY 1",
+    )
+    .await
+}
+
+/// Each view returns what its query over `items` returns, and reads `items` itself.
+async fn views_read_the_table(db: &TestDb) {
+    let pairs = [
+        (
+            "SELECT id::text, qty::text, tag::text FROM items_stocked ORDER BY id",
+            "SELECT id::text, qty::text, tag::text FROM items WHERE qty >= 100 ORDER BY id",
+        ),
+        (
+            "SELECT id::text, tag::text FROM items_tagged ORDER BY id",
+            "SELECT id::text, tag::text FROM items WHERE qty >= 100 AND tag IS NOT NULL ORDER BY id",
+        ),
+        (
+            "SELECT tag::text, n::text, qty::text FROM tag_totals ORDER BY tag",
+            "SELECT tag::text, count(*)::text, sum(qty)::text FROM items GROUP BY tag ORDER BY tag",
+        ),
+    ];
+    for (view, table) in pairs {
+        let (v, t) = (db.rows(view).await, db.rows(table).await);
+        assert!(!t.is_empty());
+        assert!(v == t, "{view}: {} rows, the table's query {}", v.len(), t.len());
+    }
+    for view in ["items_stocked", "tag_totals"] {
+        assert_eq!(
+            db.one(&format!(
+                "SELECT count(*)::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid \
+                 WHERE r.ev_class = '{view}'::regclass AND d.refobjid = 'items'::regclass"
+            ))
+            .await
+            .parse::<i64>()
+            .unwrap_or(0)
+                > 0,
+            true,
+            "{view} does not read the table named items"
+        );
+    }
+    // A write to the table through the view's check option, seen through both views.
+    db.exec("INSERT INTO items_stocked (id, qty, tag) VALUES (1999999901, 500, 3)")
+        .await;
+    assert_eq!(
+        db.one("SELECT tag::text FROM items_tagged WHERE id = 1999999901")
+            .await,
+        "3"
+    );
+    let refused = db
+        .exec_err("INSERT INTO items_stocked (id, qty) VALUES (1999999902, 5)")
+        .await;
+    assert!(refused.contains("check option"), "{refused}");
+    db.exec("DELETE FROM items WHERE id = 1999999901").await;
+}
+
+async fn same_as_mirror(db: &TestDb) {
+    let q = |t: &str| format!("SELECT id::text, qty::text, tag::text FROM {t} ORDER BY id");
+    let (live, mirror) = (db.rows(&q("items")).await, db.rows(&q("mirror")).await);
+    assert!(!mirror.is_empty());
+    assert!(
+        live == mirror,
+        "items ({} rows) differs from the writer's mirror ({} rows)",
+        live.len(),
+        mirror.len()
+    );
+}
+
+fn plan(name: &str, changes: &str, extra: &str) -> String {
+    format!(
+        "version: 1\nname: {name}\ntable: items\nchanges:\n{changes}backfill:\n  batch_size: 300\n\
+         cutover:\n  lock_timeout: 2s\n  attempts: 10\n  retry_delay: 50ms\n{extra}"
+    )
+}
+
+/// Widening `qty` changes the views' column types: they are dropped and created again.
+const WIDEN: &str = "  - alter_column: {name: qty, type: bigint}\n";
+/// A new column no view reads: the views are replaced in place.
+const ADD: &str = "  - add_column: {name: note, type: text}\n  - add_index: {name: items_tag_idx, columns: [tag]}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_views_follow_the_table_to_done_and_back_at_rollback() {
+    for (changes, what) in [(WIDEN, "widen"), (ADD, "add")] {
+        for rollback in [false, true] {
+            let db = TestDb::new(Kind::Postgres).await;
+            seed(&db).await;
+            let role = new_role(&db).await;
+            seed_views(&db, &role).await;
+            let before = views(&db).await;
+            assert_eq!(before.len(), 3);
+            let name = format!("items-views-{what}-{rollback}");
+            let plan = db.plan_file("plan.yaml", &plan(&name, changes, ""));
+            let plan = plan.to_str().expect("utf-8 path");
+            ok(&db.turnout(&["check", plan], None), "check");
+            let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 47);
+            writer.wait_for(10).await;
+            ok(
+                &db.turnout(&["run", plan, "--until", "verified", "--yes"], None),
+                "run to verified",
+            );
+            ok(&db.turnout(&["verify", plan], None), "verify");
+            let until = if rollback { "cut_over" } else { "done" };
+            ok(
+                &db.turnout(&["run", plan, "--until", until, "--yes"], None),
+                until,
+            );
+            writer.wait_for(20).await;
+            assert_eq!(views(&db).await, before, "{what}: views after cutover");
+            if rollback {
+                views_read_the_table(&db).await;
+                ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
+                writer.wait_for(10).await;
+            }
+            assert!(writer.stop().await.is_empty());
+            same_as_mirror(&db).await;
+            assert_eq!(views(&db).await, before, "{what}, rollback {rollback}");
+            views_read_the_table(&db).await;
+            if what == "widen" {
+                let t = db
+                    .one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items_stocked'::regclass AND attname = 'qty'")
+                    .await;
+                assert_eq!(t, if rollback { "integer" } else { "bigint" });
+            }
+            assert_eq!(
+                db.one("SELECT count(*)::text FROM turnout_rollback").await,
+                "0",
+                "the way back outlived the migration"
+            );
+            drop_role(db, &role).await;
+        }
+    }
+}
+
+const DROP_NAME: &str = "  - drop_column: {name: name, reverse: \"'gone'\"}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_view_using_a_dropped_column_is_refused_unless_the_plan_redefines_it() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db).await;
+    let role = new_role(&db).await;
+    seed_views(&db, &role).await;
+    let before = views(&db).await;
+    let refused = db.plan_file("refused.yaml", &plan("items-drop-name", DROP_NAME, ""));
+    let out = db.turnout(&["check", refused.to_str().expect("utf-8")], None);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("view \"public.items_stocked\" uses column \"name\""),
+        "{said}"
+    );
+    assert!(said.contains("views:"), "{said}");
+    // A name the plan gives that is no view over the table is refused too.
+    let stray = db.plan_file(
+        "stray.yaml",
+        &plan(
+            "items-drop-name",
+            DROP_NAME,
+            "views:\n  - {name: no_such_view, definition: SELECT 1}\n",
+        ),
+    );
+    let out = db.turnout(&["check", stray.to_str().expect("utf-8")], None);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success() && said.contains("no_such_view"), "{said}");
+    assert_eq!(views(&db).await, before, "check changed a view");
+
+    let redefined = "views:\n  - name: items_stocked\n    definition: SELECT id, qty, tag FROM items WHERE qty >= 100\n";
+    for rollback in [true, false] {
+        let name = format!("items-drop-name-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, DROP_NAME, redefined));
+        let p = p.to_str().expect("utf-8 path");
+        ok(&db.turnout(&["check", p], None), "check with the new definition");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 53);
+        writer.wait_for(10).await;
+        let until = if rollback { "cut_over" } else { "done" };
+        ok(
+            &db.turnout(&["run", p, "--until", until, "--yes"], None),
+            until,
+        );
+        writer.wait_for(20).await;
+        let now = views(&db).await;
+        assert!(
+            now[0][1].as_deref().is_some_and(|d| !d.contains("name")),
+            "{now:?}"
+        );
+        // Options, owner, privileges and comments stay; the other views are as they were.
+        assert_eq!(now[0][2..6], before[0][2..6]);
+        assert_eq!(now[1..], before[1..]);
+        views_read_the_table(&db).await;
+        if rollback {
+            ok(&db.turnout(&["rollback", p, "--yes"], None), "rollback");
+            writer.wait_for(10).await;
+            assert_eq!(views(&db).await, before, "the original definition is back");
+        }
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        views_read_the_table(&db).await;
+    }
+    drop_role(db, &role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_materialized_views_and_rules_are_refused_by_name() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db).await;
+    db.exec(
+        "CREATE VIEW items_big AS SELECT id, qty FROM items WHERE qty > 900;\n\
+         CREATE MATERIALIZED VIEW big_counts AS SELECT count(*) AS n FROM items_big;\n\
+         CREATE RULE items_no_delete AS ON DELETE TO items WHERE old.qty > 990 DO INSTEAD NOTHING",
+    )
+    .await;
+    let p = db.plan_file("plan.yaml", &plan("items-refused", ADD, ""));
+    let out = db.turnout(&["check", p.to_str().expect("utf-8")], None);
+    assert!(!out.status.success());
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("materialized view \"public.big_counts\""),
+        "{said}"
+    );
+    assert!(said.contains("rule \"items_no_delete\""), "{said}");
+    assert!(!said.contains("\"public.items_big\""), "{said}");
+    db.drop().await;
+}
