@@ -6,8 +6,8 @@
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::sql::{Gen, Grant, View};
 use super::run_all;
+use super::sql::{Gen, Grant, View};
 
 /// Every view and materialized view over `$1`, directly or through other views, each once,
 /// in an order that creates a view's dependencies before it.
