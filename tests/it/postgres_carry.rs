@@ -302,3 +302,136 @@ async fn postgres_materialized_views_and_rules_are_refused_by_name() {
     assert!(!said.contains("\"public.items_big\""), "{said}");
     db.drop().await;
 }
+
+/// The table's row security as the catalog states it: flags, then each policy.
+async fn row_security(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    let mut out = db
+        .rows("SELECT relrowsecurity::text, relforcerowsecurity::text FROM pg_class WHERE oid = 'items'::regclass")
+        .await;
+    out.extend(
+        db.rows(
+            "SELECT policyname::text, permissive, roles::text, cmd, qual, with_check FROM pg_policies \
+             WHERE schemaname = 'public' AND tablename = 'items' ORDER BY 1",
+        )
+        .await,
+    );
+    out
+}
+
+/// What `role` sees is what the policy lets it see (one snapshot), and a write the
+/// restrictive policy forbids is refused, on whichever table is `items` now.
+async fn policies_hold(db: &TestDb, role: &str) {
+    let crate::harness::Pool::Postgres(pg) = &db.pool else {
+        panic!("a PostgreSQL test")
+    };
+    let mut tx = pg.begin().await.expect("begin");
+    let run = |s: String| sqlx::raw_sql(sqlx::AssertSqlSafe(s));
+    run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ".into())
+        .execute(&mut *tx)
+        .await
+        .expect("isolation");
+    run(format!("SET LOCAL ROLE {role}"))
+        .execute(&mut *tx)
+        .await
+        .expect("role");
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count as the role");
+    run("SAVEPOINT untagged".into())
+        .execute(&mut *tx)
+        .await
+        .expect("savepoint");
+    let refused = run("INSERT INTO items (id, qty) VALUES (1999999903, 500)".into())
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("row-level security")),
+        "{refused:?}"
+    );
+    run("ROLLBACK TO SAVEPOINT untagged; RESET ROLE".into())
+        .execute(&mut *tx)
+        .await
+        .expect("reset");
+    let allowed: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE qty >= 100")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count");
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count");
+    tx.rollback().await.expect("rollback");
+    assert!(seen > 0 && all > seen, "seen {seen} of {all}");
+    assert_eq!(
+        seen, allowed,
+        "the role sees other rows than its policy allows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_row_security_follows_the_table_and_stays_at_rollback() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db).await;
+        let role = new_role(&db).await;
+        db.exec(&format!(
+            "GRANT SELECT, INSERT ON items TO {role};\n\
+             CREATE POLICY items_read ON items FOR SELECT TO {role} USING (qty >= 100);\n\
+             CREATE POLICY items_insert ON items FOR INSERT TO {role}, PUBLIC WITH CHECK (true);\n\
+             CREATE POLICY items_tagged_only ON items AS RESTRICTIVE FOR INSERT TO {role} WITH CHECK (tag IS NOT NULL);\n\
+             ALTER TABLE items ENABLE ROW LEVEL SECURITY;\n\
+             ALTER TABLE items FORCE ROW LEVEL SECURITY"
+        ))
+        .await;
+        let before = row_security(&db).await;
+        assert_eq!(before.len(), 4);
+        policies_hold(&db, &role).await;
+        let name = format!("items-rls-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, WIDEN, ""));
+        let p = p.to_str().expect("utf-8 path");
+        ok(&db.turnout(&["check", p], None), "check");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 59);
+        writer.wait_for(10).await;
+        let until = if rollback { "cut_over" } else { "done" };
+        ok(
+            &db.turnout(&["run", p, "--until", until, "--yes"], None),
+            until,
+        );
+        writer.wait_for(20).await;
+        assert_eq!(row_security(&db).await, before, "after cutover");
+        policies_hold(&db, &role).await;
+        if rollback {
+            ok(&db.turnout(&["rollback", p, "--yes"], None), "rollback");
+            writer.wait_for(10).await;
+        }
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(row_security(&db).await, before, "rollback: {rollback}");
+        policies_hold(&db, &role).await;
+        db.exec(&format!("REVOKE ALL ON items FROM {role}")).await;
+        for policy in ["items_read", "items_insert", "items_tagged_only"] {
+            db.exec(&format!("DROP POLICY {policy} ON items")).await;
+        }
+        drop_role(db, &role).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_policy_using_a_dropped_column_is_refused() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db).await;
+    db.exec("CREATE POLICY items_named ON items USING (name IS NOT NULL);\nALTER TABLE items ENABLE ROW LEVEL SECURITY")
+        .await;
+    let p = db.plan_file("plan.yaml", &plan("items-rls-drop", DROP_NAME, ""));
+    let out = db.turnout(&["check", p.to_str().expect("utf-8")], None);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("policy \"items_named\" uses column \"name\""),
+        "{said}"
+    );
+    db.drop().await;
+}

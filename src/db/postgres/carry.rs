@@ -1,4 +1,5 @@
-//! What hangs off the table and must follow it at cutover (views, for now: `views.rs`):
+//! What hangs off the table and must follow it at cutover (views: `views.rs`; row-level
+//! security: `rls.rs`):
 //! read before the renames, carried after them in the cutover transaction. Each carrier
 //! also returns the statements that undo it, which the same transaction writes to
 //! `turnout_rollback`; a rollback after cutover runs them first, in its own transaction
@@ -8,12 +9,13 @@
 
 use sqlx::postgres::PgConnection;
 
-use super::sql::{Gen, View, forget_undo as forget, undo_table};
+use super::sql::{Gen, RowSecurity, View, forget_undo as forget, undo_table};
 use super::views;
 
 /// What the cutover reads before its renames.
 pub(super) struct Before {
     views: Vec<View>,
+    row_security: RowSecurity,
 }
 
 pub(super) async fn read_before(
@@ -22,6 +24,7 @@ pub(super) async fn read_before(
 ) -> std::result::Result<Before, sqlx::Error> {
     Ok(Before {
         views: views::dependent_views(conn, &g.live()).await?,
+        row_security: super::rls::read(conn, &g.live()).await?,
     })
 }
 
@@ -34,6 +37,8 @@ pub(super) async fn carry(
     before: &Before,
 ) -> std::result::Result<(), sqlx::Error> {
     let undo = views::carry(conn, g, &before.views).await?;
+    // The old table keeps its own row security: nothing for a rollback to undo.
+    super::run_all(conn, &g.carry_row_security(&before.row_security)).await?;
     sqlx::raw_sql(super::sql(forget(home, &g.m.name)))
         .execute(&mut *conn)
         .await?;

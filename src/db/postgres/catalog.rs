@@ -155,7 +155,7 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 7] = [
+        let checks: [(&str, &str); 6] = [
             (
                 "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1) AND relkind <> 'r'",
                 "table {t}: it is a partitioned table ({x}); turnout migrates plain tables only",
@@ -189,10 +189,6 @@ impl Postgres {
                  WHERE co.coll <> 0 AND co.coll <> a.attcollation))",
                 "table {t}: index {x} is an expression, partial, INCLUDE, descending, non-btree or special-opclass index, which turnout cannot recreate; drop it for the migration and recreate it after",
             ),
-            (
-                "SELECT polname::text FROM pg_policy WHERE polrelid = to_regclass($1)",
-                "table {t}: row-level security policy {x} is not carried to the new table",
-            ),
         ];
         for (query, message) in checks {
             let found: Vec<String> = sqlx::query_scalar(query)
@@ -210,6 +206,7 @@ impl Postgres {
         }
         // Views are carried at cutover (see `sql/views.rs`); what cannot be is named here.
         problems.extend(super::views::problems(&mut conn, &g).await.map_err(ctx)?);
+        problems.extend(super::rls::problems(&mut conn, &g).await.map_err(ctx)?);
         // Other tables' references are re-pointed at cutover (see `sql/children.rs`).
         for f in super::children::children_of(&mut conn, &live)
             .await

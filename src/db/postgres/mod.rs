@@ -23,6 +23,7 @@ mod children;
 mod cutover;
 mod errors;
 mod prepare;
+mod rls;
 mod sql;
 mod state;
 mod verify;

@@ -16,6 +16,7 @@ mod carry;
 mod children;
 mod cutover;
 mod keys;
+mod rls;
 mod shadow;
 mod triggers;
 mod verify;
@@ -25,6 +26,7 @@ pub(super) use carry::{create_undo_table, forget_undo, undo_table};
 pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
+pub(super) use rls::{Policy, RowSecurity};
 pub(super) use views::View;
 
 use crate::db::PhaseSql;

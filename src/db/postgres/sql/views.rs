@@ -119,8 +119,12 @@ impl<'a> Gen<'a> {
 
     /// The columns a view reads that the new table no longer has under that name.
     pub(in crate::db::postgres) fn view_lost_columns<'v>(&self, v: &'v View) -> Vec<&'v str> {
-        v.uses
-            .iter()
+        self.columns_lost(&v.uses)
+    }
+
+    /// Of the old columns `uses`, those the new table no longer has under that name.
+    pub(in crate::db::postgres) fn columns_lost<'v>(&self, uses: &'v [String]) -> Vec<&'v str> {
+        uses.iter()
             .filter(|c| self.kept_as(c).is_none())
             .map(String::as_str)
             .collect()
