@@ -435,3 +435,70 @@ async fn postgres_a_policy_using_a_dropped_column_is_refused() {
     );
     db.drop().await;
 }
+
+/// The table's owner, comments (table and columns) and storage parameters, from the catalog.
+async fn furniture(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT pg_get_userbyid(c.relowner)::text, obj_description(c.oid, 'pg_class'), c.reloptions::text, t.reloptions::text, \
+         (SELECT string_agg(a.attname || '=' || col_description(c.oid, a.attnum), ',' ORDER BY a.attname) \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND col_description(c.oid, a.attnum) IS NOT NULL) \
+         FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = 'items'::regclass",
+    )
+    .await
+}
+
+/// A table owned by the application's role, with comments and storage parameters: after
+/// done the new table has them (the renamed column's comment under its new name), after a
+/// rollback from `cut_over` the old table has them as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_owner_comments_and_storage_parameters_follow_the_table() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db).await;
+        let role = new_role(&db).await;
+        db.exec(&format!(
+            "ALTER TABLE items OWNER TO {role};\n\
+             COMMENT ON TABLE items IS 'what we sell';\n\
+             COMMENT ON COLUMN items.qty IS 'on hand';\n\
+             COMMENT ON COLUMN items.name IS 'shown to customers';\n\
+             ALTER TABLE items SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false)"
+        ))
+        .await;
+        let before = furniture(&db).await;
+        let changes = format!("{WIDEN}  - rename_column: {{from: name, to: label}}\n");
+        let p = db.plan_file(
+            "plan.yaml",
+            &plan(&format!("items-furniture-{rollback}"), &changes, ""),
+        );
+        let p = p.to_str().expect("utf-8 path");
+        ok(&db.turnout(&["check", p], None), "check");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 61);
+        writer.wait_for(10).await;
+        let until = if rollback { "cut_over" } else { "done" };
+        ok(
+            &db.turnout(&["run", p, "--until", until, "--yes"], None),
+            until,
+        );
+        writer.wait_for(20).await;
+        let mut renamed = before.clone();
+        renamed[0][4] = Some("label=shown to customers,qty=on hand".into());
+        assert_eq!(furniture(&db).await, renamed, "after cutover");
+        if rollback {
+            ok(&db.turnout(&["rollback", p, "--yes"], None), "rollback");
+            writer.wait_for(10).await;
+            assert_eq!(furniture(&db).await, before, "after rollback");
+        }
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        // The serial's sequence belongs to the table's owner, as before.
+        assert_eq!(
+            db.one("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'items_id_seq'::regclass").await,
+            role
+        );
+        db.exec(
+            "ALTER TABLE items OWNER TO postgres;\nALTER SEQUENCE items_id_seq OWNER TO postgres",
+        )
+        .await;
+        drop_role(db, &role).await;
+    }
+}

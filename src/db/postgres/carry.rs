@@ -1,5 +1,5 @@
 //! What hangs off the table and must follow it at cutover (views: `views.rs`; row-level
-//! security: `rls.rs`):
+//! security: `rls.rs`; owner, comments, storage parameters: `sql/furniture.rs`):
 //! read before the renames, carried after them in the cutover transaction. Each carrier
 //! also returns the statements that undo it, which the same transaction writes to
 //! `turnout_rollback`; a rollback after cutover runs them first, in its own transaction
@@ -7,15 +7,17 @@
 //! again at rollback because by then the catalog only knows the new table's side: a view
 //! over the new table cannot say what it read from the old one.
 
+use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::sql::{Gen, RowSecurity, View, forget_undo as forget, undo_table};
+use super::sql::{Furniture, Gen, RowSecurity, View, forget_undo as forget, undo_table};
 use super::views;
 
 /// What the cutover reads before its renames.
 pub(super) struct Before {
     views: Vec<View>,
     row_security: RowSecurity,
+    furniture: Furniture,
 }
 
 pub(super) async fn read_before(
@@ -25,6 +27,46 @@ pub(super) async fn read_before(
     Ok(Before {
         views: views::dependent_views(conn, &g.live()).await?,
         row_security: super::rls::read(conn, &g.live()).await?,
+        furniture: read_furniture(conn, &g.live()).await?,
+    })
+}
+
+/// Before the renames, in the cutover transaction: what must be true of the shadow for
+/// the cutover's own statements (its owner, for the sequences it takes over).
+pub(super) async fn prepare(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+    before: &Before,
+) -> std::result::Result<(), sqlx::Error> {
+    super::run_all(conn, &g.furniture_before_renames(&before.furniture)).await
+}
+
+async fn read_furniture(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> std::result::Result<Furniture, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT pg_get_userbyid(c.relowner)::text, obj_description(c.oid, 'pg_class'), \
+         coalesce(c.reloptions::text[], '{}'), coalesce(t.reloptions::text[], '{}'), \
+         (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a JOIN pg_description ds \
+          ON ds.objoid = c.oid AND ds.classoid = 'pg_class'::regclass AND ds.objsubid = a.attnum \
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+         (SELECT array_agg(ds.description ORDER BY a.attnum) FROM pg_attribute a JOIN pg_description ds \
+          ON ds.objoid = c.oid AND ds.classoid = 'pg_class'::regclass AND ds.objsubid = a.attnum \
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) \
+         FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = to_regclass($1)",
+    )
+    .bind(relation)
+    .fetch_one(&mut *conn)
+    .await?;
+    let names: Vec<String> = r.get::<Option<Vec<String>>, _>(4).unwrap_or_default();
+    let texts: Vec<String> = r.get::<Option<Vec<String>>, _>(5).unwrap_or_default();
+    Ok(Furniture {
+        owner: r.get(0),
+        comment: r.get(1),
+        options: r.get(2),
+        toast_options: r.get(3),
+        column_comments: names.into_iter().zip(texts).collect(),
     })
 }
 
@@ -39,6 +81,7 @@ pub(super) async fn carry(
     let undo = views::carry(conn, g, &before.views).await?;
     // The old table keeps its own row security: nothing for a rollback to undo.
     super::run_all(conn, &g.carry_row_security(&before.row_security)).await?;
+    super::run_all(conn, &g.carry_furniture(&before.furniture)).await?;
     sqlx::raw_sql(super::sql(forget(home, &g.m.name)))
         .execute(&mut *conn)
         .await?;

@@ -53,6 +53,7 @@ impl Postgres {
             sqlx::raw_sql(sql(g.lock_both())).execute(&mut *tx).await?;
             let facts = self.cutover_facts(&mut tx, &g).await?;
             let furniture = super::carry::read_before(&mut tx, &g).await?;
+            super::carry::prepare(&mut tx, &g, &furniture).await?;
             run_all(&mut tx, &g.cutover(&facts)).await?;
             super::carry::carry(&mut tx, &g, &self.home, &furniture).await
         }
