@@ -281,13 +281,14 @@ async fn postgres_a_view_using_a_dropped_column_is_refused_unless_the_plan_redef
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_materialized_views_and_rules_are_refused_by_name() {
+async fn postgres_materialized_views_rules_and_publications_are_refused_by_name() {
     let db = TestDb::new(Kind::Postgres).await;
     seed(&db).await;
     db.exec(
         "CREATE VIEW items_big AS SELECT id, qty FROM items WHERE qty > 900;\n\
          CREATE MATERIALIZED VIEW big_counts AS SELECT count(*) AS n FROM items_big;\n\
-         CREATE RULE items_no_delete AS ON DELETE TO items WHERE old.qty > 990 DO INSTEAD NOTHING",
+         CREATE RULE items_no_delete AS ON DELETE TO items WHERE old.qty > 990 DO INSTEAD NOTHING;\n\
+         CREATE PUBLICATION items_feed FOR TABLE items",
     )
     .await;
     let p = db.plan_file("plan.yaml", &plan("items-refused", ADD, ""));
@@ -299,6 +300,7 @@ async fn postgres_materialized_views_and_rules_are_refused_by_name() {
         "{said}"
     );
     assert!(said.contains("rule \"items_no_delete\""), "{said}");
+    assert!(said.contains("publication \"items_feed\""), "{said}");
     assert!(!said.contains("\"public.items_big\""), "{said}");
     db.drop().await;
 }
@@ -441,13 +443,16 @@ async fn furniture(db: &TestDb) -> Vec<Vec<Option<String>>> {
     db.rows(
         "SELECT pg_get_userbyid(c.relowner)::text, obj_description(c.oid, 'pg_class'), c.reloptions::text, t.reloptions::text, \
          (SELECT string_agg(a.attname || '=' || col_description(c.oid, a.attnum), ',' ORDER BY a.attname) \
-          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND col_description(c.oid, a.attnum) IS NOT NULL) \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND col_description(c.oid, a.attnum) IS NOT NULL), \
+         c.relreplident::text, \
+         (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid AND i.indisreplident) \
          FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = 'items'::regclass",
     )
     .await
 }
 
-/// A table owned by the application's role, with comments and storage parameters: after
+/// A table owned by the application's role, with comments, storage parameters and a
+/// replica identity index: after
 /// done the new table has them (the renamed column's comment under its new name), after a
 /// rollback from `cut_over` the old table has them as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,7 +466,9 @@ async fn postgres_owner_comments_and_storage_parameters_follow_the_table() {
              COMMENT ON TABLE items IS 'what we sell';\n\
              COMMENT ON COLUMN items.qty IS 'on hand';\n\
              COMMENT ON COLUMN items.name IS 'shown to customers';\n\
-             ALTER TABLE items SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false)"
+             ALTER TABLE items SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false);\n\
+             CREATE UNIQUE INDEX items_ident ON items (id, qty);\n\
+             ALTER TABLE items REPLICA IDENTITY USING INDEX items_ident"
         ))
         .await;
         let before = furniture(&db).await;

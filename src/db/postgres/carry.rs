@@ -53,7 +53,9 @@ async fn read_furniture(
           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
          (SELECT array_agg(ds.description ORDER BY a.attnum) FROM pg_attribute a JOIN pg_description ds \
           ON ds.objoid = c.oid AND ds.classoid = 'pg_class'::regclass AND ds.objsubid = a.attnum \
-          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) \
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+         c.relreplident::text, \
+         (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid AND i.indisreplident) \
          FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = to_regclass($1)",
     )
     .bind(relation)
@@ -67,6 +69,8 @@ async fn read_furniture(
         options: r.get(2),
         toast_options: r.get(3),
         column_comments: names.into_iter().zip(texts).collect(),
+        replica_identity: r.get(6),
+        replica_index: r.get(7),
     })
 }
 
@@ -117,4 +121,33 @@ pub(super) async fn take_undo(
         .execute(&mut *conn)
         .await?;
     Ok(stmts)
+}
+
+/// What preflight refuses of the table's furniture: a replica identity index the new
+/// table will not have, and publication membership (not carried yet).
+pub(super) async fn problems(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+) -> std::result::Result<Vec<String>, sqlx::Error> {
+    let t = &g.m.table;
+    let mut out = Vec::new();
+    let f = read_furniture(conn, &g.live()).await?;
+    if let Some(idx) = f.replica_index.filter(|_| f.replica_identity == "i") {
+        let plain = g.m.before.indexes.iter().any(|i| i.name == idx);
+        let kept = g.m.after.indexes.iter().any(|i| i.name == idx);
+        if !plain || !kept {
+            out.push(format!("table {t:?}: its replica identity is index {idx:?}, which the new table will not have under that name (turnout carries a replica identity index only if it is a plain index the plan keeps); use REPLICA IDENTITY DEFAULT or FULL for the migration"));
+        }
+    }
+    let publications: Vec<String> = sqlx::query_scalar(
+        "SELECT p.pubname::text FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+         WHERE r.prrelid = to_regclass($1) ORDER BY 1",
+    )
+    .bind(g.live())
+    .fetch_all(&mut *conn)
+    .await?;
+    for p in publications {
+        out.push(format!("table {t:?}: it is a member of publication {p:?}, which turnout does not carry to the new table yet; remove it from the publication for the migration (ALTER PUBLICATION … DROP TABLE) and add it again after"));
+    }
+    Ok(out)
 }

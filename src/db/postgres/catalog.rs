@@ -207,6 +207,7 @@ impl Postgres {
         // Views are carried at cutover (see `sql/views.rs`); what cannot be is named here.
         problems.extend(super::views::problems(&mut conn, &g).await.map_err(ctx)?);
         problems.extend(super::rls::problems(&mut conn, &g).await.map_err(ctx)?);
+        problems.extend(super::carry::problems(&mut conn, &g).await.map_err(ctx)?);
         // Other tables' references are re-pointed at cutover (see `sql/children.rs`).
         for f in super::children::children_of(&mut conn, &live)
             .await

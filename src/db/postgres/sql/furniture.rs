@@ -1,7 +1,8 @@
 //! The table's own furniture carried to the new table in the cutover transaction: its
 //! owner (given to the shadow before the renames, because a serial's sequence can only be
 //! owned by a table of the same owner), its comments (a renamed column's follows it, a
-//! dropped column's goes) and its storage parameters, the TOAST table's included. The old
+//! dropped column's goes), its storage parameters (the TOAST table's included) and its
+//! replica identity (an index by the name it takes in the renames). The old
 //! table keeps its own, which is all a rollback needs.
 
 use super::{Gen, literal, quote};
@@ -17,6 +18,9 @@ pub(in crate::db::postgres) struct Furniture {
     /// `reloptions` of the table (`fillfactor=70`) and of its TOAST table.
     pub(in crate::db::postgres) options: Vec<String>,
     pub(in crate::db::postgres) toast_options: Vec<String>,
+    /// `relreplident`: `d` default, `f` full, `n` nothing, `i` an index, named here.
+    pub(in crate::db::postgres) replica_identity: String,
+    pub(in crate::db::postgres) replica_index: Option<String>,
 }
 
 fn options(prefix: &str, opts: &[String]) -> Vec<String> {
@@ -61,6 +65,16 @@ impl<'a> Gen<'a> {
         if !opts.is_empty() {
             out.push(format!("ALTER TABLE {t} SET ({})", opts.join(", ")));
         }
+        // The index took its final name in the renames before this.
+        match (f.replica_identity.as_str(), &f.replica_index) {
+            ("f", _) => out.push(format!("ALTER TABLE {t} REPLICA IDENTITY FULL")),
+            ("n", _) => out.push(format!("ALTER TABLE {t} REPLICA IDENTITY NOTHING")),
+            ("i", Some(idx)) => out.push(format!(
+                "ALTER TABLE {t} REPLICA IDENTITY USING INDEX {}",
+                quote(idx)
+            )),
+            _ => {}
+        }
         out
     }
 }
@@ -83,6 +97,8 @@ mod tests {
             ],
             options: vec!["fillfactor=70".into()],
             toast_options: vec!["autovacuum_enabled=false".into()],
+            replica_identity: "i".into(),
+            replica_index: Some("orders_note".into()),
         };
         assert_eq!(
             g.furniture_before_renames(&f),
@@ -94,6 +110,7 @@ mod tests {
                 "COMMENT ON TABLE \"sales\".\"orders\" IS E'the orders'",
                 "COMMENT ON COLUMN \"sales\".\"orders\".\"comment\" IS E'free text'",
                 "ALTER TABLE \"sales\".\"orders\" SET (\"fillfactor\" = E'70', toast.\"autovacuum_enabled\" = E'false')",
+                "ALTER TABLE \"sales\".\"orders\" REPLICA IDENTITY USING INDEX \"orders_note\"",
             ]
         );
     }
