@@ -5,12 +5,21 @@
 //! Refused by preflight, because `TableShape` cannot carry them faithfully: expression,
 //! partial, non-btree, descending or non-default-opclass indexes; CHECK, FOREIGN KEY and
 //! EXCLUDE constraints and self-referencing foreign keys; disabled or constraint triggers,
-//! and any trigger when the plan drops or renames a column; views depending on the table;
-//! stored generated columns; non-default collations; partitioned tables. Foreign keys of
-//! other tables referencing this one are carried (re-pointed at cutover) unless they are
-//! NOT VALID, on a partitioned child, or reference a column the plan drops or computes;
-//! the table's own foreign keys to other tables likewise go to the new table.
+//! and any trigger when the plan drops or renames a column; stored generated columns;
+//! non-default collations; partitioned tables. Foreign keys of other tables referencing
+//! this one are carried (re-pointed at cutover) unless they are NOT VALID, on a
+//! partitioned child, or reference a column the plan drops or computes; the table's own
+//! foreign keys to other tables likewise go to the new table.
 //! Primary-key type changes are judged in `sql/keys.rs`.
+//!
+//! Carried at cutover (`carry.rs`), and refused here only where they cannot be: views over
+//! the table and views over those (refused: one that uses a column the plan drops or
+//! renames, unless the plan's `views` key redefines it; INSTEAD OF triggers or rules on a
+//! view that must be re-created), row-level security (refused: a policy using a column the
+//! plan drops or renames; row security turnout's role does not bypass), the owner,
+//! comments, storage parameters and replica identity (refused: an identity index the new
+//! table will not have). Refused outright: materialized views over the table, the table's
+//! own rules, publication membership.
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
