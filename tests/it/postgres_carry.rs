@@ -7,6 +7,12 @@
 //! comments), each view returns what its query over the table returns, and follows the
 //! table's later writes. A view that reads a column the plan drops is refused by check,
 //! naming both; the plan's `views` key gives its new definition, which a rollback undoes.
+//! Kills inside the cutover and the rollback transactions leave the views whole. Row-level
+//! security (policies and flags) is on the new table after cutover and unchanged on the old
+//! one after a rollback, and holds for the role; a table owned by that role keeps its
+//! owner, comments (a renamed column's under its new name), storage parameters and replica
+//! identity index. Materialized views, rules, publications and a policy using a dropped
+//! column are refused by name.
 
 use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 use crate::scenarios::SEED_ROWS;
@@ -506,6 +512,56 @@ async fn postgres_owner_comments_and_storage_parameters_follow_the_table() {
             "ALTER TABLE items OWNER TO postgres;\nALTER SEQUENCE items_id_seq OWNER TO postgres",
         )
         .await;
+        drop_role(db, &role).await;
+    }
+}
+
+/// Killed inside the cutover transaction and resumed, killed inside a rollback and rolled
+/// back again: the views are whole at every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_views_survive_kills_in_cutover_and_rollback() {
+    for (point, rollback) in [("cutover.inside", false), ("rollback.inside", true)] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db).await;
+        let role = new_role(&db).await;
+        seed_views(&db, &role).await;
+        let before = views(&db).await;
+        let p = db.plan_file(
+            "plan.yaml",
+            &plan(&format!("items-views-kill-{rollback}"), WIDEN, ""),
+        );
+        let p = p.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 67);
+        writer.wait_for(10).await;
+        let args: Vec<&str> = if rollback {
+            ok(
+                &db.turnout(&["run", p, "--until", "cut_over", "--yes"], None),
+                "cut_over",
+            );
+            vec!["rollback", p, "--yes"]
+        } else {
+            vec!["run", p, "--yes"]
+        };
+        let killed = db.turnout(&args, Some(point));
+        assert!(
+            stderr(&killed).contains("fault injected"),
+            "{point}: {}",
+            stderr(&killed)
+        );
+        assert_eq!(views(&db).await, before, "after the kill at {point}");
+        views_read_the_table(&db).await;
+        writer.wait_for(10).await;
+        let again = if rollback {
+            args.clone()
+        } else {
+            vec!["resume", p, "--yes"]
+        };
+        ok(&db.turnout(&again, None), &format!("after {point}"));
+        writer.wait_for(10).await;
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(views(&db).await, before, "{point}");
+        views_read_the_table(&db).await;
         drop_role(db, &role).await;
     }
 }
