@@ -95,6 +95,9 @@ pub struct Migration {
     pub lossy: Vec<String>,
     pub key: Vec<KeyColumn>,
     pub on_error: OnError,
+    /// The plan's new definitions for dependent views (PostgreSQL).
+    #[serde(default)]
+    pub views: Vec<crate::plan::ViewDefinition>,
 }
 
 impl Migration {
@@ -346,6 +349,7 @@ impl Migration {
             lossy,
             key,
             on_error: p.dual_write.on_error,
+            views: p.views.clone(),
         })
     }
 

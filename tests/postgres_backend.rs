@@ -194,7 +194,7 @@ async fn assert_clean(db: &TestDb, schema: &str, table: &str) {
             "SELECT proname::text FROM pg_proc WHERE proname LIKE 'turnout\\_%' \
              UNION ALL SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal \
              UNION ALL SELECT relname::text FROM pg_class WHERE relname LIKE 'turnout\\_%' \
-               AND relname NOT IN ('turnout_state', 'turnout_failures', 'turnout_state_pkey') \
+               AND relname NOT IN ('turnout_state', 'turnout_failures', 'turnout_state_pkey', 'turnout_rollback', 'turnout_rollback_pkey') \
              UNION ALL SELECT relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                WHERE n.nspname = '{}' AND relname IN ('_{t}_new', '_{t}_old')",
             schema.replace('\'', "''"),
@@ -964,7 +964,7 @@ async fn preflight_refuses_what_it_cannot_carry() {
     db.exec(
         "CREATE TABLE p (id integer PRIMARY KEY, a integer CHECK (a > 0), b text); \
          CREATE INDEX p_lower ON p (lower(b)); \
-         CREATE VIEW pv AS SELECT * FROM p;",
+         CREATE MATERIALIZED VIEW pv AS SELECT * FROM p;",
     )
     .await;
     let b = db.backend().await;

@@ -222,6 +222,28 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
         );
     }
     validate_changes(&p.changes, &mut bad);
+    for (i, v) in p.views.iter().enumerate() {
+        if v.name.trim().is_empty() {
+            bad(
+                &format!("views[{i}].name"),
+                "expected the view's name; found an empty string".into(),
+            );
+        }
+        if v.definition.trim().is_empty() {
+            bad(
+                &format!("views[{i}].definition"),
+                "expected the SELECT the view runs over the new table; found an empty string"
+                    .into(),
+            );
+        }
+        let same = |w: &ViewDefinition| w.name == v.name && w.schema == v.schema;
+        if p.views[..i].iter().any(same) {
+            bad(
+                &format!("views[{i}].name"),
+                format!("view {:?} is given twice; give one definition", v.name),
+            );
+        }
+    }
     match p.backfill.batch_size {
         BatchSize::Rows(0) => bad(
             "backfill.batch_size",

@@ -32,6 +32,23 @@ pub struct PlanFile {
     pub cutover: Cutover,
     #[serde(default)]
     pub cleanup: Cleanup,
+    /// New definitions for views over the table that use a column the plan drops or
+    /// renames (PostgreSQL); every other dependent view is carried as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewDefinition>,
+}
+
+/// A dependent view's query over the table's new shape, applied at cutover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ViewDefinition {
+    /// The view's name; it lives in the table's schema unless `schema` says otherwise.
+    pub name: String,
+    /// The view's schema; default: the table's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// The SELECT the view runs after cutover, naming the table and its new columns.
+    pub definition: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -12,6 +12,7 @@ mod harness;
 mod mysql_real_schema;
 mod names;
 mod output;
+mod postgres_carry;
 mod postgres_real_schema;
 mod postgres_shape;
 mod random_plans;

@@ -6,13 +6,22 @@
 //! other index are read and judged by `shape.rs` (refused by name when they use a column
 //! the plan drops, computes or retypes to another kind) and compiled here on the new
 //! shape. Refused by preflight: disabled or constraint triggers, and any trigger when the
-//! plan drops or renames a column; views depending on the table; stored generated
-//! columns; partitioned tables, tables with inheritance children
-//! and partitions or children themselves (each named). Foreign keys of other tables
-//! referencing this one are carried (re-pointed at cutover) unless they are NOT VALID, on
-//! a partitioned child, or reference a column the plan drops or computes; the table's own
-//! foreign keys (to other tables and to itself) likewise go to the new table.
+//! plan drops or renames a column; stored generated columns; partitioned tables, tables
+//! with inheritance children and partitions or children themselves (each named). Foreign
+//! keys of other tables referencing this one are carried (re-pointed at cutover) unless
+//! they are NOT VALID, on a partitioned child, or reference a column the plan drops or
+//! computes; the table's own foreign keys (to other tables and to itself) likewise go to
+//! the new table.
 //! Primary-key type changes are judged in `sql/keys.rs`.
+//!
+//! Carried at cutover (`carry.rs`), and refused here only where they cannot be: views over
+//! the table and views over those (refused: one that uses a column the plan drops or
+//! renames, unless the plan's `views` key redefines it; INSTEAD OF triggers or rules on a
+//! view that must be re-created), row-level security (refused: a policy using a column the
+//! plan drops or renames; row security turnout's role does not bypass), the owner,
+//! comments, storage parameters and replica identity (refused: an identity index the new
+//! table will not have). Refused outright: materialized views over the table, the table's
+//! own rules, publication membership.
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -158,7 +167,7 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 7] = [
+        let checks: [(&str, &str); 5] = [
             (
                 "SELECT coalesce(string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text), 'none yet') \
               FROM pg_class c LEFT JOIN pg_inherits i ON i.inhparent = c.oid WHERE c.oid = to_regclass($1) AND c.relkind = 'p' GROUP BY c.oid",
@@ -178,17 +187,8 @@ impl Postgres {
                 "table {t}: trigger {x} is disabled, replica-only or a constraint trigger, which turnout does not carry; enable it (or drop it) for the migration",
             ),
             (
-                "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
-              WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = to_regclass($1) AND v.oid <> d.refobjid",
-                "table {t}: view {x} depends on it and would follow the old table at cutover; drop it for the migration and recreate it after",
-            ),
-            (
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
                 "table {t}: column {x} is a generated column; turnout cannot copy into it",
-            ),
-            (
-                "SELECT polname::text FROM pg_policy WHERE polrelid = to_regclass($1)",
-                "table {t}: row-level security policy {x} is not carried to the new table",
             ),
         ];
         for (query, message) in checks {
@@ -205,6 +205,10 @@ impl Postgres {
                 );
             }
         }
+        // Views are carried at cutover (see `sql/views.rs`); what cannot be is named here.
+        problems.extend(super::views::problems(&mut conn, &g).await.map_err(ctx)?);
+        problems.extend(super::rls::problems(&mut conn, &g).await.map_err(ctx)?);
+        problems.extend(super::carry::problems(&mut conn, &g).await.map_err(ctx)?);
         // Other tables' references are re-pointed at cutover (see `sql/children.rs`).
         for f in super::children::children_of(&mut conn, &live)
             .await

@@ -55,6 +55,8 @@ impl Postgres {
             let carried = self
                 .carried_names(&mut tx, &g, &g.live(), &|n| g.carried_new(n))
                 .await?;
+            let furniture = super::carry::read_before(&mut tx, &g).await?;
+            super::carry::prepare(&mut tx, &g, &furniture).await?;
             run_all(&mut tx, &g.cutover(&facts)).await?;
             let to_itself: Vec<String> = facts
                 .parents
@@ -63,7 +65,8 @@ impl Postgres {
                 .map(|(fk, _)| fk.name.clone())
                 .collect();
             run_all(&mut tx, &g.self_references_cutover(&to_itself)).await?;
-            run_all(&mut tx, &g.carried_cutover(&carried)).await
+            run_all(&mut tx, &g.carried_cutover(&carried)).await?;
+            super::carry::carry(&mut tx, &g, &self.home, &furniture).await
         }
         .await;
         match attempt {
@@ -93,7 +96,11 @@ impl Postgres {
         self.validate_children(&g).await?;
         self.ddl_txn(
             &format!("cleanup of {}", m.table),
-            &g.cleanup(keep_old),
+            &[
+                g.cleanup(keep_old),
+                vec![super::sql::forget_undo(&self.home, &m.name)],
+            ]
+            .concat(),
             save,
             Some("cleanup.inside"),
         )
@@ -140,7 +147,9 @@ impl Postgres {
                         .carried_names(&mut tx, &g, &g.live(), &|n| g.carried_old(n))
                         .await?;
                     let to_itself = self.self_references_back(&mut tx, &g).await?;
-                    let mut stmts = g.rollback_swapped(&facts);
+                    // What cutover carried goes back first, while the new table exists.
+                    let mut stmts = super::carry::take_undo(&mut tx, &g, &self.home).await?;
+                    stmts.extend(g.rollback_swapped(&facts));
                     stmts.extend(g.carried_rollback(&carried));
                     stmts.extend(g.self_references_rollback(&to_itself));
                     stmts

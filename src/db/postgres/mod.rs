@@ -17,15 +17,18 @@
 //! `cutover`, `errors`); `sql/` generates every statement without I/O.
 
 mod backfill;
+mod carry;
 mod catalog;
 mod children;
 mod cutover;
 mod errors;
 mod prepare;
 mod shape;
+mod rls;
 mod sql;
 mod state;
 mod verify;
+mod views;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -47,6 +47,7 @@ impl Postgres {
                 "CREATE TABLE IF NOT EXISTS {} (migration text NOT NULL, direction text NOT NULL, key text, error text, at timestamptz NOT NULL DEFAULT now())",
                 qualified(&self.home, "turnout_failures")
             ),
+            super::sql::create_undo_table(&self.home),
         ] {
             if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&self.pool).await {
                 // Two turnouts (or a turnout and a `status`) creating the table at once: the

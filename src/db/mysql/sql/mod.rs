@@ -464,6 +464,7 @@ mod tests {
                 new: "id".into(),
             }],
             on_error: crate::plan::OnError::Reject,
+            views: vec![],
         }
     }
 

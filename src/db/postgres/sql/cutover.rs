@@ -46,7 +46,7 @@ pub(in crate::db::postgres) struct Grant {
 }
 
 impl Grant {
-    fn sql(&self, table: &str) -> String {
+    pub(in crate::db::postgres) fn sql(&self, table: &str) -> String {
         format!(
             "GRANT {}{} ON TABLE {table} TO {}{}",
             self.privilege,

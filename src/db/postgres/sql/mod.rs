@@ -12,18 +12,26 @@
 //! (`…_o<i>`, `…_opk`) and the new ones take the final names; rollback renames them back.
 
 mod backfill;
+mod carry;
 mod children;
 mod cutover;
+mod furniture;
 mod keys;
+mod rls;
 mod shadow;
 mod shape;
 mod triggers;
 mod verify;
+mod views;
 
+pub(super) use carry::{create_undo_table, forget_undo, undo_table};
 pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
+pub(super) use furniture::TableAttributes;
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
 pub(super) use shape::{Furniture, IndexParts, KeyPart};
+pub(super) use rls::{Policy, RowSecurity};
+pub(super) use views::View;
 
 use crate::db::PhaseSql;
 use crate::schema::{Generated, Migration, TableShape};
@@ -475,6 +483,7 @@ mod tests {
                 new: "id".into(),
             }],
             on_error: OnError::Record,
+            views: vec![],
         }
     }
 
