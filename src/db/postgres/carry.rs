@@ -10,7 +10,7 @@
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::sql::{TableAttributes, Gen, RowSecurity, View, forget_undo as forget, undo_table};
+use super::sql::{Gen, RowSecurity, TableAttributes, View, forget_undo as forget, undo_table};
 use super::views;
 
 /// What the cutover reads before its renames.

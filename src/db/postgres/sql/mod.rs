@@ -29,8 +29,8 @@ pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use furniture::TableAttributes;
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
-pub(super) use shape::{Furniture, IndexParts, KeyPart};
 pub(super) use rls::{Policy, RowSecurity};
+pub(super) use shape::{Furniture, IndexParts, KeyPart};
 pub(super) use views::View;
 
 use crate::db::PhaseSql;
