@@ -166,25 +166,6 @@ impl MySql {
                 "table {t} has no primary key; turnout pages through rows by it"
             ));
         }
-        let fks = Self::rows(&mut conn, &Bound {
-            sql: "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(REFERENCED_TABLE_NAME AS CHAR) FROM information_schema.REFERENTIAL_CONSTRAINTS \
-                  WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)"
-                .into(),
-            binds: vec![schema.clone(), t.clone(), schema.clone(), t.clone()],
-        })
-        .await
-        .map_err(sql_err("preflight: foreign keys"))?;
-        for r in fks
-            .iter()
-            .filter(|r| r[1].as_deref() == Some(t) || r[2].as_deref() == Some(t))
-        {
-            problems.push(format!(
-                "foreign key {} links {} to {}: turnout does not carry foreign keys on MySQL/MariaDB yet (RENAME TABLE would leave it on, or pointing at, the old table), so {t} cannot be migrated by turnout until it does",
-                r[0].as_deref().unwrap_or("?"),
-                r[1].as_deref().unwrap_or("?"),
-                r[2].as_deref().unwrap_or("?")
-            ));
-        }
         let trig = Self::rows(&mut conn, &Bound {
             sql: "SELECT CAST(TRIGGER_NAME AS CHAR), CAST(EVENT_OBJECT_TABLE AS CHAR) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ?".into(),
             binds: vec![schema.clone()],
