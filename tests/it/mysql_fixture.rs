@@ -675,3 +675,81 @@ async fn mysql_fixture_cutover_stall_with_three_child_tables() {
     ok(&db.turnout(&["run", path, "--yes"], None), "cleanup");
     db.drop().await;
 }
+
+/// A child table of the fixture migrated both ways: `lots.tag` references `tags` with
+/// ON DELETE CASCADE (and `lots_mirror` the same), so every tag the family writer
+/// deletes removes rows from the live table, the shadow and the mirror alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_fixture_a_child_with_a_cascading_foreign_key_migrates_to_done_and_back() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::MySql).await;
+        seed(&db).await;
+        for t in ["lots", "lots_mirror"] {
+            db.exec(&format!("CREATE TABLE {t} (id INT NOT NULL PRIMARY KEY, qty INT NOT NULL, tag INT NOT NULL DEFAULT 0, CONSTRAINT {t}_tag FOREIGN KEY (tag) REFERENCES tags (id) ON DELETE CASCADE)")).await;
+            let rows: Vec<String> = (1..=ROWS)
+                .map(|i| format!("({i}, {i}, {})", i % 7))
+                .collect();
+            db.exec(&format!("INSERT INTO {t} VALUES {}", rows.join(", ")))
+                .await;
+        }
+        let before = furniture(&db, "nobody").await;
+        let name = if rollback { "lots-back" } else { "lots" };
+        let yaml = format!(
+            "version: 1\nname: {name}\ntable: lots\nchanges:\n  - alter_column: {{name: qty, type: BIGINT}}\nbackfill:\n  batch_size: 100\ncutover:\n  retry_delay: 50ms\n"
+        );
+        let path = db.plan_file("plan.yaml", &yaml);
+        let path = path.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "lots", "lots_mirror", ROWS, 59);
+        let family = Family::start(db.pool.clone(), 61);
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["run", path, "--until", "backfilled", "--yes"], None),
+            "to backfilled",
+        );
+        ok(&db.turnout(&["verify", path], None), "verify");
+        ok(
+            &db.turnout(&["run", path, "--until", "cut_over", "--yes"], None),
+            "to cut_over",
+        );
+        writer.wait_for(20).await;
+        if rollback {
+            ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
+        } else {
+            ok(&db.turnout(&["run", path, "--yes"], None), "cleanup");
+        }
+        writer.wait_for(10).await;
+        let (tag_deletes, _) = family.stop().await;
+        assert!(writer.stop().await.is_empty());
+        assert!(
+            tag_deletes > 0,
+            "no tag was deleted, so no cascade was tried"
+        );
+        let q = |t: &str| {
+            format!(
+                "SELECT CAST(id AS CHAR), CAST(qty AS CHAR), CAST(tag AS CHAR) FROM {t} ORDER BY id"
+            )
+        };
+        let (live, mirror) = (db.rows(&q("lots")).await, db.rows(&q("lots_mirror")).await);
+        assert_eq!(
+            live.len(),
+            mirror.len(),
+            "lots: row counts differ from the mirror"
+        );
+        assert!(live == mirror, "lots differs from its mirror");
+        let mut after = furniture(&db, "nobody").await;
+        let mut want = before;
+        if !rollback {
+            for m in [&mut want, &mut after] {
+                m.remove("create lots");
+            }
+            let qty = db.one("SELECT CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'lots' AND COLUMN_NAME = 'qty'").await;
+            assert_eq!(qty, "bigint(20)");
+        }
+        assert_eq!(after, want, "rollback: {rollback}");
+        let err = db
+            .exec_err("INSERT INTO lots (id, qty, tag) VALUES (999999, 1, 99)")
+            .await;
+        assert!(err.contains("foreign key constraint fails"), "{err}");
+        db.drop().await;
+    }
+}

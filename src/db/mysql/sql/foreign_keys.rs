@@ -50,12 +50,13 @@ fn list(cols: &[String]) -> String {
     cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
 }
 
-/// `ON DELETE` / `ON UPDATE` as the catalog spells them (`NO ACTION` is kept: InnoDB
-/// treats it as RESTRICT, and writing it back keeps the catalog as it was).
-fn rule(r: &str) -> &str {
+/// ` ON DELETE …` / ` ON UPDATE …` as the catalog spells the rule, or nothing for
+/// RESTRICT: the catalog shows an omitted rule as RESTRICT, but MariaDB records a
+/// written `RESTRICT` as NO ACTION (seen on 10.11), so writing it would change the catalog.
+fn rule(on: &str, r: &str) -> String {
     match r {
-        "CASCADE" | "SET NULL" | "RESTRICT" | "NO ACTION" | "SET DEFAULT" => r,
-        _ => "RESTRICT",
+        "CASCADE" | "SET NULL" | "NO ACTION" | "SET DEFAULT" => format!(" ON {on} {r}"),
+        _ => String::new(),
     }
 }
 
@@ -63,12 +64,12 @@ fn rule(r: &str) -> &str {
 /// `parent` already quoted (and qualified).
 pub fn constraint(fk: &ForeignKey, name: &str, parent: &str) -> String {
     format!(
-        "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {parent} ({}) ON DELETE {} ON UPDATE {}",
+        "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {parent} ({}){}{}",
         quote(name),
         list(&fk.columns),
         list(&fk.ref_columns),
-        rule(&fk.on_delete),
-        rule(&fk.on_update)
+        rule("DELETE", &fk.on_delete),
+        rule("UPDATE", &fk.on_update)
     )
 }
 
@@ -112,6 +113,13 @@ mod tests {
         assert_eq!(
             sql,
             "ALTER TABLE `db`.`notes` DROP FOREIGN KEY `notes_item`, ADD CONSTRAINT `_tc_notes_item` FOREIGN KEY (`item``id`) REFERENCES `db`.`_items_new` (`id`) ON DELETE SET NULL ON UPDATE CASCADE, ALGORITHM=INPLACE"
+        );
+        let mut restrict = fk();
+        restrict.on_update = "RESTRICT".into();
+        assert!(
+            constraint(&restrict, "n", "`p`").ends_with("REFERENCES `p` (`id`) ON DELETE SET NULL"),
+            "{}",
+            constraint(&restrict, "n", "`p`")
         );
         assert_eq!(original("_tc_notes_item"), "notes_item");
         assert_eq!(original("_tn_x"), "x");
