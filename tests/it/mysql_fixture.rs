@@ -565,7 +565,13 @@ async fn walk_faults(points: &[&str], is_rollback: bool) {
         let db = TestDb::new(Kind::MySql).await;
         seed(&db).await;
         let before = furniture(&db, "nobody").await;
-        let path = db.plan_file("plan.yaml", &plan("fixture-fault"));
+        // GET_LOCK names are server-wide: the two walks run at once under their own names.
+        let name = if is_rollback {
+            "fixture-fault-back"
+        } else {
+            "fixture-fault"
+        };
+        let path = db.plan_file("plan.yaml", &plan(name));
         let path = path.to_str().expect("utf-8 path");
         let writer = Writer::start(db.pool.clone(), "items", "mirror", ROWS, 47);
         let family = Family::start(db.pool.clone(), 53);
@@ -587,11 +593,13 @@ async fn walk_faults(points: &[&str], is_rollback: bool) {
             stderr(&crashed)
         );
         writer.wait_for(10).await;
-        if is_rollback {
-            ok(&db.turnout(&["rollback", path, "--yes"], None), point);
+        let again: &[&str] = if is_rollback {
+            &["rollback", path, "--yes"]
         } else {
-            ok(&db.turnout(&["resume", path, "--yes"], None), point);
-        }
+            &["resume", path, "--yes"]
+        };
+        let out = db.turnout(again, None);
+        ok(&out, point);
         writer.wait_for(10).await;
         family.stop().await;
         let disagreements = writer.stop().await;
