@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::schema::Migration;
 
 use super::MySql;
-use super::errors::{is_data_error, sql_err};
+use super::errors::{is_data_error, is_deadlock, sql_err};
 use super::sql::{Bound, Gen, cursor_values, key_cmp, parse_key_json};
 
 /// Why a backfill batch did not commit: the copy itself (narrowed to a row when it is a
@@ -95,7 +95,34 @@ impl MySql {
             .unwrap_or(0))
     }
 
+    /// One batch, run again when the server picks it as a deadlock victim: the shadow's
+    /// foreign keys make the copy lock parent rows after the live rows, and a parent
+    /// delete cascading into the live table locks them the other way round. The batch
+    /// and its checkpoint were rolled back together, so running it again is safe.
     pub(super) async fn copy_next_batch(
+        &self,
+        m: &Migration,
+        after: Option<&Cursor>,
+        limit: u64,
+        checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
+    ) -> Result<BatchDone> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.copy_batch_once(m, after, limit, checkpoint).await {
+                Err(Error::Database { source, .. }) if attempt < 10 && is_deadlock(&source) => {
+                    tracing::warn!(
+                        attempt,
+                        "backfill: the batch was a deadlock victim, running it again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn copy_batch_once(
         &self,
         m: &Migration,
         after: Option<&Cursor>,

@@ -99,7 +99,9 @@ impl MySql {
         let mut conn = self.conn().await?;
         let cat = self.catalog(&mut conn, &g).await?;
         if cat.old && cat.table && cat.gate.as_deref() == Some("r") {
-            // Swapped already (a crash after the RENAME): only the state is missing.
+            // Swapped already (a crash after the RENAME): the foreign keys' names and the
+            // state may be missing.
+            self.name_new_foreign_keys(&mut conn, &g).await?;
             Self::save_on(&mut conn, save)
                 .await
                 .map_err(sql_err("cutover: saving the state"))?;
@@ -167,6 +169,14 @@ impl MySql {
                     }
                 }
             }
+            // The children reference the shadow from here on, so the swap carries their
+            // references to the new table (foreign_keys.rs says why every moment is right).
+            if !self
+                .repoint_children(&mut conn, &g, &[n.table.as_str()], &n.shadow, false)
+                .await?
+            {
+                return Ok(CutoverOutcome::LockTimeout);
+            }
             crate::fault::point("mysql.cutover.before_swap");
             let Some(mut sentry) = self.sentry(&g, secs).await? else {
                 return Ok(CutoverOutcome::LockTimeout);
@@ -194,6 +204,7 @@ impl MySql {
             }
             crate::fault::point("mysql.cutover.after_swap");
             crate::fault::point("cutover.inside");
+            self.name_new_foreign_keys(&mut conn, &g).await?;
             Ok(CutoverOutcome::Swapped)
         }
         .await;
@@ -229,6 +240,17 @@ impl MySql {
                 .await?;
         }
         crate::fault::point("cleanup.inside");
+        // Normally nothing to do: only an interrupted rollback leaves a child on the old
+        // table, and dropping it would then fail.
+        self.repoint_children(
+            &mut conn,
+            &g,
+            &[n.old.as_str(), n.shadow.as_str()],
+            &n.table,
+            true,
+        )
+        .await?;
+        self.name_new_foreign_keys(&mut conn, &g).await?;
         if !keep_old {
             self.ddl_retry(
                 &mut conn,
@@ -264,6 +286,9 @@ impl MySql {
                     )));
                 }
             }
+            // Children follow the old table through the swap back.
+            self.repoint_children(&mut conn, &g, &[n.table.as_str()], &n.old, true)
+                .await?;
             // The mirror image of cutover: the old table takes the name back and the gate
             // turns to forward in the same atomic statement, so no write falls between.
             self.ddl_retry(
@@ -274,6 +299,17 @@ impl MySql {
             .await?;
             crate::fault::point("mysql.rollback.after_swap_back");
         }
+        // While the forward triggers still keep the shadow exact: a child that a failed
+        // cutover left on the shadow (or an interrupted rollback on the old table) goes
+        // back to the live table.
+        self.repoint_children(
+            &mut conn,
+            &g,
+            &[n.shadow.as_str(), n.old.as_str()],
+            &n.table,
+            true,
+        )
+        .await?;
         // Forward triggers first, so application writes stop touching the shadow before
         // it is dropped (a trigger writing a missing table would fail the write).
         for sql in g.drop_triggers(&n.forward) {
@@ -291,6 +327,8 @@ impl MySql {
             "rollback: dropping the shadow",
         )
         .await?;
+        // The shadow's constraints are gone with it: the names are free again.
+        self.restore_old_foreign_keys(&mut conn, &g).await?;
         self.ddl_retry(&mut conn, &g.drop_gates(), "rollback: dropping the gate")
             .await?;
         Self::save_on(&mut conn, save)

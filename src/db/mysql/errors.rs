@@ -33,6 +33,11 @@ fn db_code(e: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// ER_LOCK_DEADLOCK: the server rolled the transaction back; it can be run again.
+pub(super) fn is_deadlock(e: &sqlx::Error) -> bool {
+    db_code(e).as_deref() == Some("1213")
+}
+
 pub(super) fn is_lock_timeout(e: &sqlx::Error) -> bool {
     db_code(e).as_deref() == Some(LOCK_WAIT_TIMEOUT)
 }

@@ -14,24 +14,25 @@
 //!   name, and `RENAME TABLE` does not move them), so the grants on `t` apply to
 //!   whichever table is named `t`.
 //!
-//! Refused (not carried yet): foreign keys in either direction (a `RENAME TABLE` takes
-//! a child's reference along with the renamed parent, so after the swap it would point at
-//! the old table), the table's own triggers (they move with `RENAME TABLE` and would stay
-//! on the old table), CHECK constraints (but for the `json_valid` check MariaDB gives
-//! every JSON column, which the shadow's column type does not carry yet either, as
-//! before), column comments, invisible columns, descending,
-//! ignored or commented indexes. Where a primary-key type change meets a child column
-//! whose integer type must equal the key's, the child column is named: it must change in
-//! the same step, which needs a multi-table plan.
+//! Carried by turnout's own work: foreign keys in both directions (`foreign_keys`) and,
+//! on MariaDB, CHECK constraints (created on the shadow under their own names, which
+//! MariaDB scopes to the table, so every write after the swap is checked).
+//!
+//! Refused (not carried yet): CHECK constraints on MySQL 8 (names per database), column
+//! comments, invisible columns, descending, ignored or commented indexes. Where a
+//! primary-key type change meets a child column whose integer type must equal the
+//! key's, the child column is named: it must change in the same step, which needs a
+//! multi-table plan.
 
 use sqlx::mysql::MySqlConnection;
 
 use crate::error::Result;
-use crate::schema::Migration;
+use crate::schema::{Migration, Source};
 
 use super::MySql;
 use super::errors::sql_err;
 use super::key_types::{KeyType, Widening, judge, parse};
+use super::sql::shadow::Check;
 use super::sql::{Bound, quote};
 
 impl MySql {
@@ -45,32 +46,13 @@ impl MySql {
         let t = m.table.as_str();
         let mut problems = Vec::new();
         problems.extend(self.key_change_problems(conn, m, schema).await?);
+        problems.extend(self.foreign_key_problems(conn, m, schema).await?);
         let q = |sql: &str, binds: Vec<String>| Bound {
             sql: sql.into(),
             binds,
         };
         let on_t = vec![schema.to_string(), t.to_string()];
-        // MariaDB's JSON type is LONGTEXT plus a column-level CHECK (json_valid(col)) named
-        // after the column; that one is the type's own, not the application's.
-        let check_sql = if self.mariadb {
-            "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(LEVEL AS CHAR), CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?"
-        } else {
-            "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), '', '' FROM information_schema.TABLE_CONSTRAINTS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_TYPE = 'CHECK'"
-        };
-        let checks = Self::rows(conn, &q(check_sql, on_t.clone()))
-            .await
-            .map_err(sql_err("preflight: CHECK constraints"))?;
-        for r in checks.iter().filter(|r| r[1].as_deref() == Some(t)) {
-            let name = r[0].as_deref().unwrap_or("?");
-            let json_type = r[2].as_deref() == Some("Column")
-                && r[3].as_deref() == Some(format!("json_valid({})", quote(name)).as_str());
-            if json_type {
-                continue;
-            }
-            problems.push(format!(
-                "CHECK constraint {name} of {t}: turnout does not copy CHECK constraints to the new table yet, so writes after the swap would not be checked; drop it and add it again after the migration, or wait for a turnout that carries it"
-            ));
-        }
+        problems.extend(self.check_problems(conn, m, schema).await?);
         let cols = Self::rows(conn, &q(
             "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_COMMENT AS CHAR), CAST(EXTRA AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
             on_t.clone(),
@@ -131,6 +113,121 @@ impl MySql {
         }
         problems.extend(self.view_problems(conn, m, schema).await?);
         Ok(problems)
+    }
+
+    /// The table's CHECK constraints as the catalog shows them.
+    async fn checks(
+        &self,
+        conn: &mut MySqlConnection,
+        table: &str,
+        schema: &str,
+    ) -> Result<Vec<Check>> {
+        let sql = if self.mariadb {
+            "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(LEVEL AS CHAR), CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ? ORDER BY CONSTRAINT_NAME"
+        } else {
+            "SELECT CAST(c.CONSTRAINT_NAME AS CHAR), CAST(t.TABLE_NAME AS CHAR), 'Table', CAST(c.CHECK_CLAUSE AS CHAR) FROM information_schema.TABLE_CONSTRAINTS t JOIN information_schema.CHECK_CONSTRAINTS c ON c.CONSTRAINT_SCHEMA = t.CONSTRAINT_SCHEMA AND c.CONSTRAINT_NAME = t.CONSTRAINT_NAME WHERE t.TABLE_SCHEMA = ? AND t.TABLE_NAME = ? AND t.CONSTRAINT_TYPE = 'CHECK' ORDER BY c.CONSTRAINT_NAME"
+        };
+        let rows = Self::rows(
+            conn,
+            &Bound {
+                sql: sql.into(),
+                binds: vec![schema.to_string(), table.to_string()],
+            },
+        )
+        .await
+        .map_err(sql_err("reading CHECK constraints"))?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r[1].as_deref() == Some(table))
+            .map(|r| {
+                let name = r[0].clone().unwrap_or_default();
+                Check {
+                    column: (r[2].as_deref() == Some("Column")).then(|| name.clone()),
+                    name,
+                    clause: r[3].clone().unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// Which of the live table's CHECK constraints the new table gets, and why any
+    /// cannot be carried. MariaDB scopes CHECK names to their table, so the shadow takes
+    /// them under their own names; a column-level one (MariaDB names it after its
+    /// column) goes with its column, and is left out with a column the plan drops; the
+    /// `json_valid` check MariaDB gives a JSON column stays with the column while its type
+    /// does. MySQL 8 scopes the names to the database, so they stay refused there.
+    fn judge_checks(&self, m: &Migration, checks: Vec<Check>) -> (Vec<Check>, Vec<String>) {
+        let t = m.table.as_str();
+        let mut carried = Vec::new();
+        let mut problems = Vec::new();
+        let renamed = |col: &str| {
+            m.forward
+                .iter()
+                .any(|mp| mp.source == Source::Column(col.to_string()) && mp.target != col)
+        };
+        for ch in checks {
+            if !self.mariadb {
+                problems.push(format!(
+                    "CHECK constraint {} of {t}: MySQL 8 names CHECK constraints per database, so the new table cannot take the same name while the old one has it; turnout does not carry them on MySQL yet: drop it and add it again after the migration",
+                    ch.name
+                ));
+                continue;
+            }
+            match ch.column.clone() {
+                Some(col) => {
+                    let json_type = ch.clause == format!("json_valid({})", quote(&col));
+                    let same_type = m.before.column(&col).map(|c| &c.sql_type)
+                        == m.after.column(&col).map(|c| &c.sql_type);
+                    if renamed(&col) {
+                        problems.push(format!(
+                            "CHECK constraint {} of {t} is on column {col}, which the plan renames: the constraint would name a column the new table does not have; keep the name, or drop the constraint first",
+                            ch.name
+                        ));
+                    } else if m.after.column(&col).is_some() && (same_type || !json_type) {
+                        carried.push(ch);
+                    }
+                }
+                None => {
+                    let gone: Vec<&str> = m
+                        .before
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .filter(|c| m.after.column(c).is_none() && ch.clause.contains(&quote(c)))
+                        .collect();
+                    if gone.is_empty() {
+                        carried.push(ch);
+                    } else {
+                        problems.push(format!(
+                            "CHECK constraint {} of {t} uses column {}, which the plan drops or renames: the constraint could not be carried; change the constraint first, or keep the column",
+                            ch.name,
+                            gone.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        (carried, problems)
+    }
+
+    pub(super) async fn carried_checks(
+        &self,
+        conn: &mut MySqlConnection,
+        m: &Migration,
+        schema: &str,
+    ) -> Result<Vec<Check>> {
+        let checks = self.checks(conn, &m.table, schema).await?;
+        Ok(self.judge_checks(m, checks).0)
+    }
+
+    async fn check_problems(
+        &self,
+        conn: &mut MySqlConnection,
+        m: &Migration,
+        schema: &str,
+    ) -> Result<Vec<String>> {
+        let checks = self.checks(conn, &m.table, schema).await?;
+        Ok(self.judge_checks(m, checks).1)
     }
 
     /// Views are carried by name (module documentation); a view that uses a column the

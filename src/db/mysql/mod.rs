@@ -33,6 +33,7 @@ mod backfill;
 mod catalog;
 mod cutover;
 mod errors;
+mod foreign_keys;
 mod furniture;
 mod key_types;
 mod prepare;

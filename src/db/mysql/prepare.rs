@@ -1,6 +1,7 @@
 //! Prepare and dual-write: the shadow table, created in the new shape with the live
-//! table's character set, collation and comment, then the gate and the forward
-//! triggers, each created only when the catalog does not show it yet.
+//! table's character set, collation, comment, CHECK constraints and foreign keys to
+//! other tables (see `foreign_keys`), then the gate and the forward triggers, each
+//! created only when the catalog does not show it yet.
 
 use sqlx::mysql::MySqlConnection;
 
@@ -10,6 +11,7 @@ use crate::schema::Migration;
 
 use super::MySql;
 use super::errors::sql_err;
+use super::sql::shadow::Extras;
 use super::sql::{Bound, lit};
 
 impl MySql {
@@ -51,9 +53,13 @@ impl MySql {
             })?;
         let mut conn = self.conn().await?;
         let opts = self.table_options(&mut conn, &schema, &m.table).await?;
+        let extras = Extras {
+            foreign_keys: self.outgoing_foreign_keys(&mut conn, &g).await?,
+            checks: self.carried_checks(&mut conn, m, &schema).await?,
+        };
         self.exec(
             &mut conn,
-            &g.create_shadow(&opts),
+            &g.create_shadow_with(&opts, &extras),
             "prepare: creating the shadow table",
         )
         .await?;

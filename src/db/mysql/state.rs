@@ -94,7 +94,7 @@ impl MySql {
         let conn = guard
             .as_mut()
             .ok_or_else(|| Error::State("lock connection vanished".into()))?;
-        let name = lock_name(migration);
+        let name = lock_name(self.home.as_deref(), migration);
         // A short wait, not zero: a turnout killed a moment ago still holds the lock
         // until the server notices its connection is gone.
         let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 2)")
@@ -143,7 +143,7 @@ impl MySql {
             if let Some(c) = guard.as_mut() {
                 let mine: std::result::Result<Option<i64>, _> =
                     sqlx::query_scalar("SELECT CAST(IS_USED_LOCK(?) = CONNECTION_ID() AS SIGNED)")
-                        .bind(lock_name(migration))
+                        .bind(lock_name(self.home.as_deref(), migration))
                         .fetch_one(c)
                         .await;
                 if let Ok(Some(1)) = mine {
@@ -164,7 +164,7 @@ impl MySql {
             // noticed the disconnect.
             for _ in 0..1000 {
                 let released: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
-                    .bind(lock_name(migration))
+                    .bind(lock_name(self.home.as_deref(), migration))
                     .fetch_one(&mut c)
                     .await
                     .map_err(sql_err("releasing the migration lock"))?;
@@ -191,15 +191,18 @@ fn state_row(r: Vec<Option<String>>) -> StateRow {
 }
 
 /// GET_LOCK names are limited to 64 characters.
-fn lock_name(migration: &str) -> String {
-    let name = format!("turnout:{migration}");
+/// `GET_LOCK` names are server-wide while the state lives in one database, so the name
+/// carries the database: the same migration name in two databases is two migrations.
+fn lock_name(home: Option<&str>, migration: &str) -> String {
+    let home = home.unwrap_or("");
+    let name = format!("turnout:{home}:{migration}");
     if name.chars().count() <= 64 {
         name
     } else {
         format!(
             "turnout:{}:{}",
             migration.chars().take(30).collect::<String>(),
-            hash_hex(migration, 16)
+            hash_hex(&format!("{home}\u{0}{migration}"), 16)
         )
     }
 }
@@ -210,7 +213,11 @@ mod tests {
 
     #[test]
     fn lock_names_fit_in_64_chars() {
-        assert!(lock_name(&"x".repeat(200)).chars().count() <= 64);
-        assert_eq!(lock_name("m"), "turnout:m");
+        assert!(lock_name(Some("shop"), &"x".repeat(200)).chars().count() <= 64);
+        assert_eq!(lock_name(Some("shop"), "m"), "turnout:shop:m");
+        assert_ne!(
+            lock_name(Some("a"), &"x".repeat(200)),
+            lock_name(Some("b"), &"x".repeat(200))
+        );
     }
 }

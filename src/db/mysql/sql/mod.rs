@@ -7,7 +7,8 @@
 
 mod backfill;
 mod cutover;
-mod shadow;
+pub(in crate::db::mysql) mod foreign_keys;
+pub(in crate::db::mysql) mod shadow;
 mod triggers;
 mod verify;
 
@@ -345,11 +346,21 @@ impl<'a> Gen<'a> {
             n.q(&n.shadow)
         ));
         cutover.push(format!(
+            "/* each child table's foreign key to {t}, foreign_key_checks = 0, twice (through _tc_<name>) */ ALTER TABLE <child> DROP FOREIGN KEY <name>, ADD CONSTRAINT _tc_<name> FOREIGN KEY (…) REFERENCES {} (…), ALGORITHM=INPLACE",
+            n.q(&n.shadow),
+            t = n.table
+        ));
+        cutover.push(format!(
             "/* a second session, until the RENAME waits for the table */ LOCK TABLES {} READ",
             n.q(&n.table)
         ));
         cutover.push(self.swap());
         cutover.push("/* the second session */ UNLOCK TABLES".into());
+        cutover.push(format!(
+            "/* each foreign key to another table, foreign_key_checks = 0 */ ALTER TABLE {} DROP FOREIGN KEY <name>, ADD CONSTRAINT _to_<name> …, ALGORITHM=INPLACE; ALTER TABLE {} DROP FOREIGN KEY _tn_<name>, ADD CONSTRAINT <name> …, ALGORITHM=INPLACE",
+            n.q(&n.old),
+            n.q(&n.table)
+        ));
         let mut cleanup = self.drop_triggers(&n.reverse);
         cleanup.extend(self.drop_triggers(&n.forward));
         cleanup.push(format!("DROP TABLE IF EXISTS {}", n.q(&n.old)));
@@ -517,17 +528,17 @@ mod tests {
         );
         assert!(fwd[0].contains("IF turnout_gate = 'f' THEN"));
         assert!(
-            fwd[1].contains("IF NOT (CAST(OLD.`id` AS BINARY) <=> CAST(NEW.`id` AS BINARY)) THEN DELETE FROM `db`.`_t_new` WHERE `id` = OLD.`id`; END IF"),
+            fwd[1].contains("IF NOT (CAST(OLD.`id` AS BINARY) <=> CAST(NEW.`id` AS BINARY)) THEN UPDATE `db`.`_t_new` SET `id` = NEW.`id` WHERE `id` = OLD.`id`; END IF"),
             "{}",
             fwd[1]
         );
-        // The update trigger upserts; only a key change deletes.
+        // The update trigger upserts; a key change moves the row, it never deletes.
         assert!(
             fwd[1].contains("ON DUPLICATE KEY UPDATE `db`.`_t_new`.`label` = IF(`db`.`_t_new`.`id` <=> VALUES(`db`.`_t_new`.`id`), VALUES(`db`.`_t_new`.`label`), `db`.`_t_new`.`label`), `db`.`_t_new`.`id` = IF(`db`.`_t_new`.`id` <=> VALUES(`db`.`_t_new`.`id`), `db`.`_t_new`.`id`, NULL)"),
             "{}",
             fwd[1]
         );
-        assert_eq!(fwd[1].matches("DELETE").count(), 1, "{}", fwd[1]);
+        assert_eq!(fwd[1].matches("DELETE").count(), 0, "{}", fwd[1]);
         assert!(!fwd[0].contains("DELETE"), "{}", fwd[0]);
         let rev = g.reverse_triggers();
         assert!(

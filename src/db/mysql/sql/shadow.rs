@@ -3,10 +3,28 @@
 
 use crate::schema::{Column, Generated, Index};
 
+use super::foreign_keys::{ForeignKey, SHADOW_PREFIX, constraint};
 use super::{Gen, quote};
 
+/// A CHECK constraint as the catalog shows it; `column` is set for a column-level one
+/// (MariaDB names those after their column, and writes them beside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub clause: String,
+    pub column: Option<String>,
+}
+
+/// What the shadow carries besides columns and indexes: the live table's foreign keys
+/// to other tables (under temporary names) and its CHECK constraints.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    pub foreign_keys: Vec<ForeignKey>,
+    pub checks: Vec<Check>,
+}
+
 impl<'a> Gen<'a> {
-    fn col_def(c: &Column, key_has_ai: bool) -> String {
+    fn col_def(c: &Column, key_has_ai: bool, checks: &[Check]) -> String {
         let mut s = format!("{} {}", quote(&c.name), c.sql_type);
         s.push_str(if c.nullable { " NULL" } else { " NOT NULL" });
         if let Some(d) = &c.default {
@@ -15,7 +33,18 @@ impl<'a> Gen<'a> {
         if key_has_ai && matches!(c.generated, Some(Generated::AutoIncrement)) {
             s.push_str(" AUTO_INCREMENT");
         }
+        for ch in checks
+            .iter()
+            .filter(|ch| ch.column.as_deref() == Some(c.name.as_str()))
+        {
+            s.push_str(&format!(" CHECK ({})", ch.clause));
+        }
         s
+    }
+
+    /// Whether `idx` can serve as the index InnoDB needs for `fk` (its leading columns).
+    fn serves(idx: &[String], fk: &ForeignKey) -> bool {
+        idx.len() >= fk.columns.len() && idx.iter().zip(&fk.columns).all(|(a, b)| a == b)
     }
 
     fn index_def(idx: &Index) -> String {
@@ -42,8 +71,21 @@ impl<'a> Gen<'a> {
 
     /// The shadow table: the new columns, key and unique indexes.
     pub fn create_shadow(&self, table_options: &str) -> String {
+        self.create_shadow_with(table_options, &Extras::default())
+    }
+
+    /// The shadow with what it carries besides: each foreign key to another table
+    /// under `_tn_<name>` (the name is the live table's until the swap), the index it
+    /// needs created at once rather than deferred (InnoDB would otherwise add one of its
+    /// own), and the CHECK constraints under their own names (MariaDB scopes those to the
+    /// table).
+    pub fn create_shadow_with(&self, table_options: &str, extras: &Extras) -> String {
         let a = &self.m.after;
-        let mut defs: Vec<String> = a.columns.iter().map(|c| Self::col_def(c, true)).collect();
+        let mut defs: Vec<String> = a
+            .columns
+            .iter()
+            .map(|c| Self::col_def(c, true, &extras.checks))
+            .collect();
         defs.push(format!(
             "PRIMARY KEY ({})",
             a.primary_key
@@ -52,8 +94,30 @@ impl<'a> Gen<'a> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        for idx in a.indexes.iter().filter(|i| i.unique) {
+        let early = |i: &Index| {
+            i.unique
+                || extras
+                    .foreign_keys
+                    .iter()
+                    .any(|fk| Self::serves(&i.columns, fk))
+        };
+        for idx in a.indexes.iter().filter(|i| early(i)) {
             defs.push(Self::index_def(idx));
+        }
+        for ch in extras.checks.iter().filter(|ch| ch.column.is_none()) {
+            defs.push(format!(
+                "CONSTRAINT {} CHECK ({})",
+                quote(&ch.name),
+                ch.clause
+            ));
+        }
+        let parent = |t: &str| self.n.q(t);
+        for fk in &extras.foreign_keys {
+            defs.push(constraint(
+                fk,
+                &format!("{SHADOW_PREFIX}{}", fk.original()),
+                &parent(&fk.ref_table),
+            ));
         }
         format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  {}\n) {table_options}",
@@ -126,5 +190,54 @@ mod tests {
             );
             assert_eq!(g.add_indexes(&["by label".into()]), None);
         }
+    }
+
+    #[test]
+    fn the_shadow_carries_foreign_keys_under_temporary_names_and_checks_under_their_own() {
+        let mut m = migration();
+        m.after.indexes = vec![Index {
+            name: "by label".into(),
+            columns: vec!["label".into(), "id".into()],
+            unique: false,
+        }];
+        let g = Gen {
+            m: &m,
+            n: Names::new(&m, Some("db"), Some("db")),
+            mariadb: true,
+        };
+        let extras = Extras {
+            foreign_keys: vec![ForeignKey {
+                name: "t_label".into(),
+                table: "t".into(),
+                columns: vec!["label".into()],
+                ref_table: "labels".into(),
+                ref_columns: vec!["name".into()],
+                on_update: "CASCADE".into(),
+                on_delete: "SET NULL".into(),
+            }],
+            checks: vec![
+                Check {
+                    name: "label".into(),
+                    clause: "json_valid(`label`)".into(),
+                    column: Some("label".into()),
+                },
+                Check {
+                    name: "id_positive".into(),
+                    clause: "`id` > 0".into(),
+                    column: None,
+                },
+            ],
+        };
+        let shadow = g.create_shadow_with("ENGINE=InnoDB", &extras);
+        for part in [
+            "`label` varchar(10) NOT NULL CHECK (json_valid(`label`))",
+            "KEY `by label` (`label`, `id`)",
+            "CONSTRAINT `id_positive` CHECK (`id` > 0)",
+            "CONSTRAINT `_tn_t_label` FOREIGN KEY (`label`) REFERENCES `db`.`labels` (`name`) ON DELETE SET NULL ON UPDATE CASCADE",
+        ] {
+            assert!(shadow.contains(part), "{part} not in {shadow}");
+        }
+        // Built at once for the foreign key, so the deferred build has nothing to add.
+        assert_eq!(g.add_indexes(&["by label".into()]), None);
     }
 }

@@ -173,6 +173,20 @@ impl<'a> Gen<'a> {
             &[ins],
         );
         // The row may not be copied yet: the upsert inserts it, and its batch keeps it.
+        // A key change moves the shadow's row rather than deleting it: in the moment
+        // before the swap when child tables reference the shadow (cutover.rs), a delete
+        // would cascade into (or be refused by) children whose ON UPDATE says otherwise.
+        let move_key = format!(
+            "IF {} THEN UPDATE {shadow} SET {} WHERE {}; END IF",
+            Self::key_changed(&old_key),
+            new_key
+                .iter()
+                .zip(&old_key)
+                .map(|(nk, o)| format!("{} = NEW.{}", quote(nk), quote(o)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Self::key_match(&new_key, "OLD", &old_key)
+        );
         let u = self.trigger(
             &n.forward[1],
             "UPDATE",
@@ -181,14 +195,7 @@ impl<'a> Gen<'a> {
             "forward",
             ("NEW", &old_key),
             &del("NEW"),
-            &[
-                format!(
-                    "IF {} THEN {}; END IF",
-                    Self::key_changed(&old_key),
-                    del("OLD")
-                ),
-                upsert,
-            ],
+            &[move_key, upsert],
         );
         let d = self.trigger(
             &n.forward[2],
