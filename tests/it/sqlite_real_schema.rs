@@ -235,13 +235,14 @@ impl Parents {
                 n += 1;
                 let stmts: Vec<String> = match n % 6 {
                     // A store goes: its items cascade away (and their rentals and payments),
-                    // the mirror follows them.
+                    // the mirror follows them. The store is the newest one, which the last
+                    // cycle moved an item into: deleting the seeded stores would empty the
+                    // table within a second, before the backfill has anything to copy.
                     0 => vec![
                         format!(
-                            "DELETE FROM mirror WHERE id IN (SELECT id FROM items WHERE store_id = {})",
-                            1 + n / 6 % 6
+                            "DELETE FROM mirror WHERE id IN (SELECT id FROM items WHERE store_id = {store})"
                         ),
-                        format!("DELETE FROM stores WHERE id = {}", 1 + n / 6 % 6),
+                        format!("DELETE FROM stores WHERE id = {store}"),
                     ],
                     1 => {
                         store += 1;
