@@ -32,7 +32,10 @@ fn options(prefix: &str, opts: &[String]) -> Vec<String> {
 
 impl<'a> Gen<'a> {
     /// Before the renames: the shadow takes the live table's owner.
-    pub(in crate::db::postgres) fn furniture_before_renames(&self, f: &TableAttributes) -> Vec<String> {
+    pub(in crate::db::postgres) fn furniture_before_renames(
+        &self,
+        f: &TableAttributes,
+    ) -> Vec<String> {
         vec![format!(
             "ALTER TABLE {} OWNER TO {}",
             self.shadow(),

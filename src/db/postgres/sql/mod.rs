@@ -17,6 +17,7 @@ mod children;
 mod cutover;
 mod furniture;
 mod keys;
+mod matviews;
 mod rls;
 mod shadow;
 mod shape;
@@ -29,8 +30,9 @@ pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use furniture::TableAttributes;
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
-pub(super) use shape::{Furniture, IndexParts, KeyPart};
+pub(super) use matviews::MatviewIndex;
 pub(super) use rls::{Policy, RowSecurity};
+pub(super) use shape::{Furniture, IndexParts, KeyPart};
 pub(super) use views::View;
 
 use crate::db::PhaseSql;
