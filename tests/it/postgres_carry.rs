@@ -11,8 +11,10 @@
 //! security (policies and flags) is on the new table after cutover and unchanged on the old
 //! one after a rollback, and holds for the role; a table owned by that role keeps its
 //! owner, comments (a renamed column's under its new name), storage parameters and replica
-//! identity index. Materialized views, rules, publications and a policy using a dropped
-//! column are refused by name.
+//! identity index. Materialized views (one with indexes, comments and grants, one over a
+//! plain view) read the old table until cleanup replaces them, are exact at done, untouched
+//! by a rollback, and whole after kills inside cleanup. Rules, publications, a policy using
+//! a dropped column, a materialized view using one or read by a view are refused by name.
 
 use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 use crate::scenarios::SEED_ROWS;
