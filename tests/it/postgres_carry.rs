@@ -11,8 +11,10 @@
 //! security (policies and flags) is on the new table after cutover and unchanged on the old
 //! one after a rollback, and holds for the role; a table owned by that role keeps its
 //! owner, comments (a renamed column's under its new name), storage parameters and replica
-//! identity index. Materialized views, rules, publications and a policy using a dropped
-//! column are refused by name.
+//! identity index. Materialized views (one with indexes, comments and grants, one over a
+//! plain view) read the old table until cleanup replaces them, are exact at done, untouched
+//! by a rollback, and whole after kills inside cleanup. Rules, publications, a policy using
+//! a dropped column, a materialized view using one or read by a view are refused by name.
 
 use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 use crate::scenarios::SEED_ROWS;
@@ -287,12 +289,13 @@ async fn postgres_a_view_using_a_dropped_column_is_refused_unless_the_plan_redef
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_materialized_views_rules_and_publications_are_refused_by_name() {
+async fn postgres_rules_publications_and_views_over_materialized_views_are_refused_by_name() {
     let db = TestDb::new(Kind::Postgres).await;
     seed(&db).await;
     db.exec(
         "CREATE VIEW items_big AS SELECT id, qty FROM items WHERE qty > 900;\n\
          CREATE MATERIALIZED VIEW big_counts AS SELECT count(*) AS n FROM items_big;\n\
+         CREATE VIEW big_counts_shown AS SELECT n FROM big_counts;\n\
          CREATE RULE items_no_delete AS ON DELETE TO items WHERE old.qty > 990 DO INSTEAD NOTHING;\n\
          CREATE PUBLICATION items_feed FOR TABLE items",
     )
@@ -302,7 +305,7 @@ async fn postgres_materialized_views_rules_and_publications_are_refused_by_name(
     assert!(!out.status.success());
     let said = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
-        said.contains("materialized view \"public.big_counts\""),
+        said.contains("materialized view \"public.big_counts\" reads it and is read by \"public.big_counts_shown\""),
         "{said}"
     );
     assert!(said.contains("rule \"items_no_delete\""), "{said}");
@@ -564,4 +567,223 @@ async fn postgres_views_survive_kills_in_cutover_and_rollback() {
         views_read_the_table(&db).await;
         drop_role(db, &role).await;
     }
+}
+
+/// A materialized view over `items` with storage parameters, a unique and a partial index,
+/// comments and grants to `role`; and one over a plain view of the table.
+async fn seed_matviews(db: &TestDb, role: &str) {
+    db.exec(&format!(
+        "CREATE MATERIALIZED VIEW item_stock WITH (fillfactor = 80) AS SELECT id, qty, tag FROM items WHERE qty >= 100;\n\
+         CREATE UNIQUE INDEX item_stock_id ON item_stock (id);\n\
+         CREATE INDEX item_stock_tag ON item_stock (tag) WHERE tag IS NOT NULL;\n\
+         COMMENT ON INDEX item_stock_id IS 'one row per item';\n\
+         COMMENT ON MATERIALIZED VIEW item_stock IS 'stock worth counting';\n\
+         COMMENT ON COLUMN item_stock.qty IS 'on hand';\n\
+         GRANT SELECT ON item_stock TO {role};\n\
+         GRANT SELECT (qty) ON item_stock TO {role} WITH GRANT OPTION;\n\
+         CREATE VIEW items_big AS SELECT id, qty FROM items WHERE qty > 900;\n\
+         CREATE MATERIALIZED VIEW big_counts AS SELECT count(*) AS n FROM items_big"
+    ))
+    .await;
+}
+
+/// The materialized views as the catalog states them: definition, options, owner,
+/// privileges, comments, whether filled, and their indexes with their comments.
+async fn matviews(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT c.relname::text, pg_get_viewdef(c.oid), c.reloptions::text, pg_get_userbyid(c.relowner)::text, \
+         c.relacl::text, obj_description(c.oid, 'pg_class'), c.relispopulated::text, \
+         (SELECT string_agg(a.attname || ':' || coalesce(a.attacl::text, '') || ':' || coalesce(col_description(c.oid, a.attnum), ''), ',' ORDER BY a.attnum) \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), \
+         (SELECT string_agg(pg_get_indexdef(i.indexrelid) || ':' || coalesce(obj_description(i.indexrelid, 'pg_class'), ''), ',' ORDER BY i.indexrelid::regclass::text) \
+          FROM pg_index i WHERE i.indrelid = c.oid) \
+         FROM pg_class c WHERE c.relkind = 'm' AND c.relnamespace = 'public'::regnamespace ORDER BY 1",
+    )
+    .await
+}
+
+/// Which table `item_stock` reads, by its name now.
+async fn item_stock_reads(db: &TestDb) -> String {
+    db.one(
+        "SELECT string_agg(DISTINCT d.refobjid::regclass::text, ',') FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid \
+         WHERE r.ev_class = 'item_stock'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class",
+    )
+    .await
+}
+
+/// Refreshed (the writer stopped), each materialized view holds what its query over
+/// `items` returns, and a concurrent refresh works through the unique index.
+async fn matviews_match_the_table(db: &TestDb) {
+    db.exec(
+        "REFRESH MATERIALIZED VIEW CONCURRENTLY item_stock;\nREFRESH MATERIALIZED VIEW big_counts",
+    )
+    .await;
+    for (view, table) in [
+        (
+            "SELECT id, qty, tag FROM item_stock",
+            "SELECT id, qty, tag FROM items WHERE qty >= 100",
+        ),
+        (
+            "SELECT n FROM big_counts",
+            "SELECT count(*) FROM items WHERE qty > 900",
+        ),
+    ] {
+        let compared = db
+            .rows(&format!(
+                "SELECT (SELECT count(*) FROM ({view}) v)::text, \
+                 (SELECT count(*) FROM (({view} EXCEPT ALL {table}) UNION ALL ({table} EXCEPT ALL {view})) d)::text"
+            ))
+            .await;
+        assert_ne!(compared[0][0].as_deref(), Some("0"), "{view} is empty");
+        assert_eq!(
+            compared[0][1].as_deref(),
+            Some("0"),
+            "{view} differs from {table}"
+        );
+    }
+}
+
+/// No object of the migration's is left over.
+async fn no_placeholders(db: &TestDb) {
+    assert_eq!(
+        db.one("SELECT count(*)::text FROM pg_class WHERE relname ~ '^turnout_.*_m[vi][0-9]+$'")
+            .await,
+        "0",
+        "turnout's placeholders outlived the migration"
+    );
+}
+
+/// Materialized views stay on the old table (kept equal by the reverse triggers) until
+/// cleanup replaces them: after done each is under its name with its indexes, owner,
+/// grants and comments, reads the new table and refreshes to what its query returns; a
+/// rollback from `cut_over` leaves them as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_materialized_views_follow_the_table_at_cleanup_and_stay_at_rollback() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db).await;
+        let role = new_role(&db).await;
+        seed_matviews(&db, &role).await;
+        let before = matviews(&db).await;
+        assert_eq!(before.len(), 2);
+        let p = db.plan_file(
+            "plan.yaml",
+            &plan(&format!("items-matviews-{rollback}"), ADD, ""),
+        );
+        let p = p.to_str().expect("utf-8 path");
+        ok(&db.turnout(&["check", p], None), "check");
+        let original: String = db.one("SELECT 'item_stock'::regclass::oid::text").await;
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 71);
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["run", p, "--until", "verified", "--yes"], None),
+            "run to verified",
+        );
+        ok(&db.turnout(&["verify", p], None), "verify");
+        ok(
+            &db.turnout(&["run", p, "--until", "cut_over", "--yes"], None),
+            "cut_over",
+        );
+        writer.wait_for(10).await;
+        // Until cleanup it reads the old table, which the reverse triggers keep equal.
+        assert_ne!(item_stock_reads(&db).await, "items");
+        if rollback {
+            ok(&db.turnout(&["rollback", p, "--yes"], None), "rollback");
+            writer.wait_for(10).await;
+            assert_eq!(
+                db.one("SELECT 'item_stock'::regclass::oid::text").await,
+                original,
+                "the original materialized view is the one there"
+            );
+        } else {
+            ok(&db.turnout(&["run", p, "--yes"], None), "done");
+            writer.wait_for(10).await;
+        }
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(matviews(&db).await, before, "rollback {rollback}");
+        assert_eq!(item_stock_reads(&db).await, "items");
+        matviews_match_the_table(&db).await;
+        no_placeholders(&db).await;
+        drop_role(db, &role).await;
+    }
+}
+
+/// Killed after the replacement is built and inside the short transaction that swaps it
+/// in, then resumed: done, with the materialized views exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_materialized_views_survive_kills_in_cleanup() {
+    for point in ["cleanup.matview.built", "cleanup.matview.inside"] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db).await;
+        let role = new_role(&db).await;
+        seed_matviews(&db, &role).await;
+        let before = matviews(&db).await;
+        let p = db.plan_file(
+            "plan.yaml",
+            &plan(&format!("items-mv-{point}"), WIDEN_NOTHING, ""),
+        );
+        let p = p.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 73);
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["run", p, "--until", "verified", "--yes"], None),
+            "run to verified",
+        );
+        ok(&db.turnout(&["verify", p], None), "verify");
+        let killed = db.turnout(&["run", p, "--yes"], Some(point));
+        assert!(
+            stderr(&killed).contains("fault injected"),
+            "{point}: {}",
+            stderr(&killed)
+        );
+        // Either the original or its replacement is there under its name.
+        assert_eq!(
+            db.one("SELECT count(*)::text FROM pg_matviews WHERE matviewname = 'item_stock'")
+                .await,
+            "1"
+        );
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["resume", p, "--yes"], None),
+            &format!("after {point}"),
+        );
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(matviews(&db).await, before, "{point}");
+        assert_eq!(item_stock_reads(&db).await, "items");
+        matviews_match_the_table(&db).await;
+        no_placeholders(&db).await;
+        drop_role(db, &role).await;
+    }
+}
+
+/// A column no view reads widened: the plain view over the table is replaced in place.
+const WIDEN_NOTHING: &str = "  - alter_column: {name: name, type: varchar(200)}\n";
+
+/// A materialized view that reads a column the plan drops, and one read by a view, are
+/// refused by check, each named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_materialized_views_turnout_cannot_carry_are_refused_by_name() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db).await;
+    db.exec(
+        "CREATE MATERIALIZED VIEW item_names AS SELECT id, name FROM items;\n\
+         CREATE MATERIALIZED VIEW tag_counts AS SELECT tag, count(*) AS n FROM items GROUP BY tag;\n\
+         CREATE VIEW tag_counts_shown AS SELECT tag FROM tag_counts",
+    )
+    .await;
+    let p = db.plan_file("plan.yaml", &plan("items-mv-refused", DROP_NAME, ""));
+    let out = db.turnout(&["check", p.to_str().expect("utf-8")], None);
+    assert!(!out.status.success());
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("materialized view \"public.item_names\" uses column \"name\""),
+        "{said}"
+    );
+    assert!(
+        said.contains("materialized view \"public.tag_counts\" reads it and is read by \"public.tag_counts_shown\""),
+        "{said}"
+    );
+    db.drop().await;
 }

@@ -16,6 +16,7 @@ use super::views;
 /// What the cutover reads before its renames.
 pub(super) struct Before {
     views: Vec<View>,
+    matviews: Vec<View>,
     row_security: RowSecurity,
     furniture: TableAttributes,
 }
@@ -26,6 +27,7 @@ pub(super) async fn read_before(
 ) -> std::result::Result<Before, sqlx::Error> {
     Ok(Before {
         views: views::dependent_views(conn, &g.live()).await?,
+        matviews: views::direct_matviews(conn, &g.live()).await?,
         row_security: super::rls::read(conn, &g.live()).await?,
         furniture: read_furniture(conn, &g.live()).await?,
     })
@@ -82,7 +84,8 @@ pub(super) async fn carry(
     home: &str,
     before: &Before,
 ) -> std::result::Result<(), sqlx::Error> {
-    let undo = views::carry(conn, g, &before.views).await?;
+    let mut undo = views::carry(conn, g, &before.views).await?;
+    undo.extend(views::prepare_matviews(conn, g, &before.matviews).await?);
     // The old table keeps its own row security: nothing for a rollback to undo.
     super::run_all(conn, &g.carry_row_security(&before.row_security)).await?;
     super::run_all(conn, &g.carry_furniture(&before.furniture)).await?;

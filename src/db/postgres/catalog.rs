@@ -20,8 +20,10 @@
 //! view that must be re-created), row-level security (refused: a policy using a column the
 //! plan drops or renames; row security turnout's role does not bypass), the owner,
 //! comments, storage parameters and replica identity (refused: an identity index the new
-//! table will not have). Refused outright: materialized views over the table, the table's
-//! own rules, publication membership.
+//! table will not have). Materialized views that read the table are replaced at cleanup
+//! (`views.rs`, `sql/matviews.rs`; refused: one using a column the plan drops or renames,
+//! one read by a view or materialized view, one reading a view the cutover re-creates).
+//! Refused outright: the table's own rules, publication membership.
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;

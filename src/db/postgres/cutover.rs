@@ -94,6 +94,8 @@ impl Postgres {
         let g = self.gen_for(m);
         // A crash may have come between the cutover's commit and its validation.
         self.validate_children(&g).await?;
+        // While the old table they read is still there.
+        self.finish_matviews(&g).await?;
         self.ddl_txn(
             &format!("cleanup of {}", m.table),
             &[
