@@ -3,7 +3,6 @@
 //! deferred indexes built once the copy is done, the row estimate for progress and the
 //! plan's throttle query, which paces the batches.
 
-use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::db::{BatchDone, Cursor, StateRow};
@@ -23,24 +22,6 @@ enum BatchFail {
 }
 
 impl MySql {
-    async fn index_names(
-        conn: &mut MySqlConnection,
-        schema: &str,
-        table: &str,
-    ) -> Result<Vec<String>> {
-        let rows = Self::rows(conn, &Bound {
-            sql: "SELECT DISTINCT CAST(INDEX_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
-            binds: vec![schema.to_string(), table.to_string()],
-        })
-        .await
-        .map_err(sql_err("reading the shadow's indexes"))?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.get(1).cloned().flatten().as_deref() == Some(table))
-            .filter_map(|r| r.into_iter().next().flatten())
-            .collect())
-    }
-
     /// The first row of a failed batch that does not map, with the column and message.
     async fn find_bad_row(
         &self,

@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 
 use sqlx::AssertSqlSafe;
+use sqlx::mysql::MySqlConnection;
 
 use crate::error::Result;
 use crate::schema::{Column, Generated, Index, Mapped, Migration, TableShape};
@@ -38,6 +39,25 @@ use super::errors::sql_err;
 use super::sql::{Bound, Gen, hash_hex, lit, quote};
 
 impl MySql {
+    /// The names of a table's indexes, as the catalog has them now.
+    pub(super) async fn index_names(
+        conn: &mut MySqlConnection,
+        schema: &str,
+        table: &str,
+    ) -> Result<Vec<String>> {
+        let rows = Self::rows(conn, &Bound {
+            sql: "SELECT DISTINCT CAST(INDEX_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
+            binds: vec![schema.to_string(), table.to_string()],
+        })
+        .await
+        .map_err(sql_err("reading a table's indexes"))?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.get(1).cloned().flatten().as_deref() == Some(table))
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
     pub(super) async fn describe_table(
         &self,
         schema: Option<&str>,

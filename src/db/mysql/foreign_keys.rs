@@ -106,24 +106,6 @@ impl MySql {
             .collect())
     }
 
-    async fn index_names_of(
-        conn: &mut MySqlConnection,
-        schema: &str,
-        table: &str,
-    ) -> Result<Vec<String>> {
-        let rows = Self::rows(conn, &Bound {
-            sql: "SELECT DISTINCT CAST(INDEX_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
-            binds: vec![schema.to_string(), table.to_string()],
-        })
-        .await
-        .map_err(sql_err("reading a table's indexes"))?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.get(1).cloned().flatten().as_deref() == Some(table))
-            .filter_map(|r| r.into_iter().next().flatten())
-            .collect())
-    }
-
     /// Runs one constraint move on `table` with `foreign_key_checks = 0` (see the
     /// module doc). `patient`: retried on a metadata-lock timeout (cleanup, rollback,
     /// after the swap); otherwise one attempt, and `false` when the lock was not granted.
@@ -140,7 +122,7 @@ impl MySql {
         patient: bool,
         context: &str,
     ) -> Result<bool> {
-        let before = Self::index_names_of(conn, schema, table).await?;
+        let before = Self::index_names(conn, schema, table).await?;
         self.exec(conn, "SET SESSION foreign_key_checks = 0", context)
             .await?;
         let done = if patient {
@@ -160,7 +142,7 @@ impl MySql {
         if !done? {
             return Ok(false);
         }
-        let after = Self::index_names_of(conn, schema, table).await?;
+        let after = Self::index_names(conn, schema, table).await?;
         let gone: Vec<&String> = before.iter().filter(|i| !after.contains(i)).collect();
         let new: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
         if let ([was], [now]) = (gone.as_slice(), new.as_slice()) {

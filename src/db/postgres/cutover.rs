@@ -461,48 +461,62 @@ impl Postgres {
     }
 }
 
-/// The privileges others hold on the live table and its columns (the owner's excepted),
-/// each column named as in the new table; a column the plan drops takes its grants along.
-async fn table_grants(
+/// Every privilege others hold on a relation and its columns (the owner's excepted).
+pub(super) async fn grants_on(
     conn: &mut PgConnection,
-    g: &Gen<'_>,
+    oid: i64,
 ) -> std::result::Result<Vec<Grant>, sqlx::Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query(
         "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
          a.privilege_type::text, NULL::text, a.is_grantable \
          FROM pg_class c, aclexplode(c.relacl) a \
-         WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner \
+         WHERE c.oid = $1::bigint::oid AND a.grantee <> c.relowner \
          UNION ALL \
          SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
          a.privilege_type::text, att.attname::text, a.is_grantable \
          FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 \
          AND NOT att.attisdropped, aclexplode(att.attacl) a \
-         WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner \
+         WHERE c.oid = $1::bigint::oid AND a.grantee <> c.relowner \
          ORDER BY 3 NULLS FIRST, 1 NULLS FIRST, 2",
     )
-    .bind(g.live())
+    .bind(oid)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| Grant {
+        grantee: r.get(0),
+        privilege: r.get(1),
+        column: r.get(2),
+        grantable: r.get(3),
+    })
+    .collect())
+}
+
+/// The privileges others hold on the live table and its columns, each column named as
+/// in the new table; a column the plan drops takes its grants along.
+async fn table_grants(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+) -> std::result::Result<Vec<Grant>, sqlx::Error> {
+    let oid: i64 = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
+        .bind(g.live())
+        .fetch_one(&mut *conn)
+        .await?;
     let carried = |old: &str| {
         g.m.forward.iter().find_map(|mp| match &mp.source {
             crate::schema::Source::Column(c) if c == old => Some(mp.target.clone()),
             _ => None,
         })
     };
-    Ok(rows
+    Ok(grants_on(conn, oid)
+        .await?
         .into_iter()
-        .filter_map(|r| {
-            let column: Option<String> = r.get(2);
-            let column = match column {
-                Some(old) => Some(carried(&old)?),
-                None => None,
-            };
-            Some(Grant {
-                grantee: r.get(0),
-                privilege: r.get(1),
-                column,
-                grantable: r.get(3),
-            })
+        .filter_map(|grant| match grant.column {
+            None => Some(grant),
+            Some(ref old) => {
+                let column = Some(carried(old)?);
+                Some(Grant { column, ..grant })
+            }
         })
         .collect())
 }

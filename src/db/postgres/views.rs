@@ -6,7 +6,7 @@
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::sql::{Gen, Grant, MatviewIndex, View};
+use super::sql::{Gen, MatviewIndex, View};
 use super::{DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, Postgres, run_all, sql};
 use crate::error::{Error, Result};
 
@@ -33,17 +33,6 @@ const CLOSURE_SQL: &str = "WITH RECURSIVE deps(oid, depth) AS ( \
       ON ds.objoid = c.oid AND ds.classoid = 'pg_class'::regclass AND ds.objsubid = a.attnum WHERE a.attrelid = c.oid) \
    FROM closure JOIN pg_class c ON c.oid = closure.oid JOIN pg_namespace n ON n.oid = c.relnamespace \
    ORDER BY closure.depth, n.nspname, c.relname";
-
-/// Privileges others hold on a view and its columns.
-const GRANTS_SQL: &str = "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
-     a.privilege_type::text, NULL::text, a.is_grantable \
-     FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1::bigint::oid AND a.grantee <> c.relowner \
-     UNION ALL \
-     SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
-     a.privilege_type::text, att.attname::text, a.is_grantable \
-     FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0, aclexplode(att.attacl) a \
-     WHERE c.oid = $1::bigint::oid AND a.grantee <> c.relowner \
-     ORDER BY 3 NULLS FIRST, 1 NULLS FIRST, 2";
 
 /// What lives on a view itself and would not survive a `DROP VIEW`: triggers and rules
 /// other than its `SELECT`.
@@ -77,18 +66,7 @@ async fn closure(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let oid: i64 = r.get(0);
-        let grants = sqlx::query(GRANTS_SQL)
-            .bind(oid)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|g| Grant {
-                grantee: g.get(0),
-                privilege: g.get(1),
-                column: g.get(2),
-                grantable: g.get(3),
-            })
-            .collect();
+        let grants = super::cutover::grants_on(conn, oid).await?;
         let names: Vec<String> = r.get::<Option<Vec<String>>, _>(10).unwrap_or_default();
         let texts: Vec<String> = r.get::<Option<Vec<String>>, _>(11).unwrap_or_default();
         let mut uses: Vec<String> = r.get::<Option<Vec<String>>, _>(9).unwrap_or_default();
@@ -335,18 +313,7 @@ async fn matview_now(
     .bind(oid)
     .fetch_one(&mut *conn)
     .await?;
-    let grants = sqlx::query(GRANTS_SQL)
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|g| Grant {
-            grantee: g.get(0),
-            privilege: g.get(1),
-            column: g.get(2),
-            grantable: g.get(3),
-        })
-        .collect();
+    let grants = super::cutover::grants_on(conn, oid).await?;
     let names: Vec<String> = r.get::<Option<Vec<String>>, _>(3).unwrap_or_default();
     let texts: Vec<String> = r.get::<Option<Vec<String>>, _>(4).unwrap_or_default();
     Ok(View {
