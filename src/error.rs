@@ -76,12 +76,14 @@ pub enum Error {
 
     /// The cutover could not get its lock within the plan's attempts. Exit 3.
     #[error(
-        "cutover could not take the lock on {table} in {attempts} attempts of {timeout:?} each; the migration is still verified and dual-writing. Run `turnout run` again when the table is quieter, or raise cutover.lock_timeout / attempts"
+        "cutover could not take the lock on {table} in {attempts} attempts (each waiting at most {timeout:?}, so no application write queued behind it longer); the migration is still verified and dual-writing.{blockers} Run `turnout run` again when the table is quieter, raise cutover.attempts / retry_delay, or set cutover.kill_blockers_after"
     )]
     LockTimeout {
         table: String,
         attempts: u32,
         timeout: Duration,
+        /// Who held the tables at the last attempt, in words (empty: nobody was seen).
+        blockers: String,
     },
 
     /// The connection broke mid-way; state is consistent. Exit 3.

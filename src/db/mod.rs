@@ -187,6 +187,54 @@ pub enum CutoverOutcome {
     LockTimeout,
 }
 
+/// A session that holds, or waits for, a lock on a table the cutover must lock, inside a
+/// transaction older than the grace the engine allows ordinary traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocker {
+    /// What ends it: the PostgreSQL pid or the MySQL/MariaDB connection id.
+    pub session: String,
+    pub user: String,
+    pub application: String,
+    pub state: String,
+    /// How long its transaction (or statement, outside one) has been open.
+    pub transaction_ms: u64,
+    /// The start of its current or last query.
+    pub query: String,
+    /// False where the database cannot say which tables a session holds (MariaDB without
+    /// the metadata_lock_info plugin): then it is only a transaction old enough to be one.
+    pub certain: bool,
+}
+
+impl Blocker {
+    /// One line for a person: who, doing what, for how long.
+    pub fn describe(&self) -> String {
+        let mut who = format!("session {}", self.session);
+        if !self.user.is_empty() {
+            who.push_str(&format!(" (user {}", self.user));
+            if !self.application.is_empty() {
+                who.push_str(&format!(", application {:?}", self.application));
+            }
+            who.push(')');
+        }
+        let query: String = self.query.split_whitespace().collect::<Vec<_>>().join(" ");
+        let query: String = query.chars().take(60).collect();
+        format!(
+            "{who}, {}, transaction open {}, query {query:?}{}",
+            if self.state.is_empty() {
+                "state unknown"
+            } else {
+                &self.state
+            },
+            humantime::format_duration(Duration::from_millis(self.transaction_ms)),
+            if self.certain {
+                ""
+            } else {
+                " (may hold the table: the server does not say which tables it locks)"
+            }
+        )
+    }
+}
+
 /// SQL of each phase, for `turnout plan`.
 #[derive(Debug, Clone)]
 pub struct PhaseSql {
@@ -292,6 +340,13 @@ pub trait Backend {
 
     /// Runs the plan's throttle query and returns its value.
     async fn throttle_value(&self, sql: &str) -> Result<f64>;
+
+    /// Sessions other than this one whose transactions, open longer than `grace`, hold or
+    /// wait for a lock on a table the cutover (or rollback) of `m` locks.
+    async fn blockers(&self, m: &Migration, grace: Duration) -> Result<Vec<Blocker>>;
+
+    /// Ends a blocker's session (`cutover.kill_blockers_after`).
+    async fn end_session(&self, session: &str) -> Result<()>;
 }
 
 /// The three native pools, chosen by the URL's scheme (sqlx's Any driver would lose

@@ -4,6 +4,7 @@
 //! its effect where the database allows, so a crash at any instant leaves a state that
 //! `resume` (or `rollback`) can carry on from.
 
+pub mod blockers;
 pub mod control;
 pub mod diff;
 pub mod dir;
@@ -558,11 +559,56 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
         )));
     }
     let cfg = &s.plan.file.cutover;
+    // blockers.rs says why an attempt waits no longer than this, whatever the plan allows.
+    let wait = cfg.lock_timeout.min(blockers::QUEUE_BOUND);
+    let mut lookout = blockers::Lookout::default();
+    let mut in_the_way = Vec::new();
     for attempt in 1..=cfg.attempts {
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
         b.keep_lock(&st.name).await?;
+        let seen = b.blockers(&m, blockers::GRACE).await?;
+        lookout.saw(&seen, Instant::now());
+        // A possible blocker holds the cutover back too (a lock request behind it could
+        // hold every write for a second on MariaDB), but only a certain one is ended.
+        let mut holding = seen.clone();
+        if let Some(after) = cfg.kill_blockers_after {
+            let due: Vec<_> = lookout
+                .due(&seen, after, Instant::now())
+                .into_iter()
+                .cloned()
+                .collect();
+            for x in &due {
+                b.end_session(&x.session).await?;
+                let why = format!(
+                    "ended {}: it had held the cutover back for {} (cutover.kill_blockers_after)",
+                    x.describe(),
+                    humantime::format_duration(after)
+                );
+                warn!("{why}");
+                st.event(why);
+            }
+            if !due.is_empty() {
+                b.save_state(&st.to_row()).await?;
+                holding.retain(|x| !due.contains(x));
+            }
+        }
+        if !holding.is_empty() {
+            let who = blockers::describe(&holding);
+            note_blocked(b, s, &mut st, attempt, &who).await?;
+            in_the_way = holding;
+            if attempt < cfg.attempts {
+                let mut rest = cutover_backoff(cfg.retry_delay, attempt);
+                if let Some(after) = cfg.kill_blockers_after
+                    && let Some(due) = lookout.next_due(&in_the_way, after, Instant::now())
+                {
+                    rest = rest.min(due.max(Duration::from_millis(10)));
+                }
+                tokio::time::sleep(rest).await;
+            }
+            continue;
+        }
         fault::point("cutover.attempt");
         let mut next = st.entered(
             Phase::CutOver,
@@ -572,17 +618,30 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             ),
         );
         next.cutover_attempts = st.cutover_attempts + 1;
-        match b.cutover(&m, cfg.lock_timeout, &next.to_row()).await? {
-            CutoverOutcome::Swapped => return Ok(next),
+        next.waiting = None;
+        match b.cutover(&m, wait, &next.to_row()).await? {
+            CutoverOutcome::Swapped => {
+                if st.waiting.is_some() {
+                    s.observer.waiting(None);
+                }
+                return Ok(next);
+            }
             CutoverOutcome::LockTimeout => {
+                // Who was in the way, whatever their age: the request waited `wait` for them.
+                in_the_way = b.blockers(&m, wait).await?;
                 st.cutover_attempts += 1;
-                warn!(
-                    attempt,
-                    "cutover lock not granted within {:?}", cfg.lock_timeout
+                let mut what = format!(
+                    "cutover attempt {attempt}: the lock was not granted within {}",
+                    humantime::format_duration(wait)
                 );
-                st.event(format!(
-                    "cutover attempt {attempt} timed out waiting for the lock"
-                ));
+                if !in_the_way.is_empty() {
+                    what.push_str(&format!(
+                        "; in the way: {}",
+                        blockers::describe(&in_the_way)
+                    ));
+                }
+                warn!(attempt, "{what}");
+                st.event(what);
                 b.save_state(&st.to_row()).await?;
                 if attempt < cfg.attempts {
                     tokio::time::sleep(cutover_backoff(cfg.retry_delay, attempt)).await;
@@ -593,8 +652,40 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
     Err(Error::LockTimeout {
         table: m.table.clone(),
         attempts: cfg.attempts,
-        timeout: cfg.lock_timeout,
+        timeout: wait,
+        blockers: match blockers::describe(&in_the_way) {
+            w if w.is_empty() => String::new(),
+            w => format!(" Held back by: {w}."),
+        },
     })
+}
+
+/// Records that an attempt was not made because `who` holds the tables: in the state
+/// (for `status`), the log, the events and the progress output.
+async fn note_blocked<B: Backend>(
+    b: &B,
+    s: &Session<'_>,
+    st: &mut State,
+    attempt: u32,
+    who: &str,
+) -> Result<()> {
+    let detail = format!("cutover waits for a blocker to finish: {who}");
+    warn!(attempt, "{detail}");
+    s.observer.waiting(Some(&detail));
+    st.cutover_attempts += 1;
+    st.event(format!("cutover attempt {attempt} not made: {who}"));
+    if st.waiting.as_ref().map(|w| &w.detail) != Some(&detail) {
+        st.waiting = Some(control::Waiting {
+            reason: "blocked".into(),
+            since: st
+                .waiting
+                .as_ref()
+                .filter(|w| w.reason == "blocked")
+                .map_or_else(chrono::Utc::now, |w| w.since),
+            detail,
+        });
+    }
+    b.save_state(&st.to_row()).await
 }
 
 async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {

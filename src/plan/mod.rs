@@ -307,6 +307,15 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
     if p.cutover.retry_delay > Duration::from_secs(600) {
         bad("cutover.retry_delay", "expected at most 10m".into());
     }
+    if let Some(d) = p.cutover.kill_blockers_after {
+        check_duration(
+            &mut bad,
+            "cutover.kill_blockers_after",
+            d,
+            Duration::from_millis(1),
+            Duration::from_secs(24 * 3600),
+        );
+    }
     out
 }
 

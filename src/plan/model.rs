@@ -262,6 +262,11 @@ pub struct Cutover {
     #[serde(default = "ms500", with = "human")]
     #[schemars(with = "String")]
     pub retry_delay: Duration,
+    /// Off unless set: once a session has held the cutover back this long, turnout ends it
+    /// and proceeds. Absent from the canonical plan when unset, so older plans keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "human_opt")]
+    #[schemars(with = "Option<String>")]
+    pub kill_blockers_after: Option<Duration>,
 }
 
 impl Default for Cutover {
@@ -270,6 +275,7 @@ impl Default for Cutover {
             lock_timeout: two_s(),
             attempts: ten(),
             retry_delay: ms500(),
+            kill_blockers_after: None,
         }
     }
 }
@@ -327,5 +333,22 @@ mod human {
                 "expected a duration such as 200ms, 2s or 1m; {text:?}: {e}"
             ))
         })
+    }
+}
+
+mod human_opt {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::human::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::human::deserialize(d).map(Some)
     }
 }

@@ -280,6 +280,8 @@ pub struct Writer {
     pub writes: Arc<AtomicU64>,
     #[allow(dead_code)]
     pub failures: Arc<AtomicU64>,
+    /// The longest any one of its transactions took since the last [`Writer::reset_longest`], in µs.
+    longest_us: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<Vec<String>>,
 }
 
@@ -288,8 +290,10 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
+        let longest_us = Arc::new(AtomicU64::new(0));
         let (t, m) = (table.to_string(), mirror.to_string());
         let (stop2, writes2, failures2) = (stop.clone(), writes.clone(), failures.clone());
+        let longest2 = longest_us.clone();
         let task = tokio::spawn(async move {
             let mut errors = Vec::new();
             let mut rng = seed;
@@ -351,7 +355,10 @@ impl Writer {
                         (format!("DELETE FROM {m} WHERE id = ?"), vec![id]),
                     ],
                 };
-                match pool.transaction(&stmts).await {
+                let began = std::time::Instant::now();
+                let done = pool.transaction(&stmts).await;
+                longest2.fetch_max(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                match done {
                     Ok(affected) => {
                         if affected[0] != affected[1] {
                             errors.push(format!(
@@ -362,8 +369,10 @@ impl Writer {
                     }
                     // A failed transaction changed neither table: that is fine for the mirror,
                     // but counted, since an application write should rarely fail.
-                    Err(_) => {
-                        failures2.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        if failures2.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("writer: {stmts:?} failed: {e}");
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -374,8 +383,21 @@ impl Writer {
             stop,
             writes,
             failures,
+            longest_us,
             task,
         }
+    }
+
+    /// Starts measuring the longest write afresh (from the phase a test looks at).
+    #[allow(dead_code)]
+    pub fn reset_longest(&self) {
+        self.longest_us.store(0, Ordering::Relaxed);
+    }
+
+    /// The longest one write took since the last reset.
+    #[allow(dead_code)]
+    pub fn longest(&self) -> Duration {
+        Duration::from_micros(self.longest_us.load(Ordering::Relaxed))
     }
 
     /// Stops the writer and returns the disagreements it saw (none expected).

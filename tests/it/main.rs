@@ -2,6 +2,7 @@
 //! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
 
 mod bad_plans;
+mod blockers;
 mod confirmation;
 mod connections;
 mod control;

@@ -178,15 +178,23 @@ impl MySql {
                 return Ok(CutoverOutcome::LockTimeout);
             }
             crate::fault::point("mysql.cutover.before_swap");
-            let Some(mut sentry) = self.sentry(&g, secs).await? else {
+            let Some(mut sentry) = self.sentry(&g, secs, lock_timeout).await? else {
                 return Ok(CutoverOutcome::LockTimeout);
             };
             let swapper: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(sql_err("cutover: naming the swapping session"))?;
+            if self.readers_left(&mut sentry, &g, swapper).await? {
+                let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
+                let _ = sentry.close().await;
+                return Ok(CutoverOutcome::LockTimeout);
+            }
             let swap = g.swap();
             let over = std::sync::atomic::AtomicBool::new(false);
+            // The RENAME itself is bounded by lock_wait_timeout only: MariaDB 10.11 cut
+            // short by max_statement_time mid-RENAME leaves the tables' trigger files empty
+            // (every later write to the table fails). The look-out keeps it from waiting.
             let (swapped, _) = tokio::join!(
                 async {
                     let r = sqlx::raw_sql(AssertSqlSafe(swap)).execute(&mut *conn).await;
@@ -356,7 +364,12 @@ impl MySql {
     /// the deadlock victim, and MariaDB's retry of its statement fails with 1146: 3-8
     /// statements per swap with eight writers, none with the sentry (measured on
     /// MariaDB 10.11). None: the lock was not granted within `secs`.
-    async fn sentry(&self, g: &Gen<'_>, secs: u64) -> Result<Option<MySqlConnection>> {
+    async fn sentry(
+        &self,
+        g: &Gen<'_>,
+        secs: u64,
+        wait: Duration,
+    ) -> Result<Option<MySqlConnection>> {
         let mut sentry = self.conn().await?.detach();
         self.exec(
             &mut sentry,
@@ -364,13 +377,8 @@ impl MySql {
             "cutover",
         )
         .await?;
-        match sqlx::raw_sql(AssertSqlSafe(format!(
-            "LOCK TABLES {} READ",
-            g.n.q(&g.n.table)
-        )))
-        .execute(&mut sentry)
-        .await
-        {
+        let lock = format!("LOCK TABLES {} READ", g.n.q(&g.n.table));
+        match Self::bounded(&mut sentry, &g.statement_bound(wait), &lock).await {
             Ok(_) => Ok(Some(sentry)),
             Err(e) if is_lock_timeout(&e) => {
                 let _ = sentry.close().await;
@@ -378,6 +386,54 @@ impl MySql {
             }
             Err(e) => Err(Error::db("cutover: locking the table for the swap", e)),
         }
+    }
+
+    /// True when a reader the look-out did not see (its transaction younger than the
+    /// grace) still holds the table behind the sentry; the attempt then gives way rather
+    /// than RENAME behind it. Without metadata_lock_info the server cannot say: false.
+    async fn readers_left(
+        &self,
+        sentry: &mut MySqlConnection,
+        g: &Gen<'_>,
+        swapper: u64,
+    ) -> Result<bool> {
+        let known: i64 = sqlx::query_scalar(Gen::lock_info_available())
+            .fetch_one(&mut *sentry)
+            .await
+            .map_err(sql_err(
+                "cutover: asking whether metadata_lock_info is installed",
+            ))?;
+        if known == 0 {
+            return Ok(false);
+        }
+        let left: String = sqlx::query_scalar(AssertSqlSafe(g.readers_besides(swapper)))
+            .fetch_one(&mut *sentry)
+            .await
+            .map_err(sql_err("cutover: looking for readers behind the sentry"))?;
+        Ok(left != "0")
+    }
+
+    /// Runs `stmt` under the session bound (sql/cutover.rs), lifted again after.
+    async fn bounded(
+        conn: &mut MySqlConnection,
+        bound: &Option<(String, String)>,
+        stmt: &str,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if let Some((set, _)) = bound {
+            sqlx::raw_sql(AssertSqlSafe(set.clone()))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let r = sqlx::raw_sql(AssertSqlSafe(stmt.to_string()))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ());
+        if let Some((_, lift)) = bound {
+            sqlx::raw_sql(AssertSqlSafe(lift.clone()))
+                .execute(&mut *conn)
+                .await?;
+        }
+        r
     }
 
     /// Unlocks once the swap waits for the table (or after a second regardless: the

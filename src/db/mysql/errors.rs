@@ -38,8 +38,15 @@ pub(super) fn is_deadlock(e: &sqlx::Error) -> bool {
     db_code(e).as_deref() == Some("1213")
 }
 
+/// ER_STATEMENT_TIMEOUT: MariaDB's `max_statement_time` ran out — how the cutover bounds
+/// its metadata-lock waits below the whole second `lock_wait_timeout` allows.
+const STATEMENT_TIMEOUT: &str = "1969";
+
 pub(super) fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    db_code(e).as_deref() == Some(LOCK_WAIT_TIMEOUT)
+    matches!(
+        db_code(e).as_deref(),
+        Some(LOCK_WAIT_TIMEOUT | STATEMENT_TIMEOUT)
+    )
 }
 
 pub(super) fn is_data_error(e: &sqlx::Error) -> bool {

@@ -30,6 +30,7 @@
 //! written by `sql`, which does no I/O and is tested without a server.
 
 mod backfill;
+mod blockers;
 mod catalog;
 mod cutover;
 mod errors;
@@ -320,5 +321,13 @@ impl Backend for MySql {
 
     async fn throttle_value(&self, sql: &str) -> Result<f64> {
         self.run_throttle_query(sql).await
+    }
+
+    async fn blockers(&self, m: &Migration, grace: Duration) -> Result<Vec<crate::db::Blocker>> {
+        self.find_blockers(m, grace).await
+    }
+
+    async fn end_session(&self, session: &str) -> Result<()> {
+        self.kill(session).await
     }
 }

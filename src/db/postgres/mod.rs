@@ -17,6 +17,7 @@
 //! `cutover`, `errors`); `sql/` generates every statement without I/O.
 
 mod backfill;
+mod blockers;
 mod carry;
 mod catalog;
 mod children;
@@ -283,5 +284,13 @@ impl Backend for Postgres {
 
     async fn throttle_value(&self, query: &str) -> Result<f64> {
         self.read_throttle_value(query).await
+    }
+
+    async fn blockers(&self, m: &Migration, grace: Duration) -> Result<Vec<crate::db::Blocker>> {
+        self.find_blockers(m, grace).await
+    }
+
+    async fn end_session(&self, session: &str) -> Result<()> {
+        self.terminate(session).await
     }
 }

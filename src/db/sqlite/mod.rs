@@ -13,6 +13,7 @@
 //! precedence over the trait's). The SQL itself is generated in [`sql`].
 
 mod backfill;
+mod blockers;
 mod catalog;
 mod cutover;
 mod errors;
@@ -232,5 +233,13 @@ impl Backend for Sqlite {
 
     async fn throttle_value(&self, query: &str) -> Result<f64> {
         Sqlite::throttle_value(self, query).await
+    }
+
+    async fn blockers(&self, m: &Migration, grace: Duration) -> Result<Vec<crate::db::Blocker>> {
+        self.find_blockers(m, grace).await
+    }
+
+    async fn end_session(&self, session: &str) -> Result<()> {
+        self.end(session)
     }
 }

@@ -20,6 +20,23 @@ impl<'a> Gen<'a> {
         )
     }
 
+    /// The session setting that bounds the sentry's `LOCK TABLES` wait by `wait`, and the
+    /// one that lifts it: MariaDB's `max_statement_time` takes a fraction of a second (the
+    /// wait then ends in error 1969); MySQL has no such bound for DDL, so there the
+    /// session's whole-second `lock_wait_timeout` is the bound. Never for the RENAME:
+    /// MariaDB 10.11 interrupted mid-RENAME leaves the renamed tables' trigger files empty.
+    pub fn statement_bound(&self, wait: std::time::Duration) -> Option<(String, String)> {
+        self.mariadb.then(|| {
+            (
+                format!(
+                    "SET SESSION max_statement_time = {:.3}",
+                    wait.as_secs_f64().max(0.001)
+                ),
+                "SET SESSION max_statement_time = DEFAULT".to_string(),
+            )
+        })
+    }
+
     /// The inverse of [`Gen::swap`], for rollback after cutover.
     pub fn swap_back(&self) -> String {
         let n = &self.n;
@@ -51,5 +68,30 @@ impl<'a> Gen<'a> {
             n.q(&n.gate_f),
             n.q(&n.gate_r)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::migration;
+    use super::super::{Gen, Names};
+
+    #[test]
+    fn the_sentry_waits_a_fraction_of_a_second_on_mariadb_and_whole_seconds_on_mysql() {
+        let m = migration();
+        let wait = std::time::Duration::from_millis(50);
+        for mariadb in [true, false] {
+            let g = Gen {
+                m: &m,
+                n: Names::new(&m, Some("db"), Some("db")),
+                mariadb,
+            };
+            let bound = g.statement_bound(wait).map(|(set, _)| set);
+            assert_eq!(
+                bound.as_deref(),
+                mariadb.then_some("SET SESSION max_statement_time = 0.050"),
+                "mariadb={mariadb}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! own: `shadow`, `triggers`, `backfill`, `verify`, `cutover`.
 
 mod backfill;
+mod blockers;
 mod cutover;
 pub(in crate::db::mysql) mod foreign_keys;
 pub(in crate::db::mysql) mod shadow;
