@@ -36,6 +36,7 @@ mod errors;
 mod foreign_keys;
 mod furniture;
 mod key_types;
+mod own_triggers;
 mod prepare;
 mod sql;
 mod state;
