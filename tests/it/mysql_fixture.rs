@@ -419,6 +419,14 @@ DELETE FROM items WHERE id = 999999",
         "1"
     );
     db.exec("DELETE FROM holds WHERE id = 999999").await;
+    // The item's own AFTER INSERT trigger audited it, once: the writer's mirror has no
+    // such row, so it goes.
+    let audited = db
+        .one("SELECT CAST(COUNT(*) AS CHAR) FROM audit WHERE what = 'item' AND tag_id = 999999")
+        .await;
+    assert_eq!(audited, "1", "the insert into items was not audited once");
+    db.exec("DELETE FROM audit WHERE what = 'item' AND tag_id = 999999")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
