@@ -6,10 +6,10 @@
 //! `audit`, `items` (and its mirror) with a BEFORE UPDATE trigger counting updates in
 //! `touched` and two ordered AFTER INSERT ones, one writing `audit`, CHECK constraints
 //! (and the `json_valid` one MariaDB adds to a JSON column), an ENUM, a generated
-//! column, FULLTEXT and prefix indexes (on `items` too), two views and grants to a
-//! second user. `items` is migrated under the writer while a second writer inserts
-//! children and deletes parent rows so cascades fire; after done and after a rollback
-//! from cut_over the catalog (information_schema and SHOW CREATE) is as before, the
+//! column, FULLTEXT and prefix indexes (on `items` too, with a SPATIAL one), two views
+//! and grants to a second user. `items` is migrated under the writer while a second
+//! writer inserts children and deletes parent rows so cascades fire; after done and
+//! after a rollback from cut_over the catalog (information_schema and SHOW CREATE) is as before, the
 //! data equals the mirrors (the `touched` counts and the audit rows too, so the
 //! triggers ran once per application write and never for turnout's copies), and
 //! `turnout verify` is exact.
@@ -27,7 +27,7 @@ async fn seed(db: &TestDb) {
     db.exec(
         "CREATE TABLE tags (id INT PRIMARY KEY, label VARCHAR(20) NOT NULL, touched INT NOT NULL DEFAULT 0);
 CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, tag_id INT NOT NULL, what VARCHAR(10) NOT NULL);
-CREATE TABLE items (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, qty INT NOT NULL, tag INT NULL, name VARCHAR(100), state ENUM('new','used') NOT NULL DEFAULT 'new', doc JSON NULL, touched INT NOT NULL DEFAULT 0, KEY items_tag (tag), KEY items_name_start (name(10)), FULLTEXT KEY items_name_words (name), CONSTRAINT items_tag_fk FOREIGN KEY (tag) REFERENCES tags (id) ON DELETE SET NULL ON UPDATE CASCADE, CONSTRAINT qty_sane CHECK (qty >= 0));
+CREATE TABLE items (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, qty INT NOT NULL, tag INT NULL, name VARCHAR(100), state ENUM('new','used') NOT NULL DEFAULT 'new', doc JSON NULL, touched INT NOT NULL DEFAULT 0, spot POINT NOT NULL DEFAULT (POINT(0, 0)), KEY items_tag (tag), KEY items_name_start (name(10)), FULLTEXT KEY items_name_words (name), SPATIAL KEY items_spot (spot), CONSTRAINT items_tag_fk FOREIGN KEY (tag) REFERENCES tags (id) ON DELETE SET NULL ON UPDATE CASCADE, CONSTRAINT qty_sane CHECK (qty >= 0));
 CREATE TABLE mirror (id INT NOT NULL PRIMARY KEY, qty INT NOT NULL, tag INT NULL, name VARCHAR(100), state ENUM('new','used') NOT NULL DEFAULT 'new', doc JSON NULL, touched INT NOT NULL DEFAULT 0, KEY mirror_tag (tag), CONSTRAINT mirror_tag_fk FOREIGN KEY (tag) REFERENCES tags (id) ON DELETE SET NULL ON UPDATE CASCADE);
 CREATE TABLE notes (id INT PRIMARY KEY, item_id INT NOT NULL, body VARCHAR(200) NOT NULL, CONSTRAINT notes_item FOREIGN KEY (item_id) REFERENCES items (id) ON DELETE CASCADE ON UPDATE CASCADE, FULLTEXT KEY notes_body (body));
 CREATE TABLE notes_mirror (id INT PRIMARY KEY, item_id INT NOT NULL, body VARCHAR(200) NOT NULL, CONSTRAINT notes_mirror_item FOREIGN KEY (item_id) REFERENCES mirror (id) ON DELETE CASCADE ON UPDATE CASCADE);

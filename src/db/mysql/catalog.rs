@@ -151,8 +151,9 @@ impl MySql {
                     ..Default::default()
                 });
                 idx.columns.push(col);
-                idx.prefix
-                    .push(r[5].as_deref().and_then(|p| p.parse::<u32>().ok()));
+                // MariaDB shows a SUB_PART for SPATIAL parts too (32), which is no prefix.
+                let prefix = r[5].as_deref().and_then(|p| p.parse::<u32>().ok());
+                idx.prefix.push(prefix.filter(|_| idx.kind.is_none()));
             }
         }
         let mut indexes: Vec<Index> = indexes.into_values().collect();
