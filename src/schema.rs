@@ -29,11 +29,19 @@ pub enum Generated {
     AutoIncrement,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Index {
     pub name: String,
     pub columns: Vec<String>,
     pub unique: bool,
+    /// An index kind other than the database's ordinary one, as its DDL spells it
+    /// (MySQL/MariaDB: `FULLTEXT`, `SPATIAL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Per column, in `columns` order, the length of a prefix index part (MySQL/MariaDB
+    /// `KEY (note(20))`); empty when no part is a prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix: Vec<Option<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +180,12 @@ impl Migration {
                         }
                     }
                     for idx in &mut after.indexes {
-                        idx.columns.retain(|col| col != &c.name);
+                        if let Some(at) = idx.columns.iter().position(|col| col == &c.name) {
+                            idx.columns.remove(at);
+                            if at < idx.prefix.len() {
+                                idx.prefix.remove(at);
+                            }
+                        }
                     }
                     after.indexes.retain(|idx| !idx.columns.is_empty());
                     after.columns.remove(pos);
@@ -260,6 +273,7 @@ impl Migration {
                         name: c.name.clone(),
                         columns: c.columns.clone(),
                         unique: c.unique,
+                        ..Default::default()
                     });
                 }
                 Change::DropIndex(c) => {
@@ -425,6 +439,7 @@ pub(crate) mod fixtures {
                 name: "orders_note".into(),
                 columns: vec!["note".into()],
                 unique: false,
+                ..Default::default()
             }],
         }
     }

@@ -294,8 +294,8 @@ async fn mysql_what_is_not_carried_is_refused_by_name() {
     .await;
     refused(
         &db,
-        &widen_plan("widen-triggered"),
-        &["own trigger items_stamp"],
+        "version: 1\nname: rename-triggered\ntable: items\nchanges:\n  - rename_column: {from: tag, to: label}\n",
+        &["table items has its own trigger items_stamp, and the plan drops or renames column tag"],
     )
     .await;
     db.drop().await;

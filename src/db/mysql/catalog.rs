@@ -14,17 +14,13 @@
 //!   across databases, one whose column (or referenced column) the plan changes, CHECK
 //!   constraints on MySQL 8 (their names are per database), and the rest listed in
 //!   `furniture`.
-//! - refused: the table's own triggers. `RENAME TABLE` moves them with the old table,
-//!   trigger names are unique per database, and MariaDB can neither rename nor disable
-//!   a trigger, so the new table can only get a trigger of the same name by a DROP on
-//!   the old table and a CREATE on the new one: two statements, between which the
-//!   application's writes would miss it (or, created first under another name, fire
-//!   it twice). A design that avoids both exists (each copy's body gated on a second
-//!   gate table and swapped with `CREATE OR REPLACE TRIGGER`, which is atomic on
-//!   MariaDB 10.6+, keeping FOLLOWS/PRECEDES order), but it is not built yet.
+//! - carried on MariaDB: the table's own triggers (`own_triggers` says how), unless
+//!   the plan drops or renames a column (a trigger's body may use it); refused on
+//!   MySQL 8, which has no `CREATE OR REPLACE TRIGGER`.
+//! - carried: prefix, FULLTEXT and SPATIAL indexes (`Index::kind` and `prefix`, read
+//!   from STATISTICS' INDEX_TYPE and SUB_PART).
 //! - refused: generated columns (the new table would have to compute them and the
-//!   copy leave them out) and prefix, FULLTEXT and SPATIAL indexes (the shape turnout
-//!   derives has no index kinds or prefixes yet).
+//!   copy leave them out).
 
 use std::collections::BTreeMap;
 
@@ -128,7 +124,8 @@ impl MySql {
             });
         }
         let stats = Self::rows(&mut conn, &Bound {
-            sql: "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), CAST(NON_UNIQUE AS CHAR), CAST(TABLE_NAME AS CHAR) \
+            sql: "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), CAST(NON_UNIQUE AS CHAR), CAST(TABLE_NAME AS CHAR), \
+                  CAST(INDEX_TYPE AS CHAR), CAST(SUB_PART AS CHAR) \
                   FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX"
                 .into(),
             binds: vec![schema, table.into()],
@@ -145,21 +142,30 @@ impl MySql {
             if iname == "PRIMARY" {
                 primary_key.push(col);
             } else {
-                indexes
-                    .entry(iname.clone())
-                    .or_insert_with(|| Index {
-                        name: iname,
-                        columns: vec![],
-                        unique: r[2].as_deref() == Some("0"),
-                    })
-                    .columns
-                    .push(col);
+                let idx = indexes.entry(iname.clone()).or_insert_with(|| Index {
+                    name: iname,
+                    unique: r[2].as_deref() == Some("0"),
+                    kind: r[4]
+                        .clone()
+                        .filter(|k| matches!(k.as_str(), "FULLTEXT" | "SPATIAL")),
+                    ..Default::default()
+                });
+                idx.columns.push(col);
+                // MariaDB shows a SUB_PART for SPATIAL parts too (32), which is no prefix.
+                let prefix = r[5].as_deref().and_then(|p| p.parse::<u32>().ok());
+                idx.prefix.push(prefix.filter(|_| idx.kind.is_none()));
+            }
+        }
+        let mut indexes: Vec<Index> = indexes.into_values().collect();
+        for idx in &mut indexes {
+            if idx.prefix.iter().all(Option::is_none) {
+                idx.prefix.clear();
             }
         }
         Ok(Some(TableShape {
             columns,
             primary_key,
-            indexes: indexes.into_values().collect(),
+            indexes,
         }))
     }
 
@@ -194,7 +200,15 @@ impl MySql {
             )),
             _ => {}
         }
-        for name in [&n.shadow, &n.old, &n.gate, &n.gate_f, &n.gate_r] {
+        for name in [
+            &n.shadow,
+            &n.old,
+            &n.gate,
+            &n.gate_f,
+            &n.gate_r,
+            &n.own_saved,
+            &n.own_flag,
+        ] {
             if find(name).is_some() {
                 problems.push(format!("a table named {name} already exists; turnout needs that name (drop or rename it)"));
             }
@@ -215,11 +229,25 @@ impl MySql {
         })
         .await
         .map_err(sql_err("preflight: triggers"))?;
+        let gone: Vec<&str> = m
+            .before
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| m.after.column(c).is_none())
+            .collect();
         for r in trig.iter().filter(|r| r[1].as_deref() == Some(t)) {
-            problems.push(format!(
-                "table {t} has its own trigger {}: turnout does not carry a table's triggers on MySQL/MariaDB yet (RENAME TABLE keeps them on the old table, and a trigger can be neither renamed nor disabled, so a DROP and CREATE would leave writes to the new table without it for a moment), so {t} cannot be migrated by turnout until it does; plan the change for a maintenance window, or move the trigger's work into the application or into a trigger on another table",
-                r[0].as_deref().unwrap_or("?")
-            ));
+            let name = r[0].as_deref().unwrap_or("?");
+            if !self.mariadb {
+                problems.push(format!(
+                    "table {t} has its own trigger {name}: turnout carries a table's triggers only on MariaDB (it needs CREATE OR REPLACE TRIGGER, which MySQL 8 lacks), so {t} cannot be migrated by turnout on MySQL; plan the change for a maintenance window, or move the trigger's work into the application or into a trigger on another table"
+                ));
+            } else if !gone.is_empty() {
+                problems.push(format!(
+                    "table {t} has its own trigger {name}, and the plan drops or renames column {}: the trigger's body may use it, and turnout does not rewrite trigger bodies; keep the column for this migration, or drop the trigger and create it again after",
+                    gone.join(", ")
+                ));
+            }
         }
         let gen_cols = Self::rows(&mut conn, &Bound {
             sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
@@ -235,20 +263,6 @@ impl MySql {
                 r[0].as_deref().unwrap_or("?")
             ));
         }
-        let idx = Self::rows(&mut conn, &Bound {
-            sql: "SELECT CAST(INDEX_NAME AS CHAR), CAST(INDEX_TYPE AS CHAR), CAST(SUB_PART AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.STATISTICS \
-                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND (SUB_PART IS NOT NULL OR INDEX_TYPE IN ('FULLTEXT', 'SPATIAL'))"
-                .into(),
-            binds: vec![schema.clone(), t.clone()],
-        })
-        .await
-        .map_err(sql_err("preflight: indexes"))?;
-        for r in idx.iter().filter(|r| r[3].as_deref() == Some(t)) {
-            problems.push(format!(
-                "index {} of {t} is a prefix, FULLTEXT or SPATIAL index, which turnout cannot rebuild yet; drop it for the migration and build it again after, or wait for a turnout that carries it",
-                r[0].as_deref().unwrap_or("?")
-            ));
-        }
         problems.extend(self.furniture_problems(&mut conn, m, &schema).await?);
         if !problems.is_empty() {
             return Ok(problems);
@@ -257,8 +271,15 @@ impl MySql {
         // tables of the new and old shapes (temporary tables touch no shared catalog).
         let tmp_new = format!("_turnout_pf_new_{}", hash_hex(&m.name, 8));
         let tmp_old = format!("_turnout_pf_old_{}", hash_hex(&m.name, 8));
+        // InnoDB refuses FULLTEXT indexes on temporary tables; the rest of the shape,
+        // prefixes and SPATIAL included, is compiled here.
+        let mut m_tmp = m.clone();
+        m_tmp
+            .after
+            .indexes
+            .retain(|i| i.kind.as_deref() != Some("FULLTEXT"));
         let mut tg = Gen {
-            m,
+            m: &m_tmp,
             n: n.clone(),
             mariadb: self.mariadb,
         };

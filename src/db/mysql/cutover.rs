@@ -102,6 +102,7 @@ impl MySql {
             // Swapped already (a crash after the RENAME): the foreign keys' names and the
             // state may be missing.
             self.name_new_foreign_keys(&mut conn, &g).await?;
+            self.rename_own_triggers(&mut conn, &g).await?;
             Self::save_on(&mut conn, save)
                 .await
                 .map_err(sql_err("cutover: saving the state"))?;
@@ -145,6 +146,10 @@ impl MySql {
                         }
                     }
                 }
+            }
+            // The table's own triggers, silent until the gate turns (own_triggers.rs).
+            if !self.copy_own_triggers_to_shadow(&mut conn, &g).await? {
+                return Ok(CutoverOutcome::LockTimeout);
             }
             // New ids continue above every id the live table ever handed out, not only
             // above the ones still present (InnoDB keeps the larger of this and max+1).
@@ -213,6 +218,7 @@ impl MySql {
             crate::fault::point("mysql.cutover.after_swap");
             crate::fault::point("cutover.inside");
             self.name_new_foreign_keys(&mut conn, &g).await?;
+            self.rename_own_triggers(&mut conn, &g).await?;
             Ok(CutoverOutcome::Swapped)
         }
         .await;
@@ -259,6 +265,9 @@ impl MySql {
         )
         .await?;
         self.name_new_foreign_keys(&mut conn, &g).await?;
+        // Before the gate goes: every copy reads it.
+        self.rename_own_triggers(&mut conn, &g).await?;
+        self.restore_own_triggers(&mut conn, &g).await?;
         if !keep_old {
             self.ddl_retry(
                 &mut conn,
@@ -294,6 +303,7 @@ impl MySql {
                     )));
                 }
             }
+            self.own_triggers_before_swap_back(&mut conn, &g).await?;
             // Children follow the old table through the swap back.
             self.repoint_children(&mut conn, &g, &[n.table.as_str()], &n.old, true)
                 .await?;
@@ -307,6 +317,8 @@ impl MySql {
             .await?;
             crate::fault::point("mysql.rollback.after_swap_back");
         }
+        // Before the gate goes: every copy reads it.
+        self.own_triggers_after_swap_back(&mut conn, &g).await?;
         // While the forward triggers still keep the shadow exact: a child that a failed
         // cutover left on the shadow (or an interrupted rollback on the old table) goes
         // back to the live table.

@@ -37,6 +37,7 @@ mod errors;
 mod foreign_keys;
 mod furniture;
 mod key_types;
+mod own_triggers;
 mod prepare;
 mod sql;
 mod state;

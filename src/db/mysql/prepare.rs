@@ -86,6 +86,9 @@ impl MySql {
             self.exec(&mut conn, &sql, "dual-write: creating the gate")
                 .await?;
         }
+        if self.mariadb {
+            self.gate_own_triggers(&mut conn, &g).await?;
+        }
         for (name, sql) in g.n.forward.iter().zip(g.forward_triggers()) {
             if !cat.has_trigger(name) {
                 self.ddl_retry(&mut conn, &sql, "dual-write: creating a trigger")

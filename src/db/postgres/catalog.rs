@@ -143,6 +143,7 @@ impl Postgres {
                 name: r.get(0),
                 unique: r.get(1),
                 columns: r.get::<Option<Vec<String>>, _>(2).unwrap_or_default(),
+                ..Default::default()
             })
             .collect();
         Ok(Some(TableShape {

@@ -82,6 +82,7 @@ impl Sqlite {
                 name,
                 columns,
                 unique: unique == 1,
+                ..Default::default()
             });
         }
         Ok(Some(TableShape {

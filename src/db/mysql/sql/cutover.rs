@@ -63,10 +63,12 @@ impl<'a> Gen<'a> {
     pub(in crate::db::mysql) fn drop_gates(&self) -> String {
         let n = &self.n;
         format!(
-            "DROP TABLE IF EXISTS {}, {}, {}",
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}",
             n.q(&n.gate),
             n.q(&n.gate_f),
-            n.q(&n.gate_r)
+            n.q(&n.gate_r),
+            n.q(&n.own_saved),
+            n.q(&n.own_flag)
         )
     }
 }

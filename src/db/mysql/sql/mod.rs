@@ -9,6 +9,7 @@ mod backfill;
 mod blockers;
 mod cutover;
 pub(in crate::db::mysql) mod foreign_keys;
+pub(in crate::db::mysql) mod own_triggers;
 pub(in crate::db::mysql) mod shadow;
 mod triggers;
 mod verify;
@@ -203,6 +204,12 @@ pub struct Names {
     pub gate_r: String,
     pub forward: [String; 3],
     pub reverse: [String; 3],
+    /// The table's own triggers (MariaDB): their saved definitions, the flag saying
+    /// which copy holds each one's work while its name moves, and the stem of the
+    /// copies' temporary names.
+    pub own_saved: String,
+    pub own_flag: String,
+    pub own_prefix: String,
 }
 
 impl Names {
@@ -227,6 +234,9 @@ impl Names {
                 format!("turnout_{s}_ru"),
                 format!("turnout_{s}_rd"),
             ],
+            own_saved: format!("_turnout_{s}_ts"),
+            own_flag: format!("_turnout_{s}_tf"),
+            own_prefix: format!("turnout_{s}_t"),
         }
     }
 

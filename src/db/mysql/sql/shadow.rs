@@ -48,16 +48,30 @@ impl<'a> Gen<'a> {
     }
 
     fn index_def(idx: &Index) -> String {
+        let kind = match (&idx.kind, idx.unique) {
+            (Some(k), _) => format!("{k} "),
+            (None, true) => "UNIQUE ".into(),
+            (None, false) => String::new(),
+        };
         format!(
-            "{}KEY {} ({})",
-            if idx.unique { "UNIQUE " } else { "" },
+            "{kind}KEY {} ({})",
             quote(&idx.name),
             idx.columns
                 .iter()
-                .map(|c| quote(c))
+                .enumerate()
+                .map(|(i, c)| match idx.prefix.get(i).copied().flatten() {
+                    Some(len) => format!("{}({len})", quote(c)),
+                    None => quote(c),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    }
+
+    /// FULLTEXT and SPATIAL indexes cannot be built with `LOCK=NONE`, so the shadow
+    /// has them from the start, like its unique indexes.
+    fn built_early(idx: &Index) -> bool {
+        idx.unique || idx.kind.is_some()
     }
 
     /// Secondary indexes built after the copy: inserting a million rows into a table
@@ -66,7 +80,11 @@ impl<'a> Gen<'a> {
     /// hand on MariaDB 10.11, 1M rows, two indexes). Unique indexes stay from the start:
     /// the copy must meet a clash as an error, not find it when the index is built.
     pub fn deferred_indexes(&self) -> impl Iterator<Item = &Index> {
-        self.m.after.indexes.iter().filter(|i| !i.unique)
+        self.m
+            .after
+            .indexes
+            .iter()
+            .filter(|i| !Self::built_early(i))
     }
 
     /// The shadow table: the new columns, key and unique indexes.
@@ -95,7 +113,7 @@ impl<'a> Gen<'a> {
                 .join(", ")
         ));
         let early = |i: &Index| {
-            i.unique
+            Self::built_early(i)
                 || extras
                     .foreign_keys
                     .iter()
@@ -164,6 +182,7 @@ mod tests {
             name: name.into(),
             columns: vec!["label".into()],
             unique,
+            ..Default::default()
         };
         m.after.indexes = vec![idx("by label", false), idx("one label", true)];
         for mariadb in [true, false] {
@@ -199,6 +218,7 @@ mod tests {
             name: "by label".into(),
             columns: vec!["label".into(), "id".into()],
             unique: false,
+            ..Default::default()
         }];
         let g = Gen {
             m: &m,

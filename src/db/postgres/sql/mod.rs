@@ -447,6 +447,7 @@ mod tests {
                 name: "orders_note".into(),
                 columns: vec!["comment".into()],
                 unique: false,
+                ..Default::default()
             }],
         };
         let m = |target: &str, source: Source, cast: Option<&str>| Mapped {
