@@ -215,7 +215,24 @@ impl Backend for Sqlite {
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        Sqlite::cutover(self, m, lock_timeout, save).await
+        Sqlite::cutover(self, std::slice::from_ref(m), lock_timeout, save).await
+    }
+
+    fn swaps_several_at_once(&self) -> bool {
+        true
+    }
+
+    async fn cutover_all(
+        &self,
+        ms: &[Migration],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        Sqlite::cutover(self, ms, lock_timeout, save).await
+    }
+
+    async fn rollback_all(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        Sqlite::rollback(self, ms, save).await
     }
 
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()> {
@@ -223,7 +240,7 @@ impl Backend for Sqlite {
     }
 
     async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        Sqlite::rollback(self, m, save).await
+        Sqlite::rollback(self, std::slice::from_ref(m), save).await
     }
 
     async fn trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {
