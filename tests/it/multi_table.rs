@@ -457,3 +457,42 @@ async fn sqlite_a_kill_inside_the_cutover_or_rollback_of_four_tables_swaps_all_o
         db.drop().await;
     }
 }
+
+/// Where the several tables cannot be swapped at once yet, a plan of several is refused
+/// before anything is created, naming the tables; the tables stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_and_mariadb_refuse_a_plan_of_several_tables_touching_nothing() {
+    for (kind, dialect) in [(Kind::Postgres, "postgres"), (Kind::MySql, "mysql")] {
+        let db = TestDb::new(kind).await;
+        db.exec("CREATE TABLE users (id INT PRIMARY KEY, name TEXT NOT NULL);\nCREATE TABLE orders (id INT PRIMARY KEY, user_id INT NOT NULL, amount INT NOT NULL);\nCREATE TABLE memberships (user_id INT NOT NULL, team INT NOT NULL, PRIMARY KEY (user_id, team));\nCREATE TABLE sessions (id INT PRIMARY KEY, user_id INT, token TEXT)").await;
+        let path = db.plan_file(
+            "plan.yaml",
+            &plan("users-refused").replace("BIGINT", "bigint"),
+        );
+        let path = path.to_str().expect("utf-8");
+        for args in [vec!["check", path], vec!["run", path, "--yes"]] {
+            let out = db.turnout(&args, None);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{dialect} {args:?}: {}",
+                stderr(&out)
+            );
+            let said = stderr(&out);
+            assert!(
+                said.contains(&format!("not supported on {dialect} yet"))
+                    && said.contains("users, orders, memberships, sessions"),
+                "{dialect}: {said}"
+            );
+        }
+        let shadows = db
+            .pool
+            .rows(&format!(
+                "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '\\_%\\_new' AND {}",
+                if kind == Kind::Postgres { "table_schema = 'public'" } else { "table_schema = DATABASE()" }
+            ))
+            .await;
+        assert!(shadows.is_empty(), "{dialect}: {shadows:?}");
+        db.drop().await;
+    }
+}
