@@ -344,6 +344,7 @@ async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             next
         };
         b.prepare(m, &next.to_row()).await?;
+        fault::point("prepare.table");
         st = next;
     }
     Ok(st)
@@ -362,6 +363,7 @@ async fn dual_write<B: Backend>(b: &B, mut st: State) -> Result<State> {
             next
         };
         b.start_dual_write(m, &next.to_row()).await?;
+        fault::point("dual-write.table");
         st = next;
     }
     Ok(st)
@@ -828,6 +830,7 @@ async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             next
         };
         b.cleanup(m, keep, &next.to_row()).await?;
+        fault::point("cleanup.table");
         st = next;
     }
     Ok(st)

@@ -305,6 +305,14 @@ async fn sqlite_a_key_widened_with_three_children_swaps_all_four_at_once() {
         );
         assert_eq!(t["verify"]["passed"], true, "{t}");
     }
+    let text = stdout(&db.turnout(&["status", path], None));
+    assert!(
+        text.contains("verified (tables users, orders, memberships, sessions"),
+        "{text}"
+    );
+    for t in TABLES {
+        assert!(text.contains(&format!("table {t:?}: backfill")), "{text}");
+    }
     writer.wait_for(10).await;
     ok(
         &db.turnout(&["run", path, "--until", "cut_over", "--yes"], None),
@@ -370,27 +378,71 @@ async fn sqlite_a_key_widened_with_three_children_swaps_all_four_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_rollback_from_cut_over_puts_all_four_back() {
-    let db = TestDb::new(Kind::Sqlite).await;
-    fixture(&db).await;
-    let before = catalog(&db).await;
-    let path = db.plan_file("plan.yaml", &plan("users-back"));
-    let path = path.to_str().expect("utf-8");
-    let writer = Family::start(db.pool.clone(), 17);
-    writer.wait_for(10).await;
-    ok(
-        &db.turnout(&["run", path, "--until", "cut_over", "--yes"], None),
-        "cutover",
-    );
-    writer.wait_for(20).await;
-    ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
-    writer.wait_for(10).await;
-    let errors = writer.stop().await;
-    assert!(errors.is_empty(), "{errors:?}");
-    every_table_is_exact(&db).await;
-    foreign_keys_hold(&db).await;
-    assert_eq!(catalog(&db).await, before);
-    db.drop().await;
+async fn sqlite_rollback_from_dual_writing_or_cut_over_puts_all_four_back() {
+    for until in ["dual_writing", "cut_over"] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        fixture(&db).await;
+        let before = catalog(&db).await;
+        let path = db.plan_file("plan.yaml", &plan("users-back"));
+        let path = path.to_str().expect("utf-8");
+        let writer = Family::start(db.pool.clone(), 17);
+        writer.wait_for(10).await;
+        ok(
+            &db.turnout(&["run", path, "--until", until, "--yes"], None),
+            until,
+        );
+        writer.wait_for(20).await;
+        ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
+        writer.wait_for(10).await;
+        let errors = writer.stop().await;
+        assert!(errors.is_empty(), "{until}: {errors:?}");
+        every_table_is_exact(&db).await;
+        foreign_keys_hold(&db).await;
+        assert_eq!(catalog(&db).await, before, "from {until}");
+        db.drop().await;
+    }
+}
+
+/// A kill between two tables' steps (or inside one) on the way forward, then resume:
+/// the plan finishes with all four tables exact, swapped and cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_kill_between_the_tables_steps_resumes_to_done() {
+    for point in [
+        "prepare.table@2",
+        "dual-write.table@3",
+        "backfill.batch.after@9",
+        "verify.chunk@3",
+        "cleanup.table@2",
+        "cleanup.inside@3",
+    ] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        fixture(&db).await;
+        let fks_before = foreign_keys(&db).await;
+        let path = db.plan_file("plan.yaml", &plan("users-forward"));
+        let path = path.to_str().expect("utf-8");
+        let writer = Family::start(db.pool.clone(), 19);
+        writer.wait_for(5).await;
+        let out = db.turnout(&["run", path, "--yes"], Some(point));
+        assert!(
+            stderr(&out).contains("fault injected"),
+            "{point}: {}",
+            stderr(&out)
+        );
+        writer.wait_for(5).await;
+        ok(&db.turnout(&["resume", path, "--yes"], None), point);
+        let errors = writer.stop().await;
+        assert!(errors.is_empty(), "{point}: {errors:?}");
+        every_table_is_exact(&db).await;
+        foreign_keys_hold(&db).await;
+        assert_eq!(foreign_keys(&db).await, fks_before, "{point}");
+        assert_eq!(swapped(&db).await, 0, "{point}: an old table is left");
+        let leftovers = db
+            .pool
+            .rows("SELECT name FROM sqlite_master WHERE name LIKE '\\_%' ESCAPE '\\'")
+            .await;
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+        db.drop().await;
+    }
 }
 
 /// A kill at a point of the one cutover (between any two of its statements, before its
