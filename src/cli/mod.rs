@@ -326,8 +326,12 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             let several = tables.len() > 1;
             for (m, phases) in tables {
                 for phase in phases {
-                    if several {
-                        // The cutovers of the tables shown one by one run as one swap.
+                    if several && phase.phase == "cutover" {
+                        println!(
+                            "-- cutover ({}: one swap with every table of the plan)",
+                            m.table
+                        );
+                    } else if several {
                         println!("-- {} ({})", phase.phase, m.table);
                     } else {
                         println!("-- {}", phase.phase);
