@@ -112,6 +112,25 @@ impl Migration {
     /// Applies the plan's changes to the live table's shape. Problems are refusals for
     /// preflight, worded with the table and column.
     pub fn derive(plan: &Plan, before: &TableShape) -> Result<Migration, Vec<String>> {
+        Migration::derive_table(plan, 0, before)
+    }
+
+    /// [`Migration::derive`] for the plan's `n`th table (in the order of
+    /// [`crate::plan::PlanFile::specs`]).
+    pub fn derive_table(
+        plan: &Plan,
+        n: usize,
+        before: &TableShape,
+    ) -> Result<Migration, Vec<String>> {
+        let specs = plan.file.specs();
+        let Some(t) = specs.get(n) else {
+            return Err(vec![format!("the plan has no table number {}", n + 1)]);
+        };
+        let entry = if plan.file.tables.is_empty() {
+            String::new()
+        } else {
+            format!("tables[{n}].")
+        };
         let p = &plan.file;
         let mut problems = Vec::new();
         let mut after = before.clone();
@@ -126,10 +145,10 @@ impl Migration {
         let mut reverse_expr: std::collections::HashMap<String, Option<Source>> =
             Default::default();
         let mut lossy = Vec::new();
-        let table = &p.table;
+        let table = &t.table;
 
-        for (i, change) in p.changes.iter().enumerate() {
-            let at = format!("changes[{i}].{}", change.kind());
+        for (i, change) in t.changes.iter().enumerate() {
+            let at = format!("{entry}changes[{i}].{}", change.kind());
             match change {
                 Change::AddColumn(c) => {
                     if after.column(&c.name).is_some() {
@@ -352,10 +371,10 @@ impl Migration {
 
         Ok(Migration {
             name: p.name.clone(),
-            schema: p.schema.clone(),
-            table: p.table.clone(),
-            shadow: shadow_name(&p.table),
-            old: old_name(&p.table),
+            schema: t.schema.clone(),
+            table: t.table.clone(),
+            shadow: shadow_name(&t.table),
+            old: old_name(&t.table),
             before: before.clone(),
             after,
             forward,
@@ -363,7 +382,7 @@ impl Migration {
             lossy,
             key,
             on_error: p.dual_write.on_error,
-            views: p.views.clone(),
+            views: t.views.clone(),
         })
     }
 

@@ -12,16 +12,27 @@ pub(super) fn confirm(plan: &Plan, action: &str, yes: bool) -> Result<()> {
     if yes {
         return Ok(());
     }
+    let names = plan
+        .file
+        .specs()
+        .iter()
+        .map(|t| format!("{:?}", t.table))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tables = if plan.file.tables.is_empty() {
+        "table"
+    } else {
+        "tables"
+    };
     if !std::io::stdin().is_terminal() {
         return Err(Error::Usage(format!(
-            "stdin is not a terminal, so turnout cannot ask before changing {:?}; pass --yes to {} without asking",
-            plan.file.table,
+            "stdin is not a terminal, so turnout cannot ask before changing {names}; pass --yes to {} without asking",
             action.to_lowercase()
         )));
     }
     eprint!(
-        "{action} migration {:?} on table {:?}? [y/N] ",
-        plan.file.name, plan.file.table
+        "{action} migration {:?} on {tables} {names}? [y/N] ",
+        plan.file.name
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();

@@ -263,33 +263,56 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             let plan = plan::load(path)?;
             let Some(url) = cli.database_url.as_deref() else {
                 println!(
-                    "{}: valid plan {:?} ({} changes); pass --database-url to preflight it against the table",
+                    "{}: valid plan {:?} ({}); pass --database-url to preflight it against the {}",
                     plan.path,
                     plan.file.name,
-                    plan.file.changes.len()
+                    plan.file
+                        .specs()
+                        .iter()
+                        .map(|t| if plan.file.tables.is_empty() {
+                            format!("{} changes", t.changes.len())
+                        } else {
+                            format!("{}: {} changes", t.table, t.changes.len())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if plan.file.tables.is_empty() {
+                        "table"
+                    } else {
+                        "tables"
+                    }
                 );
                 return Ok(0);
             };
             let db = Database::connect(url).await?;
-            let m = with_backend!(&db, b => engine::check(b, &plan).await)?;
-            println!(
-                "{}: plan {:?} can be applied to {:?}: {} columns → {} columns, {} indexes, key ({}){}",
-                plan.path,
-                plan.file.name,
-                m.table,
-                m.before.columns.len(),
-                m.after.columns.len(),
-                m.after.indexes.len(),
-                m.new_key().join(", "),
-                if m.lossy.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; rollback after cutover cannot restore: {}",
-                        m.lossy.join(", ")
-                    )
-                }
-            );
+            let ms = with_backend!(&db, b => engine::check(b, &plan).await)?;
+            for m in &ms {
+                println!(
+                    "{}: plan {:?} can be applied to {:?}: {} columns → {} columns, {} indexes, key ({}){}",
+                    plan.path,
+                    plan.file.name,
+                    m.table,
+                    m.before.columns.len(),
+                    m.after.columns.len(),
+                    m.after.indexes.len(),
+                    m.new_key().join(", "),
+                    if m.lossy.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; rollback after cutover cannot restore: {}",
+                            m.lossy.join(", ")
+                        )
+                    }
+                );
+            }
+            if ms.len() > 1 {
+                println!(
+                    "{}: the {} tables are swapped together in one cutover",
+                    plan.path,
+                    ms.len()
+                );
+            }
             Ok(0)
         }
         Command::Plan { plan: path, dir } => {
@@ -299,13 +322,25 @@ async fn execute(cli: Cli, cancel: CancellationToken, bars: bool) -> Result<u8> 
             dir.only_for_directories(path)?;
             let plan = plan::load(path)?;
             let db = Database::connect(database_url(&cli.database_url)?).await?;
-            let phases = with_backend!(&db, b => engine::preview(b, &plan).await)?;
-            for phase in phases {
-                println!("-- {}", phase.phase);
-                for stmt in phase.statements {
-                    println!("{stmt};");
+            let tables = with_backend!(&db, b => engine::preview(b, &plan).await)?;
+            let several = tables.len() > 1;
+            for (m, phases) in tables {
+                for phase in phases {
+                    if several && phase.phase == "cutover" {
+                        println!(
+                            "-- cutover ({}: one swap with every table of the plan)",
+                            m.table
+                        );
+                    } else if several {
+                        println!("-- {} ({})", phase.phase, m.table);
+                    } else {
+                        println!("-- {}", phase.phase);
+                    }
+                    for stmt in phase.statements {
+                        println!("{stmt};");
+                    }
+                    println!();
                 }
-                println!();
             }
             Ok(0)
         }

@@ -54,10 +54,12 @@ fn control_text(st: &State, c: &Control) -> String {
 pub(super) fn status_text(st: &State, failures: &[String], c: &Control) -> String {
     let (rate, eta) = rate_and_eta(st);
     let mut out = format!("{}: {}", st.name, st.phase);
-    if let Some(m) = &st.migration {
+    if let Some(m) = st.migration.as_ref().filter(|_| st.more.is_empty()) {
         out.push_str(&format!(" (table {:?})", m.table));
+    } else if !st.more.is_empty() {
+        out.push_str(&format!(" (tables {}, swapped together)", st.table_names()));
     }
-    if st.backfill.started_at.is_some() {
+    if st.backfill.started_at.is_some() && st.more.is_empty() {
         out.push_str(&format!(
             "\n  backfill: {} of ~{} rows in {} batches",
             st.backfill.rows_copied, st.backfill.estimated_rows, st.backfill.batches
@@ -73,7 +75,10 @@ pub(super) fn status_text(st: &State, failures: &[String], c: &Control) -> Strin
         }
     }
     out.push_str(&control_text(st, c));
-    if let Some(passed) = st.verify.passed {
+    if !st.more.is_empty() {
+        out.push_str(&tables_text(st));
+    }
+    if let Some(passed) = st.verify.passed.filter(|_| st.more.is_empty()) {
         out.push_str(&format!(
             "\n  verify: {} ({} rows, {} mismatches)",
             if passed { "passed" } else { "FAILED" },
@@ -102,12 +107,71 @@ pub(super) fn status_text(st: &State, failures: &[String], c: &Control) -> Strin
     out
 }
 
+/// A plan of several tables: each table's backfill and verification on a line of its own.
+fn tables_text(st: &State) -> String {
+    let mut out = String::new();
+    for (i, m) in st.migrations().iter().enumerate() {
+        let b = st.backfill_of(i);
+        out.push_str(&format!("\n  table {:?}:", m.table));
+        if b.started_at.is_none() {
+            out.push_str(" backfill not started");
+        } else {
+            out.push_str(&format!(
+                " backfill {} of ~{} rows in {} batches{}",
+                b.rows_copied,
+                b.estimated_rows,
+                b.batches,
+                if b.finished_at.is_some() {
+                    ", done"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let v = st.verify_of(i);
+        if let Some(passed) = v.passed {
+            out.push_str(&format!(
+                "; verify {} ({} rows, {} mismatches)",
+                if passed { "passed" } else { "FAILED" },
+                v.rows_checked,
+                v.mismatches
+            ));
+        }
+    }
+    out
+}
+
+/// Each table's progress, in plan order (one entry for a plan of one table).
+fn tables_json(st: &State) -> Vec<serde_json::Value> {
+    st.migrations()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let b = st.backfill_of(i);
+            serde_json::json!({
+                "table": m.table,
+                "schema": m.schema,
+                "backfill": {
+                    "rows_copied": b.rows_copied,
+                    "rows_estimated": b.estimated_rows,
+                    "batches": b.batches,
+                    "batch_size": b.batch_size,
+                    "started_at": b.started_at,
+                    "finished_at": b.finished_at,
+                },
+                "verify": st.verify_of(i),
+            })
+        })
+        .collect()
+}
+
 pub(super) fn status_json(st: &State, failures: &[String], c: &Control) -> serde_json::Value {
     let (rate, eta) = rate_and_eta(st);
     serde_json::json!({
         "name": st.name,
         "phase": st.phase,
         "table": st.migration.as_ref().map(|m| m.table.clone()),
+        "tables": tables_json(st),
         "plan_hash": st.plan_hash,
         "backfill": {
             "rows_copied": st.backfill.rows_copied,

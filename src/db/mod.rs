@@ -328,6 +328,41 @@ pub trait Backend {
         save: &StateRow,
     ) -> Result<CutoverOutcome>;
 
+    /// Whether [`Backend::cutover_all`] swaps several tables in one atomic step here;
+    /// plans of several tables are refused where it does not.
+    fn swaps_several_at_once(&self) -> bool {
+        false
+    }
+
+    /// What stops the plan's tables together (each passed [`Backend::preflight`]): a
+    /// foreign key between two of them whose column types would no longer match.
+    async fn preflight_together(&self, ms: &[Migration]) -> Result<Vec<String>> {
+        let _ = ms;
+        Ok(Vec::new())
+    }
+
+    /// [`Backend::cutover`] of every table of the plan at once: all are swapped or none.
+    /// Where several cannot be swapped at once, only a plan of one table gets here.
+    async fn cutover_all(
+        &self,
+        ms: &[Migration],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        match ms {
+            [m] => self.cutover(m, lock_timeout, save).await,
+            _ => Err(several_unsupported(self.dialect())),
+        }
+    }
+
+    /// [`Backend::rollback`] of every table of the plan at once.
+    async fn rollback_all(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        match ms {
+            [m] => self.rollback(m, save).await,
+            _ => Err(several_unsupported(self.dialect())),
+        }
+    }
+
     /// Drops the reverse triggers and, unless `keep_old`, the old table.
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()>;
 
@@ -345,8 +380,21 @@ pub trait Backend {
     /// wait for a lock on a table the cutover (or rollback) of `m` locks.
     async fn blockers(&self, m: &Migration, grace: Duration) -> Result<Vec<Blocker>>;
 
+    /// Whether a waiting lock request makes later writers queue behind it (PostgreSQL's
+    /// and MariaDB's lock queues); then the engine caps the cutover's wait. SQLite's busy
+    /// writers poll instead, so its cutover may wait the whole `lock_timeout`.
+    fn lock_requests_queue(&self) -> bool {
+        true
+    }
+
     /// Ends a blocker's session (`cutover.kill_blockers_after`).
     async fn end_session(&self, session: &str) -> Result<()>;
+}
+
+fn several_unsupported(dialect: &str) -> Error {
+    Error::State(format!(
+        "plans of several tables are not supported on {dialect} yet; roll back with the same turnout that started it"
+    ))
 }
 
 /// The three native pools, chosen by the URL's scheme (sqlx's Any driver would lose

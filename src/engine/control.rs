@@ -18,6 +18,7 @@ use super::{Phase, Session};
 use crate::db::{Backend, StateRow, VerifyReport, VerifyRequest};
 use crate::error::{Error, Result};
 use crate::plan::{Backfill, BatchSize, Plan};
+use crate::schema::Migration;
 
 /// The suffix of a control record's name; plan validation refuses migration names that
 /// end with it, so a control record can never be taken for a migration.
@@ -386,10 +387,10 @@ pub(super) async fn verify<B: Backend>(
     b: &B,
     s: &Session<'_>,
     st: &mut State,
+    m: &Migration,
     req: &VerifyRequest,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport> {
-    let m = st.migration()?.clone();
     loop {
         hold(b, s, st, Gate::Verify).await?;
         if s.cancel.is_cancelled() {
@@ -397,7 +398,7 @@ pub(super) async fn verify<B: Backend>(
         }
         let paused = AtomicBool::new(false);
         let stop = || s.cancel.is_cancelled() || paused.load(Ordering::Relaxed);
-        let report = watching(b, &st.name, &paused, b.verify(&m, req, progress, &stop)).await?;
+        let report = watching(b, &st.name, &paused, b.verify(m, req, progress, &stop)).await?;
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }

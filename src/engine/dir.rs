@@ -203,10 +203,21 @@ pub async fn check_dir<B: Backend>(
     let mut last_of_table: HashMap<(Option<String>, String), usize> = HashMap::new();
     for index in order {
         let p = &dir.plans[index];
+        if !p.plan.file.tables.is_empty() {
+            return Err(Error::Usage(format!(
+                "{}: a plan of several tables (`tables`) runs on its own, not in a directory of plans",
+                p.file
+            )));
+        }
         let key = (p.plan.file.schema.clone(), p.plan.file.table.clone());
         let checked = match last_of_table.get(&key) {
             None => {
-                let migration = check(b, &p.plan).await.map_err(|e| in_file(e, p, None))?;
+                let migration = check(b, &p.plan)
+                    .await
+                    .map_err(|e| in_file(e, p, None))?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::State(format!("{}: no table to check", p.file)))?;
                 Checked {
                     index,
                     migration,

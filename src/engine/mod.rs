@@ -184,34 +184,100 @@ async fn step<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
 }
 
 /// Reads the live table, derives the migration and preflights it: every refusal at once.
+/// For a plan of several tables, its first ([`derive_all`] derives them all).
 pub async fn derive<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
-    let p = &plan.file;
-    let schema = match &p.schema {
+    derive_table(b, plan, 0).await
+}
+
+/// Derives and preflights every table of the plan, then what only the tables together
+/// can show (foreign keys between them); every refusal of every table at once.
+pub async fn derive_all<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<Migration>> {
+    let count = plan.file.specs().len();
+    let mut ms = Vec::new();
+    let mut refusals: Vec<(String, Vec<String>)> = Vec::new();
+    for n in 0..count {
+        match derive_table(b, plan, n).await {
+            Ok(m) => ms.push(m),
+            Err(Error::Refused { table, problems }) => refusals.push((table, problems)),
+            Err(e) => return Err(e),
+        }
+    }
+    if count > 1 && !b.swaps_several_at_once() {
+        refusals.push((
+            plan.file.table_names(),
+            vec![format!(
+                "tables: a plan of several tables is not supported on {} yet; migrate them one plan at a time",
+                b.dialect()
+            )],
+        ));
+    }
+    if refusals.is_empty() {
+        let problems = b.preflight_together(&ms).await?;
+        if !problems.is_empty() {
+            refusals.push((plan.file.table_names(), problems));
+        }
+    }
+    match refusals.len() {
+        0 => Ok(ms),
+        1 => {
+            let (table, problems) = refusals.remove(0);
+            Err(Error::Refused { table, problems })
+        }
+        _ => Err(Error::Refused {
+            table: refusals
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            problems: refusals
+                .into_iter()
+                .flat_map(|(t, ps)| ps.into_iter().map(move |p| format!("{t}: {p}")))
+                .collect(),
+        }),
+    }
+}
+
+/// Derives and preflights the plan's `n`th table.
+async fn derive_table<B: Backend>(b: &B, plan: &Plan, n: usize) -> Result<Migration> {
+    let specs = plan.file.specs();
+    let Some(t) = specs.get(n) else {
+        return Err(Error::State(format!(
+            "plan {:?} has no table number {}",
+            plan.file.name,
+            n + 1
+        )));
+    };
+    let schema = match &t.schema {
         Some(s) => Some(s.clone()),
         None => b.default_schema().await?,
     };
     let shown = match &schema {
-        Some(s) => format!("{s}.{}", p.table),
-        None => p.table.clone(),
+        Some(s) => format!("{s}.{}", t.table),
+        None => t.table.clone(),
+    };
+    let key = if plan.file.tables.is_empty() {
+        "table".to_string()
+    } else {
+        format!("tables[{n}].table")
     };
     let refused = |problems: Vec<String>| Error::Refused {
         table: shown.clone(),
         problems,
     };
-    let Some(shape) = b.describe(schema.as_deref(), &p.table).await? else {
+    let Some(shape) = b.describe(schema.as_deref(), &t.table).await? else {
         return Err(refused(vec![format!(
-            "table: there is no table {:?}{}",
-            p.table,
+            "{key}: there is no table {:?}{}",
+            t.table,
             in_schema(&schema)
         )]));
     };
     if shape.primary_key.is_empty() {
         return Err(refused(vec![format!(
-            "table: {:?} has no primary key; turnout copies and compares rows by primary key",
-            p.table
+            "{key}: {:?} has no primary key; turnout copies and compares rows by primary key",
+            t.table
         )]));
     }
-    let mut m = Migration::derive(plan, &shape).map_err(refused)?;
+    let mut m = Migration::derive_table(plan, n, &shape).map_err(refused)?;
     m.schema = schema;
     let problems = b.preflight(&m).await?;
     if !problems.is_empty() {
@@ -227,8 +293,8 @@ fn in_schema(schema: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// `turnout check` with a database: derive and preflight, change nothing.
-pub async fn check<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
+/// `turnout check` with a database: derive and preflight every table, change nothing.
+pub async fn check<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<Migration>> {
     if let Some(row) = b.load_state(&plan.file.name).await.ok().flatten() {
         let st = State::from_row(&row)?;
         if st.plan_hash != plan.hash && !matches!(st.phase, Phase::RolledBack | Phase::Done) {
@@ -237,59 +303,83 @@ pub async fn check<B: Backend>(b: &B, plan: &Plan) -> Result<Migration> {
                 diff: crate::plan::diff(&st.plan, &plan.canonical()),
             });
         }
-        if let Some(m) = st
-            .migration
-            .filter(|_| st.phase != Phase::RolledBack && st.phase != Phase::Done)
-        {
-            return Ok(m);
+        if st.migration.is_some() && st.phase != Phase::RolledBack && st.phase != Phase::Done {
+            return Ok(st.migrations());
         }
     }
-    derive(b, plan).await
+    derive_all(b, plan).await
 }
 
-/// `turnout plan`: the SQL of every phase.
-pub async fn preview<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<PhaseSql>> {
-    let m = check(b, plan).await?;
-    Ok(b.preview(&m))
+/// `turnout plan`: the SQL of every phase, table after table for a plan of several.
+pub async fn preview<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<(Migration, Vec<PhaseSql>)>> {
+    let ms = check(b, plan).await?;
+    Ok(ms
+        .into_iter()
+        .map(|m| {
+            let sql = b.preview(&m);
+            (m, sql)
+        })
+        .collect())
 }
 
 async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
     if st.migration.is_none() {
-        let m = derive(b, s.plan).await?;
-        st.migration = Some(m);
+        let ms = derive_all(b, s.plan).await?;
+        st.set_migrations(ms);
         // Saved before the DDL, so a crash inside a non-transactional prepare (MySQL)
         // resumes with the same derivation instead of tripping over its own shadow table.
         st.event("preflight passed");
         b.save_state(&st.to_row()).await?;
     }
-    let m = st.migration()?.clone();
-    let next = st.entered(
-        Phase::Prepared,
-        format!("created {} in the new shape", m.shadow),
-    );
-    b.prepare(&m, &next.to_row()).await?;
-    Ok(next)
+    let ms = st.migrations();
+    let last = ms.len().saturating_sub(1);
+    // Table after table, each saved with its own effect; prepare is idempotent, so a
+    // resume redoes only what is missing.
+    for (i, m) in ms.iter().enumerate() {
+        let done = format!("created {} in the new shape", m.shadow);
+        let next = if i == last {
+            st.entered(Phase::Prepared, done)
+        } else {
+            let mut next = st.clone();
+            next.event(done);
+            next
+        };
+        b.prepare(m, &next.to_row()).await?;
+        fault::point("prepare.table");
+        st = next;
+    }
+    Ok(st)
 }
 
-async fn dual_write<B: Backend>(b: &B, st: State) -> Result<State> {
-    let m = st.migration()?.clone();
-    let next = st.entered(
-        Phase::DualWriting,
-        format!("triggers copy every write on {} to {}", m.table, m.shadow),
-    );
-    b.start_dual_write(&m, &next.to_row()).await?;
-    Ok(next)
+async fn dual_write<B: Backend>(b: &B, mut st: State) -> Result<State> {
+    let ms = st.migrations();
+    let last = ms.len().saturating_sub(1);
+    for (i, m) in ms.iter().enumerate() {
+        let done = format!("triggers copy every write on {} to {}", m.table, m.shadow);
+        let next = if i == last {
+            st.entered(Phase::DualWriting, done)
+        } else {
+            let mut next = st.clone();
+            next.event(done);
+            next
+        };
+        b.start_dual_write(m, &next.to_row()).await?;
+        fault::point("dual-write.table");
+        st = next;
+    }
+    Ok(st)
 }
 
 /// The state after a committed batch; the same function builds the checkpoint saved
 /// inside the batch's transaction and the state the engine carries on with.
-fn after_batch(st: &State, done: &BatchDone, batch_size: u64) -> State {
+fn after_batch(st: &State, i: usize, done: &BatchDone, batch_size: u64) -> State {
     let mut next = st.clone();
-    next.backfill.rows_copied += done.rows;
-    next.backfill.batches += 1;
-    next.backfill.batch_size = batch_size;
+    let p = next.backfill_of_mut(i);
+    p.rows_copied += done.rows;
+    p.batches += 1;
+    p.batch_size = batch_size;
     if done.last.is_some() {
-        next.backfill.cursor = done.last.clone();
+        p.cursor = done.last.clone();
     }
     next.updated_at = chrono::Utc::now();
     next
@@ -304,26 +394,69 @@ fn tune(batch: u64, took: Duration, target: Duration) -> u64 {
     next.clamp(MIN_AUTO_BATCH, MAX_AUTO_BATCH)
 }
 
+/// Backfills the tables one after another, each resumable from its own cursor.
 async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
-    let m = st.migration()?.clone();
+    let count = st.table_count();
+    let mut next = None;
+    for i in 0..count {
+        if st.backfill_of(i).finished_at.is_some() && i + 1 < count {
+            continue;
+        }
+        let (mut done, summary) = backfill_table(b, s, st, i).await?;
+        done.backfill_of_mut(i).finished_at = Some(chrono::Utc::now());
+        let shown = if count > 1 {
+            format!("{}: {summary}", done.migration_of(i)?.table)
+        } else {
+            summary
+        };
+        st = if i + 1 == count {
+            done.entered(Phase::Backfilled, shown)
+        } else {
+            done.event(shown);
+            done
+        };
+        b.save_state(&st.to_row()).await?;
+        next = Some(st.clone());
+    }
+    next.ok_or_else(|| {
+        Error::State(format!(
+            "migration {:?} has no table to backfill",
+            s.plan.file.name
+        ))
+    })
+}
+
+/// Copies table `i` batch after batch from its cursor; returns the state after its last
+/// batch and the backfill's summary.
+async fn backfill_table<B: Backend>(
+    b: &B,
+    s: &Session<'_>,
+    mut st: State,
+    i: usize,
+) -> Result<(State, String)> {
+    let m = st.migration_of(i)?.clone();
     let cfg = &s.plan.file.backfill;
-    if st.backfill.started_at.is_none() {
-        st.backfill.started_at = Some(chrono::Utc::now());
-        st.backfill.estimated_rows = b.estimate_rows(&m).await?;
-        st.event(format!(
-            "backfill started, about {} rows",
-            st.backfill.estimated_rows
-        ));
+    if st.backfill_of(i).started_at.is_none() {
+        let estimated = b.estimate_rows(&m).await?;
+        let p = st.backfill_of_mut(i);
+        p.started_at = Some(chrono::Utc::now());
+        p.estimated_rows = estimated;
+        let table = if st.table_count() > 1 {
+            format!(" of {}", m.table)
+        } else {
+            String::new()
+        };
+        st.event(format!("backfill{table} started, about {estimated} rows"));
         b.save_state(&st.to_row()).await?;
     }
-    let mut batch = match st.backfill.batch_size {
+    let mut batch = match st.backfill_of(i).batch_size {
         0 => FIRST_AUTO_BATCH,
         n => n,
     };
     // The batch-size mode last applied: `turnout tune` can change it between batches.
     let mut mode = None;
     let started = Instant::now();
-    let copied_before = st.backfill.rows_copied;
+    let copied_before = st.backfill_of(i).rows_copied;
     loop {
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
@@ -347,8 +480,8 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         // The state saved inside the batch's transaction is the one we carry on with.
         let committed = std::sync::Mutex::new(None);
         let done = b
-            .copy_batch(&m, st.backfill.cursor.as_ref(), batch, &|d| {
-                let next = after_batch(&st, d, batch);
+            .copy_batch(&m, st.backfill_of(i).cursor.as_ref(), batch, &|d| {
+                let next = after_batch(&st, i, d, batch);
                 let row = next.to_row();
                 if let Ok(mut slot) = committed.lock() {
                     *slot = Some(next);
@@ -357,7 +490,7 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
             })
             .instrument(info_span!(
                 "batch",
-                n = st.backfill.batches + 1,
+                n = st.backfill_of(i).batches + 1,
                 size = batch
             ))
             .await?;
@@ -370,12 +503,11 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         );
         st = match committed.into_inner().ok().flatten() {
             Some(next) => next,
-            None => after_batch(&st, &done, batch),
+            None => after_batch(&st, i, &done, batch),
         };
-        s.observer.backfill_progress(
-            st.backfill.rows_copied,
-            st.backfill.estimated_rows.max(st.backfill.rows_copied),
-        );
+        let p = st.backfill_of(i);
+        s.observer
+            .backfill_progress(p.rows_copied, p.estimated_rows.max(p.rows_copied));
         if done.rows < batch {
             break;
         }
@@ -388,19 +520,19 @@ async fn backfill<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<S
         }
     }
     b.finish_backfill(&m).await?;
-    let rate = (st.backfill.rows_copied - copied_before) as f64
-        / started.elapsed().as_secs_f64().max(0.001);
-    let mut next = st.entered(
-        Phase::Backfilled,
-        backfill_summary(st.backfill.rows_copied, st.backfill.batches, rate),
-    );
-    next.backfill.finished_at = Some(chrono::Utc::now());
-    b.save_state(&next.to_row()).await?;
-    Ok(next)
+    let p = st.backfill_of(i);
+    let rate = (p.rows_copied - copied_before) as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let summary = backfill_summary(p.rows_copied, p.batches, rate);
+    Ok((st, summary))
 }
 
 /// Compares the live table with its shadow; differences are rendered as row diffs.
-async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &mut State) -> Result<VerifyReport> {
+async fn compare<B: Backend>(
+    b: &B,
+    s: &Session<'_>,
+    st: &mut State,
+    i: usize,
+) -> Result<VerifyReport> {
     let cfg = &s.plan.file.verify;
     let req = VerifyRequest {
         chunk_rows: fault::knob("TURNOUT_VERIFY_CHUNK_ROWS", VERIFY_CHUNK_ROWS),
@@ -408,12 +540,16 @@ async fn compare<B: Backend>(b: &B, s: &Session<'_>, st: &mut State) -> Result<V
         sample_rate: (cfg.mode == VerifyMode::Sample).then_some(cfg.sample_rate),
         max_diffs: cfg.max_diffs,
     };
-    let total = st.backfill.rows_copied.max(st.backfill.estimated_rows);
+    let total = st
+        .backfill_of(i)
+        .rows_copied
+        .max(st.backfill_of(i).estimated_rows);
+    let m = st.migration_of(i)?.clone();
     let progress = |rows| {
         fault::point("verify.chunk");
         s.observer.verify_progress(rows, total.max(rows));
     };
-    let report = control::verify(b, s, st, &req, &progress).await?;
+    let report = control::verify(b, s, st, &m, &req, &progress).await?;
     for d in &report.diffs {
         s.observer.diff(d, &render_diff(d));
     }
@@ -448,17 +584,19 @@ fn failure_details(failures: &[String]) -> String {
     )
 }
 
-/// Compares, and when the comparison itself fails on a row the triggers recorded as
-/// unmappable, reports that as the verification's finding rather than a crash.
+/// Compares table `i`, and when the comparison itself fails on a row the triggers
+/// recorded as unmappable, reports that as the verification's finding rather than a crash.
 async fn compare_or_failures<B: Backend>(
     b: &B,
     s: &Session<'_>,
     st: &mut State,
+    i: usize,
 ) -> Result<(VerifyReport, Vec<String>)> {
-    match compare(b, s, st).await {
-        Ok(report) => Ok((report, b.trigger_failures(st.migration()?).await?)),
+    let m = st.migration_of(i)?.clone();
+    match compare(b, s, st, i).await {
+        Ok(report) => Ok((report, b.trigger_failures(&m).await?)),
         Err(e @ (Error::Database { .. } | Error::Data { .. })) => {
-            let failures = b.trigger_failures(st.migration()?).await?;
+            let failures = b.trigger_failures(&m).await?;
             if failures.is_empty() {
                 return Err(e);
             }
@@ -468,51 +606,74 @@ async fn compare_or_failures<B: Backend>(
     }
 }
 
+/// Compares every table; the first that differs stops verification.
 async fn verify_step<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
     if s.plan.file.verify.mode == VerifyMode::Off {
         let next = st.entered(Phase::Verified, "verification skipped (verify.mode: off)");
         b.save_state(&next.to_row()).await?;
         return Ok(next);
     }
-    let (report, failures) = compare_or_failures(b, s, &mut st).await?;
-    st.verify = state::VerifyProgress {
-        rows_checked: report.rows,
-        chunks: report.chunks,
-        mismatches: report.diffs.len() as u64 + failures.len() as u64,
-        passed: Some(report.diffs.is_empty() && failures.is_empty()),
-        at: Some(chrono::Utc::now()),
-    };
-    if !failures.is_empty() || !report.diffs.is_empty() {
-        let mut message = format!("verification found {} differing rows", report.diffs.len());
-        if !failures.is_empty() {
-            message.push_str(&format!(
-                " and {} writes the triggers could not map: {}",
-                failures.len(),
-                failures.join("; ")
-            ));
+    let count = st.table_count();
+    let mut next = None;
+    for i in 0..count {
+        let (report, failures) = compare_or_failures(b, s, &mut st, i).await?;
+        *st.verify_of_mut(i) = state::VerifyProgress {
+            rows_checked: report.rows,
+            chunks: report.chunks,
+            mismatches: report.diffs.len() as u64 + failures.len() as u64,
+            passed: Some(report.diffs.is_empty() && failures.is_empty()),
+            at: Some(chrono::Utc::now()),
+        };
+        let table = st.migration_of(i)?.table.clone();
+        let of = if count > 1 {
+            format!("{table}: ")
+        } else {
+            String::new()
+        };
+        if !failures.is_empty() || !report.diffs.is_empty() {
+            let mut message = format!(
+                "{of}verification found {} differing rows",
+                report.diffs.len()
+            );
+            if !failures.is_empty() {
+                message.push_str(&format!(
+                    " and {} writes the triggers could not map: {}",
+                    failures.len(),
+                    failures.join("; ")
+                ));
+            }
+            st.event(message);
+            b.save_state(&st.to_row()).await?;
+            return Err(Error::VerifyFailed {
+                table,
+                mismatches: st.verify_of(i).mismatches,
+                details: failure_details(&failures),
+            });
         }
-        st.event(message);
-        b.save_state(&st.to_row()).await?;
-        return Err(Error::VerifyFailed {
-            table: st.migration()?.table.clone(),
-            mismatches: st.verify.mismatches,
-            details: failure_details(&failures),
-        });
-    }
-    let sampled = if report.chunks_skipped > 0 {
-        format!(", {} chunks sampled out", report.chunks_skipped)
-    } else {
-        String::new()
-    };
-    let next = st.entered(
-        Phase::Verified,
-        format!(
-            "{} rows identical in {} chunks{sampled}",
+        let sampled = if report.chunks_skipped > 0 {
+            format!(", {} chunks sampled out", report.chunks_skipped)
+        } else {
+            String::new()
+        };
+        let said = format!(
+            "{of}{} rows identical in {} chunks{sampled}",
             report.rows, report.chunks
-        ),
-    );
-    b.save_state(&next.to_row()).await?;
-    Ok(next)
+        );
+        st = if i + 1 == count {
+            st.entered(Phase::Verified, said)
+        } else {
+            st.event(said);
+            st
+        };
+        b.save_state(&st.to_row()).await?;
+        next = Some(st.clone());
+    }
+    next.ok_or_else(|| {
+        Error::State(format!(
+            "migration {:?} has no table to verify",
+            s.plan.file.name
+        ))
+    })
 }
 
 /// `turnout verify`: the comparison alone, any time between backfill and cutover.
@@ -526,15 +687,21 @@ pub async fn verify_only<B: Backend>(b: &B, s: &Session<'_>) -> Result<VerifyRep
                 st.name, st.phase
             )));
         }
-        let (report, failures) = compare_or_failures(b, s, &mut st).await?;
-        if !report.diffs.is_empty() || !failures.is_empty() {
-            return Err(Error::VerifyFailed {
-                table: st.migration()?.table.clone(),
-                mismatches: (report.diffs.len() + failures.len()) as u64,
-                details: failure_details(&failures),
-            });
+        let mut all = VerifyReport::default();
+        for i in 0..st.table_count() {
+            let (report, failures) = compare_or_failures(b, s, &mut st, i).await?;
+            if !report.diffs.is_empty() || !failures.is_empty() {
+                return Err(Error::VerifyFailed {
+                    table: st.migration_of(i)?.table.clone(),
+                    mismatches: (report.diffs.len() + failures.len()) as u64,
+                    details: failure_details(&failures),
+                });
+            }
+            all.rows += report.rows;
+            all.chunks += report.chunks;
+            all.chunks_skipped += report.chunks_skipped;
         }
-        Ok(report)
+        Ok(all)
     })
     .await
 }
@@ -548,9 +715,26 @@ fn cutover_backoff(retry_delay: Duration, n: u32) -> Duration {
     Duration::from_secs_f64(base * jitter)
 }
 
+/// Every write the triggers of any table could not map, each named with its table when
+/// the plan has several.
+async fn all_failures<B: Backend>(b: &B, ms: &[Migration]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for m in ms {
+        let failures = b.trigger_failures(m).await?;
+        if ms.len() > 1 {
+            out.extend(failures.into_iter().map(|f| format!("{}: {f}", m.table)));
+        } else {
+            out.extend(failures);
+        }
+    }
+    Ok(out)
+}
+
+/// The swap of every table at once.
 async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+    let ms = st.migrations();
     let m = st.migration()?.clone();
-    let failures = b.trigger_failures(&m).await?;
+    let failures = all_failures(b, &ms).await?;
     if !failures.is_empty() {
         return Err(Error::State(format!(
             "{} writes since dual-write began could not be mapped ({}); cutover is refused. Fix the plan's expressions and run `turnout rollback`, then start again",
@@ -558,9 +742,28 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             failures.join("; ")
         )));
     }
+    let swapped = if ms.len() > 1 {
+        format!(
+            "{} are now the new tables; {} are kept current for rollback",
+            st.table_names(),
+            ms.iter()
+                .map(|m| m.old.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!(
+            "{} is now the new table; {} is kept current for rollback",
+            m.table, m.old
+        )
+    };
     let cfg = &s.plan.file.cutover;
     // blockers.rs says why an attempt waits no longer than this, whatever the plan allows.
-    let wait = cfg.lock_timeout.min(blockers::QUEUE_BOUND);
+    let wait = if b.lock_requests_queue() {
+        cfg.lock_timeout.min(blockers::QUEUE_BOUND)
+    } else {
+        cfg.lock_timeout
+    };
     let mut lookout = blockers::Lookout::default();
     let mut in_the_way = Vec::new();
     for attempt in 1..=cfg.attempts {
@@ -568,7 +771,7 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             return Err(s.interrupted(st.phase));
         }
         b.keep_lock(&st.name).await?;
-        let seen = b.blockers(&m, blockers::GRACE).await?;
+        let seen = blockers_of(b, &ms, blockers::GRACE).await?;
         lookout.saw(&seen, Instant::now());
         // A possible blocker holds the cutover back too (a lock request behind it could
         // hold every write for a second on MariaDB), but only a certain one is ended.
@@ -610,16 +813,10 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             continue;
         }
         fault::point("cutover.attempt");
-        let mut next = st.entered(
-            Phase::CutOver,
-            format!(
-                "{} is now the new table; {} is kept current for rollback",
-                m.table, m.old
-            ),
-        );
+        let mut next = st.entered(Phase::CutOver, swapped.clone());
         next.cutover_attempts = st.cutover_attempts + 1;
         next.waiting = None;
-        match b.cutover(&m, wait, &next.to_row()).await? {
+        match b.cutover_all(&ms, wait, &next.to_row()).await? {
             CutoverOutcome::Swapped => {
                 if st.waiting.is_some() {
                     s.observer.waiting(None);
@@ -628,7 +825,7 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             }
             CutoverOutcome::LockTimeout => {
                 // Who was in the way, whatever their age: the request waited `wait` for them.
-                in_the_way = b.blockers(&m, wait).await?;
+                in_the_way = blockers_of(b, &ms, wait).await?;
                 st.cutover_attempts += 1;
                 let mut what = format!(
                     "cutover attempt {attempt}: the lock was not granted within {}",
@@ -650,7 +847,7 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
         }
     }
     Err(Error::LockTimeout {
-        table: m.table.clone(),
+        table: st.table_names(),
         attempts: cfg.attempts,
         timeout: wait,
         blockers: match blockers::describe(&in_the_way) {
@@ -658,6 +855,23 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             w => format!(" Held back by: {w}."),
         },
     })
+}
+
+/// Who holds any of the plan's tables, each session once.
+async fn blockers_of<B: Backend>(
+    b: &B,
+    ms: &[Migration],
+    grace: Duration,
+) -> Result<Vec<crate::db::Blocker>> {
+    let mut out: Vec<crate::db::Blocker> = Vec::new();
+    for m in ms {
+        for x in b.blockers(m, grace).await? {
+            if !out.iter().any(|o| o.session == x.session) {
+                out.push(x);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Records that an attempt was not made because `who` holds the tables: in the state
@@ -688,16 +902,19 @@ async fn note_blocked<B: Backend>(
     b.save_state(&st.to_row()).await
 }
 
-async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
-    let m = st.migration()?.clone();
+async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+    let ms = st.migrations();
     // Cutover checked there were none; a forward failure now happened in the moment
     // between that check and the swap, and its row is missing from the new table.
     // Cleanup would make that final: the old table still has it, so roll back instead.
-    let late: Vec<String> = b
-        .trigger_failures(&m)
+    let late: Vec<String> = all_failures(b, &ms)
         .await?
         .into_iter()
-        .filter(|f| f.starts_with("forward"))
+        .filter(|f| {
+            f.starts_with("forward")
+                || f.split_once(": ")
+                    .is_some_and(|(_, rest)| rest.starts_with("forward"))
+        })
         .collect();
     if !late.is_empty() {
         return Err(Error::State(format!(
@@ -708,14 +925,27 @@ async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State>
         )));
     }
     let keep = s.plan.file.cleanup.keep_old_table;
-    let what = if keep {
-        format!("reverse triggers dropped; {} kept", m.old)
-    } else {
-        format!("reverse triggers and {} dropped", m.old)
-    };
-    let next = st.entered(Phase::Done, what);
-    b.cleanup(&m, keep, &next.to_row()).await?;
-    Ok(next)
+    let last = ms.len().saturating_sub(1);
+    // Each table's cleanup is idempotent and saved with its effect; the plan is done
+    // with the last.
+    for (i, m) in ms.iter().enumerate() {
+        let what = if keep {
+            format!("reverse triggers dropped; {} kept", m.old)
+        } else {
+            format!("reverse triggers and {} dropped", m.old)
+        };
+        let next = if i == last {
+            st.entered(Phase::Done, what)
+        } else {
+            let mut next = st.clone();
+            next.event(what);
+            next
+        };
+        b.cleanup(m, keep, &next.to_row()).await?;
+        fault::point("cleanup.table");
+        st = next;
+    }
+    Ok(st)
 }
 
 /// `turnout rollback`: back to the table as it was, from any phase before `done`.
@@ -737,20 +967,30 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
             Phase::RollingBack => st.rollback_from.unwrap_or(Phase::CutOver),
             p => p,
         };
-        let Some(m) = st.migration.clone() else {
+        let ms = st.migrations();
+        if ms.is_empty() {
             let next = st.entered(Phase::RolledBack, "rolled back before anything was created");
             b.save_state(&next.to_row()).await?;
             return Ok(next);
         };
         if from == Phase::CutOver && !accept_loss {
-            let failures = b.trigger_failures(&m).await?;
+            let failures = all_failures(b, &ms).await?;
             let reverse_failures: Vec<_> = failures.iter().filter(|f| f.contains("reverse")).cloned().collect();
-            if !m.lossy.is_empty() || !reverse_failures.is_empty() {
+            let several = ms.len() > 1;
+            let lossy: Vec<String> = ms
+                .iter()
+                .flat_map(|m| {
+                    m.lossy.iter().map(move |c| {
+                        if several { format!("{}.{c}", m.table) } else { c.clone() }
+                    })
+                })
+                .collect();
+            if !lossy.is_empty() || !reverse_failures.is_empty() {
                 let mut why = Vec::new();
-                if !m.lossy.is_empty() {
+                if !lossy.is_empty() {
                     why.push(format!(
                         "column(s) {} have no reverse expression: rows written since cutover get their default (or NULL) there",
-                        m.lossy.join(", ")
+                        lossy.join(", ")
                     ));
                 }
                 if !reverse_failures.is_empty() {
@@ -768,8 +1008,12 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
         b.save_state(&rolling.to_row()).await?;
         b.keep_lock(&rolling.name).await?;
         fault::point("rollback.before");
-        let done = rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} is as it was", m.table));
-        b.rollback(&m, &done.to_row()).await?;
+        let done = if ms.len() > 1 {
+            rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} are as they were", rolling.table_names()))
+        } else {
+            rolling.entered(Phase::RolledBack, format!("rolled back from {from}: {} is as it was", ms[0].table))
+        };
+        b.rollback_all(&ms, &done.to_row()).await?;
         fault::point("rollback.after");
         control::forget(b, &done.name).await?;
         Ok(done)
@@ -809,9 +1053,10 @@ pub async fn status<B: Backend>(b: &B, name: Option<&str>) -> Result<Vec<StatusE
             state.phase,
             Phase::DualWriting | Phase::Backfilled | Phase::Verified | Phase::CutOver
         );
-        let failures = match (&state.migration, live) {
-            (Some(m), true) => b.trigger_failures(m).await?,
-            _ => Vec::new(),
+        let failures = if live {
+            all_failures(b, &state.migrations()).await?
+        } else {
+            Vec::new()
         };
         out.push(StatusEntry {
             state,

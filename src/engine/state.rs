@@ -108,6 +108,16 @@ pub struct VerifyProgress {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// A table after the first of a plan of several: its derivation and its progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableState {
+    pub migration: Migration,
+    #[serde(default)]
+    pub backfill: BackfillProgress,
+    #[serde(default)]
+    pub verify: VerifyProgress,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub at: DateTime<Utc>,
@@ -122,10 +132,16 @@ pub struct State {
     /// The canonical plan it was started with, to show what changed if a resume differs.
     pub plan: String,
     pub phase: Phase,
-    /// Derived at prepare; `None` while planned.
+    /// Derived at prepare; `None` while planned. In a plan of several tables, the first.
     pub migration: Option<Migration>,
+    /// The first table's backfill.
     pub backfill: BackfillProgress,
+    /// The first table's verification.
     pub verify: VerifyProgress,
+    /// The plan's further tables in plan order, each with its own progress; empty for a
+    /// plan of one table, so its row reads as it always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<TableState>,
     pub cutover_attempts: u32,
     /// The phase a rollback started from.
     pub rollback_from: Option<Phase>,
@@ -149,6 +165,7 @@ impl State {
             migration: None,
             backfill: BackfillProgress::default(),
             verify: VerifyProgress::default(),
+            more: Vec::new(),
             cutover_attempts: 0,
             rollback_from: None,
             events: Vec::new(),
@@ -192,6 +209,86 @@ impl State {
                 row.name
             ))
         })
+    }
+
+    /// Every table's derivation, in plan order; empty while planned.
+    pub fn migrations(&self) -> Vec<Migration> {
+        self.migration
+            .iter()
+            .cloned()
+            .chain(self.more.iter().map(|t| t.migration.clone()))
+            .collect()
+    }
+
+    /// Stores the derivations of every table, the first in `migration`.
+    pub fn set_migrations(&mut self, ms: Vec<Migration>) {
+        let mut ms = ms.into_iter();
+        self.migration = ms.next();
+        self.more = ms
+            .map(|migration| TableState {
+                migration,
+                backfill: BackfillProgress::default(),
+                verify: VerifyProgress::default(),
+            })
+            .collect();
+    }
+
+    /// Tables derived: 0 while planned.
+    pub fn table_count(&self) -> usize {
+        usize::from(self.migration.is_some()) + self.more.len()
+    }
+
+    /// Table `i`'s derivation.
+    pub fn migration_of(&self, i: usize) -> Result<&Migration> {
+        match i {
+            0 => self.migration(),
+            _ => self.more.get(i - 1).map(|t| &t.migration).ok_or_else(|| {
+                Error::State(format!(
+                    "migration {:?} has no table number {}",
+                    self.name,
+                    i + 1
+                ))
+            }),
+        }
+    }
+
+    /// Table `i`'s backfill (the first table's for an index past the end).
+    pub fn backfill_of(&self, i: usize) -> &BackfillProgress {
+        match i.checked_sub(1).and_then(|j| self.more.get(j)) {
+            Some(t) => &t.backfill,
+            None => &self.backfill,
+        }
+    }
+
+    pub fn backfill_of_mut(&mut self, i: usize) -> &mut BackfillProgress {
+        match i.checked_sub(1) {
+            Some(j) if j < self.more.len() => &mut self.more[j].backfill,
+            _ => &mut self.backfill,
+        }
+    }
+
+    /// Table `i`'s verification.
+    pub fn verify_of(&self, i: usize) -> &VerifyProgress {
+        match i.checked_sub(1).and_then(|j| self.more.get(j)) {
+            Some(t) => &t.verify,
+            None => &self.verify,
+        }
+    }
+
+    pub fn verify_of_mut(&mut self, i: usize) -> &mut VerifyProgress {
+        match i.checked_sub(1) {
+            Some(j) if j < self.more.len() => &mut self.more[j].verify,
+            _ => &mut self.verify,
+        }
+    }
+
+    /// The tables' names as messages show them: `film, inventory`.
+    pub fn table_names(&self) -> String {
+        self.migrations()
+            .iter()
+            .map(|m| m.table.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn migration(&self) -> Result<&Migration> {

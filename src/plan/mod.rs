@@ -101,7 +101,7 @@ fn yaml_problem(e: &serde_yaml::Error, text: &str, file: &str) -> PlanProblem {
     let raw = e.to_string();
     // yaml_serde prefixes the message with the key path: "changes[0].add_column: unknown field …"
     let (key, message) = match raw.split_once(": ") {
-        Some((k, m)) if !k.contains(' ') || k.starts_with("changes") => {
+        Some((k, m)) if !k.contains(' ') || k.starts_with("changes") || k.starts_with("tables") => {
             (k.to_string(), m.to_string())
         }
         _ => (String::new(), raw.clone()),
@@ -189,59 +189,51 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
             ),
         );
     }
-    if p.table.is_empty() {
-        bad(
-            "table",
-            "expected the live table's name; found an empty string".into(),
-        );
-    } else if p.table.len() > 54 {
-        // The shadow table `_<table>_new` must still fit a 63/64-byte identifier.
-        bad(
-            "table",
-            format!(
-                "expected at most 54 characters so `_{}_new` fits an identifier",
-                p.table
-            ),
-        );
-    }
     if p.schema.as_deref() == Some("") {
         bad(
             "schema",
             "expected a schema name or no key at all; found an empty string".into(),
         );
     }
-    for (name, key) in [(&p.table, "table")] {
-        if name.contains('\0') {
-            bad(key, "names cannot contain a NUL character".into());
-        }
-    }
-    if p.changes.is_empty() {
-        bad(
-            "changes",
-            "expected at least one change; found an empty list".into(),
-        );
-    }
-    validate_changes(&p.changes, &mut bad);
-    for (i, v) in p.views.iter().enumerate() {
-        if v.name.trim().is_empty() {
+    if p.tables.is_empty() {
+        if p.table.is_empty() {
             bad(
-                &format!("views[{i}].name"),
-                "expected the view's name; found an empty string".into(),
+                "table",
+                "expected the live table's name (or a `tables` list of several); found none".into(),
             );
         }
-        if v.definition.trim().is_empty() {
-            bad(
-                &format!("views[{i}].definition"),
-                "expected the SELECT the view runs over the new table; found an empty string"
-                    .into(),
-            );
+        validate_table(&p.specs()[0], "", &mut bad);
+    } else {
+        for (key, given) in [
+            ("table", !p.table.is_empty()),
+            ("changes", !p.changes.is_empty()),
+            ("views", !p.views.is_empty()),
+        ] {
+            if given {
+                bad(
+                    key,
+                    format!(
+                        "a plan with `tables` gives `{key}` inside each entry of the list; move it there"
+                    ),
+                );
+            }
         }
-        let same = |w: &ViewDefinition| w.name == v.name && w.schema == v.schema;
-        if p.views[..i].iter().any(same) {
-            bad(
-                &format!("views[{i}].name"),
-                format!("view {:?} is given twice; give one definition", v.name),
-            );
+        let specs = p.specs();
+        for (i, t) in specs.iter().enumerate() {
+            let at = format!("tables[{i}].");
+            validate_table(t, &at, &mut bad);
+            if specs[..i]
+                .iter()
+                .any(|o| o.table == t.table && o.schema == t.schema)
+            {
+                bad(
+                    &format!("{at}table"),
+                    format!(
+                        "table {:?} is listed twice; give its changes in one entry",
+                        t.table
+                    ),
+                );
+            }
         }
     }
     match p.backfill.batch_size {
@@ -319,6 +311,67 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
     out
 }
 
+/// The checks of one table's entry; `at` prefixes its keys (`tables[1].`, or nothing in
+/// the single-table form).
+fn validate_table(t: &TableSpec, at: &str, bad: &mut impl FnMut(&str, String)) {
+    let key = |k: &str| format!("{at}{k}");
+    if t.table.is_empty() {
+        if !at.is_empty() {
+            bad(
+                &key("table"),
+                "expected the live table's name; found an empty string".into(),
+            );
+        }
+    } else if t.table.len() > 54 {
+        // The shadow table `_<table>_new` must still fit a 63/64-byte identifier.
+        bad(
+            &key("table"),
+            format!(
+                "expected at most 54 characters so `_{}_new` fits an identifier",
+                t.table
+            ),
+        );
+    }
+    if t.table.contains('\0') {
+        bad(&key("table"), "names cannot contain a NUL character".into());
+    }
+    if !at.is_empty() && t.schema.as_deref() == Some("") {
+        bad(
+            &key("schema"),
+            "expected a schema name or no key at all; found an empty string".into(),
+        );
+    }
+    if t.changes.is_empty() {
+        bad(
+            &key("changes"),
+            "expected at least one change; found an empty list".into(),
+        );
+    }
+    validate_changes(&t.changes, at, bad);
+    for (i, v) in t.views.iter().enumerate() {
+        if v.name.trim().is_empty() {
+            bad(
+                &key(&format!("views[{i}].name")),
+                "expected the view's name; found an empty string".into(),
+            );
+        }
+        if v.definition.trim().is_empty() {
+            bad(
+                &key(&format!("views[{i}].definition")),
+                "expected the SELECT the view runs over the new table; found an empty string"
+                    .into(),
+            );
+        }
+        let same = |w: &ViewDefinition| w.name == v.name && w.schema == v.schema;
+        if t.views[..i].iter().any(same) {
+            bad(
+                &key(&format!("views[{i}].name")),
+                format!("view {:?} is given twice; give one definition", v.name),
+            );
+        }
+    }
+}
+
 fn check_duration(
     bad: &mut impl FnMut(&str, String),
     key: &str,
@@ -340,12 +393,12 @@ fn check_duration(
 }
 
 /// Changes are checked against each other here; against the live table in preflight.
-fn validate_changes(changes: &[Change], bad: &mut impl FnMut(&str, String)) {
+fn validate_changes(changes: &[Change], prefix: &str, bad: &mut impl FnMut(&str, String)) {
     let mut touched: HashSet<String> = HashSet::new();
     let mut indexes: HashSet<String> = HashSet::new();
     let mut renamed_to: HashSet<String> = HashSet::new();
     for (i, change) in changes.iter().enumerate() {
-        let at = |field: &str| format!("changes[{i}].{}.{field}", change.kind());
+        let at = |field: &str| format!("{prefix}changes[{i}].{}.{field}", change.kind());
         let mut column = |bad: &mut dyn FnMut(&str, String), field: &str, name: &str| {
             if name.is_empty() {
                 bad(
@@ -604,5 +657,83 @@ mod tests {
         let p = problem(&GOOD.replace("to: b", "to: a"));
         assert_eq!(p.key, "changes[1].rename_column.to");
         assert_eq!(p.location.as_ref().map(|l| l.line), Some(8));
+    }
+
+    const SEVERAL: &str = "version: 1\nname: ids\nschema: app\ntables:\n  - table: film\n    changes: [{alter_column: {name: film_id, type: bigint}}]\n  - table: inventory\n    schema: other\n    changes:\n      - alter_column: {name: film_id, type: bigint}\n";
+
+    #[test]
+    fn a_plan_of_several_tables_is_a_list_of_specs_with_the_plan_schema_as_default() {
+        let plan = parse(SEVERAL, "p.yaml").expect("valid");
+        let specs = plan.file.specs();
+        let names: Vec<_> = specs
+            .iter()
+            .map(|t| (t.table.as_str(), t.schema.as_deref()))
+            .collect();
+        assert_eq!(names, [("film", Some("app")), ("inventory", Some("other"))]);
+        assert_eq!(plan.file.table_names(), "film, inventory");
+        // One table's plan is a list of one.
+        let one = parse(GOOD, "p.yaml").expect("valid").file.specs();
+        assert_eq!(
+            (one.len(), one[0].table.as_str(), one[0].changes.len()),
+            (1, "t", 2)
+        );
+    }
+
+    /// A migration in flight is identified by its plan's hash: the keys of a single-table
+    /// plan's canonical form, in order, are what they were before `tables` existed.
+    #[test]
+    fn a_single_table_plan_keeps_its_canonical_form() {
+        let plan = parse(GOOD, "p.yaml").expect("valid");
+        let text = plan.canonical();
+        let keys = [
+            "version",
+            "name",
+            "schema",
+            "table",
+            "changes",
+            "backfill",
+            "dual_write",
+            "verify",
+            "cutover",
+            "cleanup",
+        ];
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\n  \"{k}\":")).unwrap_or(usize::MAX))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(at.iter().all(|&i| i != usize::MAX), "{text}");
+        assert!(!text.contains("\"tables\""), "{text}");
+        assert!(plan.canonical().contains("\"add_column\""));
+    }
+
+    #[test]
+    fn tables_and_a_top_level_table_are_exclusive_naming_the_key() {
+        let both = SEVERAL.replace("tables:\n", "table: film\ntables:\n");
+        let p = problem(&both);
+        assert_eq!(p.key, "table", "{p}");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(4), "{p}");
+        assert!(p.message.contains("inside each entry"), "{p}");
+        let changes = format!("{SEVERAL}changes: [{{drop_column: {{name: x}}}}]\n");
+        assert_eq!(problem(&changes).key, "changes");
+    }
+
+    #[test]
+    fn a_bad_entry_of_tables_is_named_by_its_index() {
+        let p = problem(&SEVERAL.replace("type: bigint}}]", "type: \"\"}}]"));
+        assert_eq!(p.key, "tables[0].changes[0].alter_column.type", "{p}");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(6), "{p}");
+        let twice = SEVERAL
+            .replace("    schema: other\n", "    schema: app\n")
+            .replace("inventory", "film");
+        let p = problem(&twice);
+        assert_eq!(p.key, "tables[1].table", "{p}");
+        assert!(p.message.contains("listed twice"), "{p}");
+        let unknown = problem(&SEVERAL.replace("    schema: other\n", "    colour: red\n"));
+        assert!(unknown.key.starts_with("tables[1]"), "{unknown}");
+        assert!(unknown.message.contains("colour"), "{unknown}");
+        let neither = problem("version: 1\nname: x\nbackfill: {pause: 1s}\n");
+        assert_eq!(neither.key, "table", "{neither}");
+        assert!(neither.message.contains("tables"), "{neither}");
     }
 }

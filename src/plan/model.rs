@@ -8,18 +8,29 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["table", "changes"], "not": {"required": ["tables"]}},
+    {"required": ["tables"], "not": {"anyOf": [{"required": ["table"]}, {"required": ["changes"]}]}}
+]))]
 pub struct PlanFile {
     /// Plan format version; only 1 exists.
     pub version: u32,
     /// Migration id; the state row is keyed by it.
     pub name: String,
     /// Schema (PostgreSQL) or database (MySQL) of the table; default: the connection's.
+    /// With `tables`, the schema of every entry that names none.
     #[serde(default)]
     pub schema: Option<String>,
-    /// The live table's name exactly as the catalog stores it.
+    /// The live table's name exactly as the catalog stores it (single-table form; with
+    /// `tables`, leave it out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub table: String,
-    /// Changes applied in order to the live table's current shape.
-    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    /// Changes applied in order to the live table's current shape (single-table form).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "serde_yaml::with::singleton_map_recursive"
+    )]
     #[schemars(with = "Vec<Change>")]
     pub changes: Vec<Change>,
     #[serde(default)]
@@ -36,6 +47,62 @@ pub struct PlanFile {
     /// renames (PostgreSQL); every other dependent view is carried as it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub views: Vec<ViewDefinition>,
+    /// Several tables migrated together and swapped in one cutover, instead of `table`
+    /// and `changes` at the top.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableSpec>,
+}
+
+/// One table of a plan: its name, its changes and the new views over it. A single-table
+/// plan is a list of one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// The live table's name exactly as the catalog stores it.
+    pub table: String,
+    /// Schema (PostgreSQL) or database (MySQL) of the table; default: the plan's, else
+    /// the connection's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Changes applied in order to the live table's current shape.
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<Change>")]
+    pub changes: Vec<Change>,
+    /// New definitions for views over this table (PostgreSQL), as at the top of a
+    /// single-table plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewDefinition>,
+}
+
+impl PlanFile {
+    /// The plan's tables in order: the single-table form is a list of one. Each entry's
+    /// schema defaults to the plan's.
+    pub fn specs(&self) -> Vec<TableSpec> {
+        if self.tables.is_empty() {
+            return vec![TableSpec {
+                table: self.table.clone(),
+                schema: self.schema.clone(),
+                changes: self.changes.clone(),
+                views: self.views.clone(),
+            }];
+        }
+        self.tables
+            .iter()
+            .map(|t| TableSpec {
+                schema: t.schema.clone().or_else(|| self.schema.clone()),
+                ..t.clone()
+            })
+            .collect()
+    }
+
+    /// The tables as the user reads them in messages: `film, inventory`.
+    pub fn table_names(&self) -> String {
+        self.specs()
+            .iter()
+            .map(|t| t.table.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A dependent view's query over the table's new shape, applied at cutover.

@@ -250,8 +250,42 @@ fn describe(node: &'static Value) -> Option<String> {
             .map(String::as_str)
             .filter(|k| !required.contains(k))
             .collect();
+        // A choice of required keys (a plan's `table` and `changes`, or `tables`): the
+        // first is said as required, the others as what may stand in for it.
+        let choices: Vec<Vec<&str>> = node
+            .get("oneOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                v.get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect()
+            })
+            .filter(|r: &Vec<&str>| !r.is_empty())
+            .collect();
+        let chosen: Vec<&str> = choices.iter().flatten().copied().collect();
+        let optional: Vec<&str> = optional
+            .into_iter()
+            .filter(|k| !chosen.contains(k))
+            .collect();
         let mut parts = Vec::new();
-        if !required.is_empty() {
+        if let Some((first, others)) = choices.split_first() {
+            let mut all = required.clone();
+            all.extend(first);
+            let instead: Vec<String> = others
+                .iter()
+                .map(|o| format!("or {} instead of {}", o.join(", "), first.join(" and ")))
+                .collect();
+            parts.push(format!(
+                "{} (required; {})",
+                all.join(", "),
+                instead.join("; ")
+            ));
+        } else if !required.is_empty() {
             parts.push(format!("{} (required)", required.join(", ")));
         }
         if !optional.is_empty() {

@@ -104,6 +104,16 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
         ),
         ("missing changes", HEAD.into(), "changes"),
         (
+            "both a top-level table and a tables list",
+            format!("{HEAD}tables:\n  - table: items\n    changes: [{{add_column: {{name: extra, type: INTEGER}}}}]\n"),
+            "bad.yaml:3:1: table: a plan with `tables` gives `table` inside each entry",
+        ),
+        (
+            "a table listed twice in tables",
+            "version: 1\nname: bad\ntables:\n  - table: items\n    changes: [{add_column: {name: extra, type: INTEGER}}]\n  - table: items\n    changes: [{add_column: {name: more, type: INTEGER}}]\n".into(),
+            "bad.yaml:6:5: tables[1].table: table \"items\" is listed twice",
+        ),
+        (
             "empty changes",
             format!("{HEAD}changes: []\n"),
             "changes: expected at least one change",

@@ -20,6 +20,11 @@ pub fn orders_ddl(kind: Kind) -> &'static str {
 pub async fn example_plans_pass_check(kind: Kind, folder: &str) {
     let db = TestDb::new(kind).await;
     db.exec(orders_ddl(kind)).await;
+    if kind == Kind::Sqlite {
+        // The plan of several tables widens the customers' key with the orders' column.
+        db.exec("CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL)")
+            .await;
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("plans")
         .join(folder);

@@ -100,11 +100,20 @@ impl Sqlite {
     }
 
     pub(super) async fn finish_backfill(&self, m: &Migration) -> Result<()> {
-        sqlx::query(sql(backfill::analyze_shadow(m)))
+        match sqlx::query(sql(backfill::analyze_shadow(m)))
             .execute(&self.pool)
             .await
-            .map_err(|e| Error::db("analyzing the shadow table", e))?;
-        Ok(())
+        {
+            // ANALYZE only refreshes statistics (cutover runs it again); a writer that
+            // committed between its read and its write makes SQLite refuse it at once,
+            // busy timeout or not, and that must not fail the backfill.
+            Err(e) if super::errors::is_busy(&e) => {
+                tracing::warn!("statistics of {} not refreshed: {e}", m.shadow);
+                Ok(())
+            }
+            Err(e) => Err(Error::db("analyzing the shadow table", e)),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Names the key and column of the row that made a batch fail.

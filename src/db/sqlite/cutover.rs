@@ -19,21 +19,31 @@ use crate::error::{Error, Result};
 use crate::schema::Migration;
 
 impl Sqlite {
+    /// Swaps every table of the plan in one transaction: the application sees all of
+    /// them swapped or none. Children of a migrated table that are migrated too
+    /// reference it by name, so from the commit on the new child references the new
+    /// parent.
     pub(super) async fn cutover(
         &self,
-        m: &Migration,
+        ms: &[Migration],
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        let n = names(m);
-        let ctx = |e| Error::db(format!("cutover of {}", m.table), e);
-        sqlx::query(sql(analyze_shadow(m)))
-            .execute(&self.pool)
-            .await
-            .ok();
+        let tables = ms
+            .iter()
+            .map(|m| m.table.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ctx = |e| Error::db(format!("cutover of {tables}"), e);
+        for m in ms {
+            sqlx::query(sql(analyze_shadow(m)))
+                .execute(&self.pool)
+                .await
+                .ok();
+        }
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
-        let ms = lock_timeout.as_millis().max(1);
-        sqlx::query(sql(format!("PRAGMA busy_timeout = {ms}")))
+        let ms_timeout = lock_timeout.as_millis().max(1);
+        sqlx::query(sql(format!("PRAGMA busy_timeout = {ms_timeout}")))
             .execute(&mut *conn)
             .await
             .map_err(ctx)?;
@@ -47,15 +57,21 @@ impl Sqlite {
                 }
                 return Err(ctx(e));
             }
-            let swapped =
-                self.exists("table", &m.old).await? && !self.exists("table", &m.shadow).await?;
             let mut stmts = Vec::new();
-            if !swapped {
-                let user = user_triggers(&mut conn, m).await?;
-                stmts.extend(move_triggers(&user, swap(m, &n)));
+            for m in ms {
+                let n = names(m);
+                let swapped =
+                    self.exists("table", &m.old).await? && !self.exists("table", &m.shadow).await?;
+                if !swapped {
+                    let user = user_triggers(&mut conn, m).await?;
+                    stmts.extend(move_triggers(&user, swap(m, &n)));
+                }
+                stmts.extend(triggers(&reverse(m, &n)));
             }
-            stmts.extend(triggers(&reverse(m, &n)));
-            for stmt in stmts {
+            for (i, stmt) in stmts.into_iter().enumerate() {
+                if i > 0 {
+                    crate::fault::point("cutover.between");
+                }
                 if let Err(e) = sqlx::query(sql(stmt)).execute(&mut *conn).await {
                     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                     return Err(ctx(e));
@@ -100,27 +116,40 @@ impl Sqlite {
         tx.commit().await.map_err(ctx)
     }
 
-    pub(super) async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        let n = names(m);
-        let ctx = |e| Error::db(format!("rollback of {}", m.table), e);
+    /// Puts every table of the plan back in one transaction.
+    pub(super) async fn rollback(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        let tables = ms
+            .iter()
+            .map(|m| m.table.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ctx = |e| Error::db(format!("rollback of {tables}"), e);
         let mut conn = self.pool.acquire().await.map_err(ctx)?;
         rename_mode(&mut conn, true).await?;
         let result: Result<()> = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(ctx)?;
-            let mut stmts = drop_all_triggers(m, &n);
-            if self.exists("table", &m.old).await? {
-                // After cutover: `<table>` is the new table; put the original back.
-                if self.exists("table", &m.shadow).await? {
-                    return Err(Error::State(format!(
-                        "both {} and {} exist next to {}; turnout cannot tell which is the original. Inspect them and drop the wrong one",
-                        m.old, m.shadow, m.table
-                    )));
+            let mut stmts = Vec::new();
+            for m in ms {
+                let n = names(m);
+                stmts.extend(drop_all_triggers(m, &n));
+                if self.exists("table", &m.old).await? {
+                    // After cutover: `<table>` is the new table; put the original back.
+                    if self.exists("table", &m.shadow).await? {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                        return Err(Error::State(format!(
+                            "both {} and {} exist next to {}; turnout cannot tell which is the original. Inspect them and drop the wrong one",
+                            m.old, m.shadow, m.table
+                        )));
+                    }
+                    let user = user_triggers(&mut conn, m).await?;
+                    stmts.extend(move_triggers(&user, swap_back(m)));
                 }
-                let user = user_triggers(&mut conn, m).await?;
-                stmts.extend(move_triggers(&user, swap_back(m)));
+                stmts.push(drop_shadow(m));
             }
-            stmts.push(drop_shadow(m));
-            for stmt in stmts {
+            for (i, stmt) in stmts.into_iter().enumerate() {
+                if i > 0 {
+                    crate::fault::point("rollback.between");
+                }
                 if let Err(e) = sqlx::query(sql(stmt)).execute(&mut *conn).await {
                     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                     return Err(ctx(e));

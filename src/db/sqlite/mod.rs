@@ -216,7 +216,24 @@ impl Backend for Sqlite {
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        Sqlite::cutover(self, m, lock_timeout, save).await
+        Sqlite::cutover(self, std::slice::from_ref(m), lock_timeout, save).await
+    }
+
+    fn swaps_several_at_once(&self) -> bool {
+        true
+    }
+
+    async fn cutover_all(
+        &self,
+        ms: &[Migration],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        Sqlite::cutover(self, ms, lock_timeout, save).await
+    }
+
+    async fn rollback_all(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        Sqlite::rollback(self, ms, save).await
     }
 
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()> {
@@ -224,7 +241,7 @@ impl Backend for Sqlite {
     }
 
     async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        Sqlite::rollback(self, m, save).await
+        Sqlite::rollback(self, std::slice::from_ref(m), save).await
     }
 
     async fn trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {
@@ -237,6 +254,10 @@ impl Backend for Sqlite {
 
     async fn blockers(&self, m: &Migration, grace: Duration) -> Result<Vec<crate::db::Blocker>> {
         self.find_blockers(m, grace).await
+    }
+
+    fn lock_requests_queue(&self) -> bool {
+        false
     }
 
     async fn end_session(&self, session: &str) -> Result<()> {
