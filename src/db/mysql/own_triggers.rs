@@ -279,30 +279,49 @@ impl MySql {
         if saved.is_empty() {
             return Ok(());
         }
+        let from = g.n.old.clone();
+        let names = NameMove {
+            from: &from,
+            copy: Copy::Renamed,
+            flag: 'o',
+            temps: 'n',
+            context: "cutover: moving the table's triggers",
+        };
+        self.move_names_to_live(conn, g, &saved, &names).await
+    }
+
+    /// The original names onto the live table, off `from`; then the flag turns to the
+    /// copies under them and the temporary copies go. Each step checks the catalog, so
+    /// a crash anywhere is finished by running it again.
+    async fn move_names_to_live(
+        &self,
+        conn: &mut MySqlConnection,
+        g: &Gen<'_>,
+        saved: &[OwnTrigger],
+        names: &NameMove<'_>,
+    ) -> Result<()> {
         let n = &g.n;
-        let schema = n.schema.clone().unwrap_or_default();
-        let cat = Self::schema_triggers(conn, &schema).await?;
+        let cat = Self::schema_triggers(conn, &n.schema.clone().unwrap_or_default()).await?;
         let on = |name: &str, table: &str| cat.iter().any(|(a, b)| a == name && b == table);
-        let context = "cutover: moving the table's triggers";
-        for t in saved.iter().filter(|t| on(&t.name, &n.old)) {
+        for t in saved.iter().filter(|t| on(&t.name, names.from)) {
             self.ddl_retry(
                 conn,
                 &g.drop_triggers(std::slice::from_ref(&t.name))[0],
-                context,
+                names.context,
             )
             .await?;
         }
         for t in saved.iter().filter(|t| !on(&t.name, &n.table)) {
-            let sql = g.gated_trigger(t, &t.name, &n.table, Copy::Renamed);
-            self.own_ddl(conn, &sql, t, context).await?;
+            let sql = g.gated_trigger(t, &t.name, &n.table, names.copy);
+            self.own_ddl(conn, &sql, t, names.context).await?;
         }
-        self.turn_own_flag(conn, g, 'o').await?;
+        self.turn_own_flag(conn, g, names.flag).await?;
         let temps: Vec<String> = saved
             .iter()
-            .map(|t| g.own_trigger_temp_name('n', t.ord))
+            .map(|t| g.own_trigger_temp_name(names.temps, t.ord))
             .collect();
         for sql in g.drop_triggers(&temps) {
-            self.ddl_retry(conn, &sql, context).await?;
+            self.ddl_retry(conn, &sql, names.context).await?;
         }
         Ok(())
     }
@@ -357,30 +376,25 @@ impl MySql {
         if saved.is_empty() {
             return Ok(());
         }
-        let n = &g.n;
-        let cat = Self::schema_triggers(conn, &n.schema.clone().unwrap_or_default()).await?;
-        let on = |name: &str, table: &str| cat.iter().any(|(a, b)| a == name && b == table);
-        let context = "rollback: moving the table's triggers back";
-        for t in saved.iter().filter(|t| on(&t.name, &n.shadow)) {
-            self.ddl_retry(
-                conn,
-                &g.drop_triggers(std::slice::from_ref(&t.name))[0],
-                context,
-            )
-            .await?;
-        }
-        for t in saved.iter().filter(|t| !on(&t.name, &n.table)) {
-            let sql = g.gated_trigger(t, &t.name, &n.table, Copy::Returned);
-            self.own_ddl(conn, &sql, t, context).await?;
-        }
-        self.turn_own_flag(conn, g, 'b').await?;
-        let temps: Vec<String> = saved
-            .iter()
-            .map(|t| g.own_trigger_temp_name('o', t.ord))
-            .collect();
-        for sql in g.drop_triggers(&temps) {
-            self.ddl_retry(conn, &sql, context).await?;
-        }
+        let from = g.n.shadow.clone();
+        let names = NameMove {
+            from: &from,
+            copy: Copy::Returned,
+            flag: 'b',
+            temps: 'o',
+            context: "rollback: moving the table's triggers back",
+        };
+        self.move_names_to_live(conn, g, &saved, &names).await?;
         self.restore_own_triggers(conn, g).await
     }
+}
+
+/// Which move of the original trigger names [`MySql::move_names_to_live`] makes: after the
+/// swap (off the old table) or after the swap back (off the shadow).
+struct NameMove<'a> {
+    from: &'a str,
+    copy: Copy,
+    flag: char,
+    temps: char,
+    context: &'a str,
 }
