@@ -189,6 +189,16 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
             "cutover.lock_timeout",
         ),
         (
+            "blockers ended after no time at all",
+            tail("cutover:\n  kill_blockers_after: 0s\n"),
+            "cutover.kill_blockers_after",
+        ),
+        (
+            "blockers ended after a duration that is not one",
+            tail("cutover:\n  kill_blockers_after: soon\n"),
+            "kill_blockers_after",
+        ),
+        (
             "an hour-long lock timeout",
             tail("cutover:\n  lock_timeout: 1h\n"),
             "cutover.lock_timeout",
