@@ -109,6 +109,17 @@ pub struct Migration {
 }
 
 impl Migration {
+    /// The live table's columns the new shape no longer has under their name (dropped or
+    /// renamed): what a trigger, view or constraint written against them would miss.
+    pub fn columns_gone(&self) -> Vec<&str> {
+        self.before
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| self.after.column(c).is_none())
+            .collect()
+    }
+
     /// Applies the plan's changes to the live table's shape. Problems are refusals for
     /// preflight, worded with the table and column.
     pub fn derive(plan: &Plan, before: &TableShape) -> Result<Migration, Vec<String>> {

@@ -337,13 +337,7 @@ async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
     // resume redoes only what is missing.
     for (i, m) in ms.iter().enumerate() {
         let done = format!("created {} in the new shape", m.shadow);
-        let next = if i == last {
-            st.entered(Phase::Prepared, done)
-        } else {
-            let mut next = st.clone();
-            next.event(done);
-            next
-        };
+        let next = table_done(&st, i == last, Phase::Prepared, done);
         b.prepare(m, &next.to_row()).await?;
         fault::point("prepare.table");
         st = next;
@@ -351,18 +345,23 @@ async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
     Ok(st)
 }
 
+/// The state saved with one table's step: the phase moves on with the plan's last table;
+/// before it only the event is recorded.
+fn table_done(st: &State, last: bool, phase: Phase, what: String) -> State {
+    if last {
+        return st.entered(phase, what);
+    }
+    let mut next = st.clone();
+    next.event(what);
+    next
+}
+
 async fn dual_write<B: Backend>(b: &B, mut st: State) -> Result<State> {
     let ms = st.migrations();
     let last = ms.len().saturating_sub(1);
     for (i, m) in ms.iter().enumerate() {
         let done = format!("triggers copy every write on {} to {}", m.table, m.shadow);
-        let next = if i == last {
-            st.entered(Phase::DualWriting, done)
-        } else {
-            let mut next = st.clone();
-            next.event(done);
-            next
-        };
+        let next = table_done(&st, i == last, Phase::DualWriting, done);
         b.start_dual_write(m, &next.to_row()).await?;
         fault::point("dual-write.table");
         st = next;
@@ -934,13 +933,7 @@ async fn cleanup<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
         } else {
             format!("reverse triggers and {} dropped", m.old)
         };
-        let next = if i == last {
-            st.entered(Phase::Done, what)
-        } else {
-            let mut next = st.clone();
-            next.event(what);
-            next
-        };
+        let next = table_done(&st, i == last, Phase::Done, what);
         b.cleanup(m, keep, &next.to_row()).await?;
         fault::point("cleanup.table");
         st = next;

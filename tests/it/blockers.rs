@@ -137,6 +137,9 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
 
     let (holder, session) = Holder::open(&db).await;
     let held = Instant::now();
+    // Present at cutover time: older than the look-out's grace before turnout first looks.
+    // (One younger than that is the missed-blocker case, bounded by the capped request.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
     writer.reset_longest();
     let child = spawn(&db, &["run", plan, "--yes"]);
     let deadline = Instant::now() + Duration::from_secs(20);

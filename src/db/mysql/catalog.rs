@@ -229,13 +229,7 @@ impl MySql {
         })
         .await
         .map_err(sql_err("preflight: triggers"))?;
-        let gone: Vec<&str> = m
-            .before
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .filter(|c| m.after.column(c).is_none())
-            .collect();
+        let gone = m.columns_gone();
         for r in trig.iter().filter(|r| r[1].as_deref() == Some(t)) {
             let name = r[0].as_deref().unwrap_or("?");
             if !self.mariadb {

@@ -240,13 +240,7 @@ impl MySql {
         m: &Migration,
         schema: &str,
     ) -> Result<Vec<String>> {
-        let gone: Vec<&str> = m
-            .before
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .filter(|c| m.after.column(c).is_none())
-            .collect();
+        let gone = m.columns_gone();
         if gone.is_empty() {
             return Ok(vec![]);
         }

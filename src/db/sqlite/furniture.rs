@@ -259,13 +259,7 @@ impl Sqlite {
                 ));
             }
         }
-        let gone: Vec<&str> = m
-            .before
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .filter(|c| m.after.column(c).is_none())
-            .collect();
+        let gone = m.columns_gone();
         for fk in &f.foreign_keys {
             if fk.columns.iter().any(|c| carried_as(m, c).is_none()) {
                 problems.push(format!(
