@@ -118,7 +118,7 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
         &with_cutover(
             kind,
             "items-blocked",
-            "  lock_timeout: 2s\n  attempts: 30\n  retry_delay: 200ms\n",
+            "  lock_timeout: 5s\n  attempts: 40\n  retry_delay: 200ms\n",
         ),
     );
     let plan = path.to_str().expect("utf-8");
@@ -133,7 +133,10 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
     writer.reset_longest();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = writer.longest();
-    let bound = Duration::from_millis(250).max(idle * 3);
+    // Without the look-out a write would queue behind the cutover's request until the
+    // blocker ends (4 s) or the lock timeout (5 s) fires: a bound of a second tells the two
+    // apart on a loaded machine, where a write alone can stall for a few hundred ms.
+    let bound = Duration::from_secs(1).max(idle * 3);
 
     let (holder, session) = Holder::open(&db).await;
     let held = Instant::now();
@@ -160,7 +163,7 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(st["phase"], "verified", "{st}");
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(held.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(held.elapsed())).await;
     let while_blocked = writer.longest();
     writer.reset_longest();
     assert!(
@@ -177,8 +180,7 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
     let failed = writer.failures.load(std::sync::atomic::Ordering::Relaxed);
     assert!(writer.stop().await.is_empty());
     assert_eq!(failed, 0, "application writes failed");
-    // Without the look-out a write would wait the whole lock_timeout (2 s) behind the
-    // cutover's queued request. ≤ 100 ms is the aim (README, from a benchmark run).
+    // ≤ 100 ms is the aim (README, from a benchmark run).
     eprintln!(
         "longest write: idle {idle:?}, while the blocker lasted {while_blocked:?}, at the swap {at_the_swap:?}"
     );
