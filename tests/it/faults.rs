@@ -36,6 +36,7 @@ fn specific(kind: Kind) -> &'static [&'static str] {
             "mysql.cutover.before_swap",
             "mysql.cutover.after_swap",
         ],
+        Kind::Postgres => &["postgres.backfill.before_index@2"],
         _ => &[],
     }
 }

@@ -15,6 +15,7 @@ mod mysql_fixture;
 mod mysql_real_schema;
 mod names;
 mod output;
+mod postgres_backfill;
 mod postgres_carry;
 mod postgres_real_schema;
 mod postgres_shape;

@@ -2,7 +2,8 @@
 //! checkpoint; a batch that deadlocks with the application is retried, and one that fails
 //! on a row's data is narrowed to the key and column that made it fail.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
@@ -16,6 +17,21 @@ use crate::schema::Migration;
 
 /// A batch that deadlocks with the application is retried this many times.
 const BATCH_ATTEMPTS: u32 = 5;
+
+/// How long one slice of a batch holds its rows: the longest an application write to one
+/// of them waits for the backfill.
+pub(super) const SLICE_TIME: Duration = Duration::from_millis(20);
+
+/// The first slice's rows, before any slice has been timed.
+pub(super) const FIRST_SLICE_ROWS: u64 = 1_000;
+
+/// The next slice's rows, steered toward [`SLICE_TIME`], at most doubling or halving.
+fn next_slice(rows: u64, took: Duration) -> u64 {
+    let ideal = rows as f64 * SLICE_TIME.as_secs_f64() / took.as_secs_f64().max(0.000_1);
+    ideal
+        .clamp(rows as f64 / 2.0, rows as f64 * 2.0)
+        .clamp(50.0, 100_000.0) as u64
+}
 
 /// The values of a cursor, as the text the key columns are cast back from.
 pub(super) fn cursor_values(c: &Cursor, n: usize) -> Result<Vec<String>> {
@@ -71,7 +87,63 @@ impl Postgres {
         Ok(estimate.unwrap_or(0.0).max(counted as f64) as u64)
     }
 
+    /// One batch of the engine's, committed in slices of about [`SLICE_TIME`] each with its
+    /// checkpoint: a slice share-locks the live rows it copies (so a row deleted or re-keyed
+    /// meanwhile cannot come back in the shadow) and an application write to one of them
+    /// waits for the slice, not for the whole batch. (Without the lock it would wait all the
+    /// same: the triggers' upsert of a key the open slice has inserted into the shadow waits
+    /// on the shadow's key index.)
     pub(super) async fn copy_next_batch(
+        &self,
+        m: &Migration,
+        after: Option<&Cursor>,
+        limit: u64,
+        checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
+    ) -> Result<BatchDone> {
+        let limit = limit.max(1);
+        let mut done = BatchDone {
+            rows: 0,
+            last: after.cloned(),
+            rest: Duration::ZERO,
+        };
+        loop {
+            let steered = self.slice_rows.load(Ordering::Relaxed);
+            let want = match crate::fault::knob("TURNOUT_SLICE_ROWS", 0) {
+                0 => steered,
+                fixed => fixed,
+            }
+            .min(limit - done.rows);
+            let t0 = Instant::now();
+            let slice = self
+                .copy_slice(m, done.last.as_ref(), want, &|d: &BatchDone| {
+                    checkpoint(&BatchDone {
+                        rows: done.rows + d.rows,
+                        last: d.last.clone().or_else(|| done.last.clone()),
+                        rest: Duration::ZERO,
+                    })
+                })
+                .await?;
+            if slice.rows == want {
+                self.slice_rows
+                    .store(next_slice(want, t0.elapsed()), Ordering::Relaxed);
+            }
+            crate::fault::point("postgres.backfill.slice");
+            done.rows += slice.rows;
+            if slice.last.is_some() {
+                done.last = slice.last;
+            }
+            if slice.rows < want || done.rows >= limit {
+                if done.rows == 0 {
+                    done.last = None;
+                }
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Copies up to `limit` rows after `after` in one transaction, committed with the
+    /// checkpoint of what it copied.
+    async fn copy_slice(
         &self,
         m: &Migration,
         after: Option<&Cursor>,
@@ -86,6 +158,13 @@ impl Postgres {
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await.map_err(ctx)?;
+            // A crash may lose the last batches committed this way, but only whole batches
+            // with their checkpoints (the WAL is flushed in order), which resume copies again;
+            // phase changes keep the server's setting.
+            sqlx::raw_sql("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx)?;
             let mut q = sqlx::query(sql(g.batch_bounds(cursor.is_some(), &limit.to_string())));
             if let Some(c) = &cursor {
                 q = bind_texts(q, c);
@@ -140,12 +219,70 @@ impl Postgres {
         }
     }
 
-    pub(super) async fn analyze_shadow(&self, m: &Migration) -> Result<()> {
+    /// After the last batch: the deferred indexes (`sql/shadow.rs`), then statistics.
+    pub(super) async fn finish_copy(&self, m: &Migration) -> Result<()> {
+        self.build_deferred_indexes(m).await?;
         let g = self.gen_for(m);
         sqlx::raw_sql(sql(format!("ANALYZE {}", g.shadow())))
             .execute(&self.pool)
             .await
             .map_err(|e| Error::db("analyzing the shadow table", e))?;
+        Ok(())
+    }
+
+    /// Builds each deferred index the shadow lacks, concurrently: the triggers' writes go
+    /// on meanwhile. Safe to call again after a crash at any point: a valid index is kept,
+    /// an INVALID one (a build cut short) is dropped and built again.
+    async fn build_deferred_indexes(&self, m: &Migration) -> Result<()> {
+        let g = self.gen_for(m);
+        let deferred = g.deferred_indexes();
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let ctx = |e| Error::db(format!("backfill: building the indexes of {}", m.shadow), e);
+        // One connection, so the session settings below apply to every build.
+        let mut conn = self.pool.acquire().await.map_err(ctx)?;
+        let validity: Vec<(String, bool)> =
+            sqlx::query_as(super::sql::shadow::SHADOW_INDEX_VALIDITY)
+                .bind(&g.schema)
+                .bind(&m.shadow)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(ctx)?;
+        // The sort of a build gets memory and workers: the server's defaults (64MB, 2) are
+        // sized for a background vacuum, not for building an index over a whole table.
+        sqlx::raw_sql(
+            "SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 2",
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(ctx)?;
+        let built = async {
+            for (name, build) in &deferred {
+                match validity.iter().find(|(n, _)| n == name) {
+                    Some((_, true)) => continue,
+                    Some((_, false)) => {
+                        tracing::info!(index = %name, "rebuilding an index a crash left invalid");
+                        sqlx::raw_sql(sql(g.drop_invalid_index(name)))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    None => {}
+                }
+                crate::fault::point("postgres.backfill.before_index");
+                sqlx::raw_sql(sql(build.clone()))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        let reset =
+            sqlx::raw_sql("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
+                .execute(&mut *conn)
+                .await;
+        built.map_err(ctx)?;
+        reset.map_err(ctx)?;
         Ok(())
     }
 

@@ -10,7 +10,9 @@
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::sql::{Gen, RowSecurity, TableAttributes, View, forget_undo as forget, undo_table};
+use super::sql::{
+    Gen, RowSecurity, TableAttributes, View, forget_undo as forget, undo_key, undo_rows, undo_table,
+};
 use super::views;
 
 /// What the cutover reads before its renames.
@@ -89,7 +91,7 @@ pub(super) async fn carry(
     // The old table keeps its own row security: nothing for a rollback to undo.
     super::run_all(conn, &g.carry_row_security(&before.row_security)).await?;
     super::run_all(conn, &g.carry_furniture(&before.furniture)).await?;
-    sqlx::raw_sql(super::sql(forget(home, &g.m.name)))
+    sqlx::raw_sql(super::sql(forget(home, g.m)))
         .execute(&mut *conn)
         .await?;
     if undo.is_empty() {
@@ -99,7 +101,7 @@ pub(super) async fn carry(
         "INSERT INTO {} (migration, position, statement) SELECT $1, o::integer, s FROM unnest($2::text[]) WITH ORDINALITY AS u(s, o)",
         undo_table(home)
     )))
-    .bind(&g.m.name)
+    .bind(undo_key(g.m))
     .bind(&undo)
     .execute(&mut *conn)
     .await?;
@@ -114,13 +116,13 @@ pub(super) async fn take_undo(
     home: &str,
 ) -> std::result::Result<Vec<String>, sqlx::Error> {
     let stmts: Vec<String> = sqlx::query_scalar(super::sql(format!(
-        "SELECT statement FROM {} WHERE migration = $1 ORDER BY position",
-        undo_table(home)
+        "SELECT statement FROM {} WHERE {} ORDER BY migration, position",
+        undo_table(home),
+        undo_rows(g.m)
     )))
-    .bind(&g.m.name)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::raw_sql(super::sql(forget(home, &g.m.name)))
+    sqlx::raw_sql(super::sql(forget(home, g.m)))
         .execute(&mut *conn)
         .await?;
     Ok(stmts)

@@ -12,35 +12,69 @@ use sqlx::postgres::PgConnection;
 use super::errors::{is_conflict, is_lock_timeout};
 use super::sql::{CutoverFacts, Gen, Grant, KeyType, RollbackFacts, qualified, quote};
 use super::state::save_in;
-use super::{DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, Postgres, run_all, sql};
+use super::{Postgres, run_all, sql};
+
+/// How long each lock request of a rollback waits (see `roll_back`).
+const ROLLBACK_LOCK_WAIT: Duration = Duration::from_millis(50);
+
+/// Rollback attempts before giving up with a lock timeout, about half a minute in all.
+const ROLLBACK_ATTEMPTS: u32 = 40;
 use crate::db::{CutoverOutcome, StateRow};
 use crate::error::{Error, Result};
 use crate::schema::{Generated, Migration};
 
 impl Postgres {
+    /// Swaps every table of the plan in one transaction: all or none. Each table's
+    /// statements run after the previous table's, so a foreign key between two tables of
+    /// the plan is read where the earlier swap left it: a child's reference to its parent,
+    /// re-pointed at the new parent by the parent's swap, is then carried to the new child.
     pub(super) async fn swap(
         &self,
-        m: &Migration,
+        ms: &[Migration],
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        let g = self.gen_for(m);
-        let ctx = |e| Error::db(format!("cutover of {}", m.table), e);
+        let gens: Vec<Gen<'_>> = ms.iter().map(|m| self.gen_for(m)).collect();
+        let tables = ms
+            .iter()
+            .map(|m| m.table.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ctx = |e| Error::db(format!("cutover of {tables}"), e);
         let mut tx = self.pool.begin().await.map_err(ctx)?;
-        let swapped = self.relation_exists(&mut tx, &g.old()).await?
-            && !self.relation_exists(&mut tx, &g.shadow()).await?;
-        if swapped {
+        let mut swapped = Vec::new();
+        for g in &gens {
+            swapped.push(
+                self.relation_exists(&mut tx, &g.old()).await?
+                    && !self.relation_exists(&mut tx, &g.shadow()).await?,
+            );
+        }
+        if swapped.iter().all(|s| *s) {
             // A previous attempt committed; only its state row is missing.
             save_in(&mut tx, &self.home, save).await?;
             tx.commit().await.map_err(ctx)?;
             return Ok(CutoverOutcome::Swapped);
         }
+        if swapped.iter().any(|s| *s) {
+            let done: Vec<&str> = ms
+                .iter()
+                .zip(&swapped)
+                .filter(|(_, s)| **s)
+                .map(|(m, _)| m.table.as_str())
+                .collect();
+            return Err(Error::State(format!(
+                "only some tables of the plan are swapped ({}); turnout swaps them in one transaction, so the catalog was changed by hand. Inspect {tables}",
+                done.join(", ")
+            )));
+        }
         drop(tx);
-        // Fresh statistics before the new table serves queries (outside the lock).
-        sqlx::raw_sql(sql(format!("ANALYZE {}", g.shadow())))
-            .execute(&self.pool)
-            .await
-            .map_err(ctx)?;
+        // Fresh statistics before the new tables serve queries (outside the lock).
+        for g in &gens {
+            sqlx::raw_sql(sql(format!("ANALYZE {}", g.shadow())))
+                .execute(&self.pool)
+                .await
+                .map_err(ctx)?;
+        }
         let mut tx = self.pool.begin().await.map_err(ctx)?;
         let attempt: std::result::Result<(), sqlx::Error> = async {
             sqlx::raw_sql(sql(format!(
@@ -49,24 +83,14 @@ impl Postgres {
             )))
             .execute(&mut *tx)
             .await?;
-            // Take the locks first, then read the facts the statements depend on.
-            sqlx::raw_sql(sql(g.lock_both())).execute(&mut *tx).await?;
-            let facts = self.cutover_facts(&mut tx, &g).await?;
-            let carried = self
-                .carried_names(&mut tx, &g, &g.live(), &|n| g.carried_new(n))
-                .await?;
-            let furniture = super::carry::read_before(&mut tx, &g).await?;
-            super::carry::prepare(&mut tx, &g, &furniture).await?;
-            run_all(&mut tx, &g.cutover(&facts)).await?;
-            let to_itself: Vec<String> = facts
-                .parents
-                .iter()
-                .filter(|(_, parent)| *parent == g.live())
-                .map(|(fk, _)| fk.name.clone())
-                .collect();
-            run_all(&mut tx, &g.self_references_cutover(&to_itself)).await?;
-            run_all(&mut tx, &g.carried_cutover(&carried)).await?;
-            super::carry::carry(&mut tx, &g, &self.home, &furniture).await
+            // Every lock first, then the facts the statements depend on.
+            for g in &gens {
+                sqlx::raw_sql(sql(g.lock_both())).execute(&mut *tx).await?;
+            }
+            for g in &gens {
+                self.swap_one(&mut tx, g).await?;
+            }
+            Ok(())
         }
         .await;
         match attempt {
@@ -81,8 +105,34 @@ impl Postgres {
         crate::fault::point("cutover.inside");
         save_in(&mut tx, &self.home, save).await?;
         tx.commit().await.map_err(ctx)?;
-        self.validate_children(&g).await?;
+        for g in &gens {
+            self.validate_children(g).await?;
+        }
         Ok(CutoverOutcome::Swapped)
+    }
+
+    /// One table's swap, inside the cutover's transaction, its locks held.
+    async fn swap_one(
+        &self,
+        tx: &mut PgConnection,
+        g: &Gen<'_>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let facts = self.cutover_facts(&mut *tx, g).await?;
+        let carried = self
+            .carried_names(&mut *tx, g, &g.live(), &|n| g.carried_new(n))
+            .await?;
+        let furniture = super::carry::read_before(&mut *tx, g).await?;
+        super::carry::prepare(&mut *tx, g, &furniture).await?;
+        run_all(&mut *tx, &g.cutover(&facts)).await?;
+        let to_itself: Vec<String> = facts
+            .parents
+            .iter()
+            .filter(|(_, parent)| *parent == g.live())
+            .map(|(fk, _)| fk.name.clone())
+            .collect();
+        run_all(&mut *tx, &g.self_references_cutover(&to_itself)).await?;
+        run_all(&mut *tx, &g.carried_cutover(&carried)).await?;
+        super::carry::carry(&mut *tx, g, &self.home, &furniture).await
     }
 
     pub(super) async fn clean_up(
@@ -100,7 +150,7 @@ impl Postgres {
             &format!("cleanup of {}", m.table),
             &[
                 g.cleanup(keep_old),
-                vec![super::sql::forget_undo(&self.home, &m.name)],
+                vec![super::sql::forget_undo(&self.home, m)],
             ]
             .concat(),
             save,
@@ -109,56 +159,68 @@ impl Postgres {
         .await
     }
 
-    pub(super) async fn roll_back(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        let g = self.gen_for(m);
-        let ctx = |e| Error::db(format!("rollback of {}", m.table), e);
+    /// Puts every table of the plan back in one transaction, the last swapped first, so
+    /// each table's references are read where the later table's rollback left them.
+    pub(super) async fn roll_back(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        let gens: Vec<Gen<'_>> = ms.iter().rev().map(|m| self.gen_for(m)).collect();
+        let tables = ms
+            .iter()
+            .map(|m| m.table.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ctx = |e| Error::db(format!("rollback of {tables}"), e);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await.map_err(ctx)?;
-            let old_exists = self.relation_exists(&mut tx, &g.old()).await?;
-            let shadow_exists = self.relation_exists(&mut tx, &g.shadow()).await?;
-            if old_exists && shadow_exists {
-                return Err(Error::State(format!(
-                    "both {} and {} exist next to {}; turnout cannot tell which holds the original rows. Inspect them and drop the wrong one, then run rollback again",
-                    m.old, m.shadow, m.table
-                )));
+            let mut swapped = Vec::new();
+            for g in &gens {
+                let old_exists = self.relation_exists(&mut tx, &g.old()).await?;
+                let shadow_exists = self.relation_exists(&mut tx, &g.shadow()).await?;
+                if old_exists && shadow_exists {
+                    return Err(Error::State(format!(
+                        "both {} and {} exist next to {}; turnout cannot tell which holds the original rows. Inspect them and drop the wrong one, then run rollback again",
+                        g.m.old, g.m.shadow, g.m.table
+                    )));
+                }
+                swapped.push(old_exists);
+            }
+            // Every table the rollback changes, locked in one statement before anything
+            // else: an application transaction that writes a child and then its parent
+            // cannot hold one of them while the rollback waits for it.
+            let mut relations = Vec::new();
+            for (g, swapped) in gens.iter().zip(&swapped) {
+                relations.push(g.live());
+                if *swapped {
+                    relations.push(g.old());
+                } else if self.relation_exists(&mut tx, &g.shadow()).await? {
+                    relations.push(g.shadow());
+                }
             }
             // Ok(Some(why)): the rollback would lose rows, and is refused.
             let result: std::result::Result<Option<String>, sqlx::Error> = async {
+                // Each lock wait stays below the server's deadlock_timeout (1 s by default),
+                // so a lock cycle with the application ends in this transaction's lock
+                // timeout, retried, never in the deadlock detector aborting the
+                // application's; and a write queued behind a request waits that long at most.
                 sqlx::raw_sql(sql(format!(
                     "SET LOCAL lock_timeout = '{}ms'",
-                    DDL_LOCK_TIMEOUT.as_millis()
+                    ROLLBACK_LOCK_WAIT.as_millis()
                 )))
                 .execute(&mut *tx)
                 .await?;
-                let stmts = if old_exists {
-                    // The catalog shows a cutover: `<table>` is the new table.
-                    sqlx::raw_sql(sql(format!(
-                        "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
-                        g.live(),
-                        g.old()
-                    )))
-                    .execute(&mut *tx)
-                    .await?;
-                    if let Some(why) = self.narrower_key_refusal(&mut tx, &g).await? {
+                sqlx::raw_sql(sql(format!(
+                    "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                    relations.join(", ")
+                )))
+                .execute(&mut *tx)
+                .await?;
+                for (g, swapped) in gens.iter().zip(&swapped) {
+                    if let Some(why) = self.roll_back_one(&mut tx, g, *swapped).await? {
                         return Ok(Some(why));
                     }
-                    let facts = self.rollback_facts(&mut tx, &g).await?;
-                    let carried = self
-                        .carried_names(&mut tx, &g, &g.live(), &|n| g.carried_old(n))
-                        .await?;
-                    let to_itself = self.self_references_back(&mut tx, &g).await?;
-                    // What cutover carried goes back first, while the new table exists.
-                    let mut stmts = super::carry::take_undo(&mut tx, &g, &self.home).await?;
-                    stmts.extend(g.rollback_swapped(&facts));
-                    stmts.extend(g.carried_rollback(&carried));
-                    stmts.extend(g.self_references_rollback(&to_itself));
-                    stmts
-                } else {
-                    g.rollback_unprepared()
-                };
-                run_all(&mut tx, &stmts).await.map(|()| None)
+                }
+                Ok(None)
             }
             .await;
             match result {
@@ -167,10 +229,13 @@ impl Postgres {
                     tx.rollback().await.map_err(ctx)?;
                     return Err(Error::State(why));
                 }
-                Err(e) if (is_lock_timeout(&e) || is_conflict(&e)) && attempt < DDL_ATTEMPTS => {
+                Err(e)
+                    if (is_lock_timeout(&e) || is_conflict(&e)) && attempt < ROLLBACK_ATTEMPTS =>
+                {
                     drop(tx);
                     tracing::info!(attempt, "rollback: lock not granted, retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    let backoff = Duration::from_millis(100 * u64::from(attempt));
+                    tokio::time::sleep(backoff.min(Duration::from_secs(1))).await;
                     continue;
                 }
                 Err(e) => return Err(ctx(e)),
@@ -178,8 +243,40 @@ impl Postgres {
             crate::fault::point("rollback.inside");
             save_in(&mut tx, &self.home, save).await?;
             tx.commit().await.map_err(ctx)?;
-            return self.validate_children(&g).await;
+            for g in &gens {
+                self.validate_children(g).await?;
+            }
+            return Ok(());
         }
+    }
+
+    /// One table's rollback inside the rollback's transaction; `swapped`: the catalog
+    /// shows its cutover (`<table>` is the new table), whose locks are held.
+    async fn roll_back_one(
+        &self,
+        tx: &mut PgConnection,
+        g: &Gen<'_>,
+        swapped: bool,
+    ) -> std::result::Result<Option<String>, sqlx::Error> {
+        let stmts = if swapped {
+            if let Some(why) = self.narrower_key_refusal(&mut *tx, g).await? {
+                return Ok(Some(why));
+            }
+            let facts = self.rollback_facts(&mut *tx, g).await?;
+            let carried = self
+                .carried_names(&mut *tx, g, &g.live(), &|n| g.carried_old(n))
+                .await?;
+            let to_itself = self.self_references_back(&mut *tx, g).await?;
+            // What cutover carried goes back first, while the new table exists.
+            let mut stmts = super::carry::take_undo(&mut *tx, g, &self.home).await?;
+            stmts.extend(g.rollback_swapped(&facts));
+            stmts.extend(g.carried_rollback(&carried));
+            stmts.extend(g.self_references_rollback(&to_itself));
+            stmts
+        } else {
+            g.rollback_unprepared()
+        };
+        run_all(&mut *tx, &stmts).await.map(|()| None)
     }
 
     pub(super) async fn read_trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {

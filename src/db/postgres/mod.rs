@@ -62,6 +62,8 @@ pub struct Postgres {
     home: String,
     /// The session that holds the advisory locks, for as long as this backend lives.
     lock_conn: Mutex<Option<PgConnection>>,
+    /// Rows per committed slice of a batch, steered toward `backfill::SLICE_TIME`.
+    slice_rows: std::sync::atomic::AtomicU64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -114,6 +116,7 @@ impl Postgres {
             // No schema of the search_path exists: fall back to the standard one.
             home: home.unwrap_or_else(|| "public".to_string()),
             lock_conn: Mutex::new(None),
+            slice_rows: std::sync::atomic::AtomicU64::new(backfill::FIRST_SLICE_ROWS),
         })
     }
 
@@ -248,7 +251,7 @@ impl Backend for Postgres {
     }
 
     async fn finish_backfill(&self, m: &Migration) -> Result<()> {
-        self.analyze_shadow(m).await
+        self.finish_copy(m).await
     }
 
     async fn verify(
@@ -267,7 +270,24 @@ impl Backend for Postgres {
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        self.swap(m, lock_timeout, save).await
+        self.swap(std::slice::from_ref(m), lock_timeout, save).await
+    }
+
+    fn swaps_several_at_once(&self) -> bool {
+        true
+    }
+
+    async fn cutover_all(
+        &self,
+        ms: &[Migration],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        self.swap(ms, lock_timeout, save).await
+    }
+
+    async fn rollback_all(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        self.roll_back(ms, save).await
     }
 
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()> {
@@ -275,7 +295,7 @@ impl Backend for Postgres {
     }
 
     async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        self.roll_back(m, save).await
+        self.roll_back(std::slice::from_ref(m), save).await
     }
 
     async fn trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {

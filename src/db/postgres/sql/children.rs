@@ -16,6 +16,7 @@
 //! those rows referenced keys the new table holds (verify compared them). Once cut over the
 //! old table has no reference left, so the reverse trigger's deletes never cascade twice.
 
+use super::keys::KeyType;
 use super::{Gen, list, quote};
 
 /// One foreign key of a child table referencing the migrated table.
@@ -101,8 +102,7 @@ impl<'a> Gen<'a> {
     pub(in crate::db::postgres) fn new_name_of(&self, old: &str) -> Option<String> {
         self.m.forward.iter().find_map(|mp| match &mp.source {
             crate::schema::Source::Column(c)
-                if c == old
-                    && (mp.cast.is_none() || self.m.key.iter().any(|k| k.new == mp.target)) =>
+                if c == old && (mp.cast.is_none() || self.widened(old, &mp.target)) =>
             {
                 Some(mp.target.clone())
             }
@@ -110,12 +110,22 @@ impl<'a> Gen<'a> {
         })
     }
 
+    /// The column only widens (`integer` → `bigint`, a longer `varchar`): every value a
+    /// reference compares is unchanged, so the reference can be carried across the cast.
+    /// PostgreSQL compares the two types of a btree family directly.
+    fn widened(&self, old: &str, new: &str) -> bool {
+        let ty = |c: Option<&crate::schema::Column>| c.and_then(|c| KeyType::parse(&c.sql_type));
+        match (ty(self.m.before.column(old)), ty(self.m.after.column(new))) {
+            (Some(from), Some(to)) => from.fits_in(to),
+            _ => false,
+        }
+    }
+
     /// The old table's name for a new column (the way back at rollback).
     pub(in crate::db::postgres) fn old_name_of(&self, new: &str) -> Option<String> {
         self.m.reverse.iter().find_map(|mp| match &mp.source {
             crate::schema::Source::Column(c)
-                if c == new
-                    && (mp.cast.is_none() || self.m.key.iter().any(|k| k.old == mp.target)) =>
+                if c == new && (mp.cast.is_none() || self.widened(&mp.target, new)) =>
             {
                 Some(mp.target.clone())
             }

@@ -44,7 +44,7 @@ impl KeyType {
     }
 
     /// Every value of `self` is a value of `wider`, unchanged.
-    fn fits_in(self, wider: KeyType) -> bool {
+    pub(in crate::db::postgres) fn fits_in(self, wider: KeyType) -> bool {
         match (self, wider) {
             (KeyType::Int(a), KeyType::Int(b)) => a <= b,
             (KeyType::Varchar(_), KeyType::Varchar(None)) => true,

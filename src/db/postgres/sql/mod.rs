@@ -20,13 +20,13 @@ mod furniture;
 mod keys;
 mod matviews;
 mod rls;
-mod shadow;
+pub(super) mod shadow;
 mod shape;
 mod triggers;
 mod verify;
 mod views;
 
-pub(super) use carry::{create_undo_table, forget_undo, undo_table};
+pub(super) use carry::{create_undo_table, forget_undo, undo_key, undo_rows, undo_table};
 pub(super) use children::ChildFk;
 pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use furniture::TableAttributes;
@@ -376,14 +376,24 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             statements: dual,
         },
         PhaseSql {
-            phase: "backfill (each batch)",
+            phase: "backfill (each slice of a batch, about 20 ms)",
             statements: vec![
                 "BEGIN".into(),
-                g.batch_bounds(true, ":batch_size"),
+                "SET LOCAL synchronous_commit = off".into(),
+                g.batch_bounds(true, ":slice_rows"),
                 g.batch_copy(true),
                 "-- save the checkpoint".into(),
                 "COMMIT".into(),
             ],
+        },
+        PhaseSql {
+            phase: "backfill (after the last batch)",
+            statements: g
+                .deferred_indexes()
+                .into_iter()
+                .map(|(_, build)| build)
+                .chain([format!("ANALYZE {}", g.shadow())])
+                .collect(),
         },
         PhaseSql {
             phase: "verify (each chunk, one REPEATABLE READ snapshot)",
