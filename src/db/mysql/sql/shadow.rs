@@ -285,7 +285,7 @@ mod tests {
     /// the triggers name no generated column.
     #[test]
     fn generated_columns_are_declared_never_written_and_a_self_reference_starts_at_the_live_table()
-     {
+    {
         let mut m = migration();
         let computed = |name: &str, t: &str, expression: &str, stored| Column {
             name: name.into(),
@@ -363,7 +363,10 @@ mod tests {
         let into_old = "INSERT INTO `db`.`_t_old` (`id`, `na``me`, `manager_id`) SELECT";
         assert!(rev[1].contains(into_old), "{}", rev[1]);
         for t in fwd.iter().chain(&rev) {
-            assert!(!t.contains("`twice` = IF(") && !t.contains("`shout` = IF("), "{t}");
+            assert!(
+                !t.contains("`twice` = IF(") && !t.contains("`shout` = IF("),
+                "{t}"
+            );
         }
         insta::assert_snapshot!(format!(
             "{}\n\n{}\n\n{}",
