@@ -461,3 +461,68 @@ async fn mysql_what_generated_columns_and_self_references_cannot_carry_is_refuse
     );
     db.drop().await;
 }
+
+/// Each fault point of the cutover (then resume to done) and of a rollback from cut_over
+/// (then rollback again), with the self-references and generated columns present, under
+/// both writers: the catalog ends exactly as it must and the data equals the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_self_references_survive_every_cutover_and_rollback_fault() {
+    let cutover = [
+        "cutover.attempt",
+        "mysql.cutover.before_swap",
+        "mysql.cutover.after_swap",
+        "mysql.foreign_keys.outgoing_halfway",
+        "mysql.foreign_keys.outgoing_halfway@2",
+        "cleanup.inside",
+    ];
+    let rollback = [
+        "rollback.before",
+        "mysql.rollback.after_swap_back",
+        "rollback.inside",
+    ];
+    for (point, is_rollback) in cutover
+        .iter()
+        .map(|p| (*p, false))
+        .chain(rollback.iter().map(|p| (*p, true)))
+    {
+        let db = TestDb::new(Kind::MySql).await;
+        seed(&db).await;
+        let before = catalog(&db).await;
+        let plan = db.plan_file("plan.yaml", &plan("staff-fault"));
+        let plan = plan.to_str().expect("utf-8 path");
+        let (writer, team) = migrate_under_writers(
+            &db,
+            plan,
+            Some(if is_rollback { "cut_over" } else { "verified" }),
+        )
+        .await;
+        let crashed = if is_rollback {
+            db.turnout(&["rollback", plan, "--yes"], Some(point))
+        } else {
+            db.turnout(&["run", plan, "--yes"], Some(point))
+        };
+        assert!(
+            !crashed.status.success() && stderr(&crashed).contains("fault injected"),
+            "{point} was not reached:\n{}\n{}",
+            stdout(&crashed),
+            stderr(&crashed)
+        );
+        writer.wait_for(10).await;
+        if is_rollback {
+            ok(&db.turnout(&["rollback", plan, "--yes"], None), point);
+        } else {
+            ok(&db.turnout(&["resume", plan, "--yes"], None), point);
+        }
+        writer.wait_for(10).await;
+        stop_writers(writer, team).await;
+        let want = if is_rollback {
+            before
+        } else {
+            migrated(before)
+        };
+        assert_eq!(catalog(&db).await, want, "{point}");
+        data_matches(&db).await;
+        constraints_act(&db).await;
+        db.drop().await;
+    }
+}
