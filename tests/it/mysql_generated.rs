@@ -337,9 +337,16 @@ async fn mysql_generated_columns_and_a_self_reference_are_carried_to_done_under_
         ["_tc_staff_manager_fk staff", "_tc_staff_mentor_fk staff"]
     );
     ok(&db.turnout(&["verify", plan], None), "verify");
+    let until_verified = writer.longest();
+    writer.reset_longest();
     ok(
         &db.turnout(&["run", plan, "--yes"], None),
         "cutover and cleanup",
+    );
+    let cutover = writer.longest();
+    // Shown with --nocapture: what the self-references' moves cost the application.
+    eprintln!(
+        "longest application write: {until_verified:?} from prepare to verified, {cutover:?} during cutover and cleanup"
     );
     writer.wait_for(20).await;
     stop_writers(writer, team).await;
