@@ -430,6 +430,12 @@ async fn mysql_what_generated_columns_and_self_references_cannot_carry_is_refuse
     .await;
     refused(
         &db,
+        &one_change("scale-qty", "alter_column: {name: qty, type: BIGINT, using: qty * 10, reverse: qty DIV 10}"),
+        &["generated column qty_twice of staff is computed from column qty, whose values the plan transforms"],
+    )
+    .await;
+    refused(
+        &db,
         &one_change("alter-gen", "alter_column: {name: qty_twice, type: BIGINT}"),
         &["column qty_twice of staff is a generated column, and the plan alters it"],
     )
