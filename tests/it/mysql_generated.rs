@@ -4,7 +4,8 @@
 //! many rows reference a parent with a higher id (copied later by the key-ordered
 //! backfill). It is migrated under the concurrent writer plus a writer of its own that
 //! inserts reports of random managers and deletes managers (so SET NULL and the
-//! cascade fire), to done and back from cut_over; the catalog (COLUMNS with
+//! cascade fire), to done (with a kill mid-backfill and a resume) and back from
+//! cut_over, and through each fault point of the cutover and the rollback; the catalog (COLUMNS with
 //! GENERATION_EXPRESSION and EXTRA, STATISTICS, REFERENTIAL_CONSTRAINTS,
 //! KEY_COLUMN_USAGE) is compared before and after, the data with the mirror (which has
 //! the same self-references, so the database performs the same cascades on it), and
@@ -323,7 +324,20 @@ async fn mysql_generated_columns_and_a_self_reference_are_carried_to_done_under_
     let plan = db.plan_file("plan.yaml", &plan("staff-qty"));
     let plan = plan.to_str().expect("utf-8 path");
     ok(&db.turnout(&["check", plan], None), "check");
-    let (writer, team) = migrate_under_writers(&db, plan, Some("verified")).await;
+    // Killed after the third batch's commit, then resumed: the copy carries on from its
+    // cursor with the shadow referencing the live table.
+    let (writer, team) = migrate_under_writers(&db, plan, Some("dual_writing")).await;
+    let killed = db.turnout(&["run", plan, "--yes"], Some("backfill.batch.after@3"));
+    assert!(
+        !killed.status.success() && stderr(&killed).contains("fault injected"),
+        "the fault was never reached: {}",
+        stdout(&killed)
+    );
+    writer.wait_for(20).await;
+    ok(
+        &db.turnout(&["run", plan, "--until", "verified", "--yes"], None),
+        "resume to verified",
+    );
     // While dual-writing, the shadow references the live table, never itself.
     let shadow_refs = db
         .rows("SELECT CONCAT_WS(' ', CONSTRAINT_NAME, REFERENCED_TABLE_NAME) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = '_staff_new' ORDER BY 1")
