@@ -12,6 +12,7 @@ mod faults;
 mod harness;
 mod multi_table;
 mod mysql_fixture;
+mod mysql_generated;
 mod mysql_real_schema;
 mod names;
 mod output;

@@ -516,7 +516,7 @@ async fn mysql_fixture_what_is_not_carried_is_refused_by_name() {
     refused(
         &db,
         &widen("shelves", "parent_id"),
-        &["foreign key shelves_parent of shelves references shelves itself"],
+        &["foreign key shelves_parent of shelves uses column parent_id, which the plan changes the type of"],
     )
     .await;
     refused(
@@ -530,8 +530,8 @@ async fn mysql_fixture_what_is_not_carried_is_refused_by_name() {
     .await;
     refused(
         &db,
-        &widen("holds", "who"),
-        &["column who_len of holds is a generated column"],
+        "version: 1\nname: rename-who\ntable: holds\nchanges:\n  - rename_column: {from: who, to: holder}\n",
+        &["generated column who_len of holds is computed from column who, which the plan drops or renames"],
     )
     .await;
     refused(

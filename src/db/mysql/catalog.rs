@@ -5,22 +5,29 @@
 //! expressions against temporary tables, changing nothing.
 //!
 //! What is carried and what is refused on MySQL/MariaDB:
-//! - carried: foreign keys from this table to others and from others to it, with their
-//!   names and ON DELETE / ON UPDATE actions (`foreign_keys` says how, and why every
-//!   moment is right); CHECK constraints on MariaDB, the `json_valid` one of a JSON
-//!   column included (`furniture`); views and grants, by name; widened primary keys
-//!   (`key_types`).
-//! - refused, by name, with what to do instead: a self-referencing foreign key, one
-//!   across databases, one whose column (or referenced column) the plan changes, CHECK
-//!   constraints on MySQL 8 (their names are per database), and the rest listed in
-//!   `furniture`.
+//! - carried: foreign keys from this table to others, from others to it and from it to
+//!   itself, with their names and ON DELETE / ON UPDATE actions (`foreign_keys` says
+//!   how, and why every moment is right); CHECK constraints on MariaDB, the `json_valid`
+//!   one of a JSON column included (`furniture`); views and grants, by name; widened
+//!   primary keys (`key_types`).
+//! - refused, by name, with what to do instead: a foreign key across databases, one
+//!   whose column (or referenced column) the plan changes, CHECK constraints on MySQL 8
+//!   (their names are per database), and the rest listed in `furniture`.
 //! - carried on MariaDB: the table's own triggers (`own_triggers` says how), unless
 //!   the plan drops or renames a column (a trigger's body may use it); refused on
 //!   MySQL 8, which has no `CREATE OR REPLACE TRIGGER`.
 //! - carried: prefix, FULLTEXT and SPATIAL indexes (`Index::kind` and `prefix`, read
 //!   from STATISTICS' INDEX_TYPE and SUB_PART).
-//! - refused: generated columns (the new table would have to compute them and the
-//!   copy leave them out).
+//! - carried: generated columns, VIRTUAL and STORED/PERSISTENT (`Generated::Computed`,
+//!   read from COLUMNS' EXTRA and GENERATION_EXPRESSION): the shadow declares each with
+//!   the catalog's expression, and the backfill's INSERT … SELECT and the dual-write
+//!   triggers leave them out of their column lists (the server computes them and
+//!   refuses a value, 1906); indexes on them are built like any other, and verify
+//!   compares them like any other column, so a new table that computes a different
+//!   value is a difference. Refused by name: one in the primary key, one the plan alters
+//!   (type, nullability), one computed from a column the plan drops, renames or
+//!   transforms (`using`: verify would find every row differ), and
+//!   every generated column on MySQL 8 (tested on MariaDB 10.11 only).
 
 use std::collections::BTreeMap;
 
@@ -28,7 +35,7 @@ use sqlx::AssertSqlSafe;
 use sqlx::mysql::MySqlConnection;
 
 use crate::error::Result;
-use crate::schema::{Column, Generated, Index, Mapped, Migration, TableShape};
+use crate::schema::{Column, Generated, Index, Mapped, Migration, Source, TableShape};
 
 use super::MySql;
 use super::errors::sql_err;
@@ -76,7 +83,8 @@ impl MySql {
         let table_coll = trow[1].clone().unwrap_or_default();
         let cols = Self::rows(&mut conn, &Bound {
             sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR), CAST(IS_NULLABLE AS CHAR), CAST(COLUMN_DEFAULT AS CHAR), \
-                  CAST(EXTRA AS CHAR), CAST(CHARACTER_SET_NAME AS CHAR), CAST(COLLATION_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) \
+                  CAST(EXTRA AS CHAR), CAST(CHARACTER_SET_NAME AS CHAR), CAST(COLLATION_NAME AS CHAR), CAST(TABLE_NAME AS CHAR), \
+                  CAST(GENERATION_EXPRESSION AS CHAR) \
                   FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
                 .into(),
             binds: vec![schema.clone(), table.into()],
@@ -113,14 +121,20 @@ impl MySql {
                 }
                 Some(d) => Some(lit(&d)),
             };
+            let generated = match computed(&lower, r[8].as_deref()) {
+                Some(g) => Some(g),
+                None => lower
+                    .contains("auto_increment")
+                    .then_some(Generated::AutoIncrement),
+            };
+            // A generated column has no default of its own (MariaDB shows NULL).
+            let default = default.filter(|_| !is_computed(&generated));
             columns.push(Column {
                 name,
                 sql_type,
                 nullable: r[2].as_deref() == Some("YES"),
                 default,
-                generated: lower
-                    .contains("auto_increment")
-                    .then_some(Generated::AutoIncrement),
+                generated,
             });
         }
         let stats = Self::rows(&mut conn, &Bound {
@@ -243,20 +257,7 @@ impl MySql {
                 ));
             }
         }
-        let gen_cols = Self::rows(&mut conn, &Bound {
-            sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-                  AND (EXTRA LIKE '%GENERATED%' OR EXTRA LIKE '%VIRTUAL%' OR EXTRA LIKE '%PERSISTENT%' OR EXTRA LIKE '%STORED%') AND EXTRA NOT LIKE '%DEFAULT_GENERATED%'"
-                .into(),
-            binds: vec![schema.clone(), t.clone()],
-        })
-        .await
-        .map_err(sql_err("preflight: generated columns"))?;
-        for r in gen_cols.iter().filter(|r| r[1].as_deref() == Some(t)) {
-            problems.push(format!(
-                "column {} of {t} is a generated column, which turnout does not recompute in the new table yet; {t} cannot be migrated by turnout until it does",
-                r[0].as_deref().unwrap_or("?")
-            ));
-        }
+        problems.extend(generated_problems(m, self.mariadb));
         problems.extend(self.furniture_problems(&mut conn, m, &schema).await?);
         if !problems.is_empty() {
             return Ok(problems);
@@ -296,7 +297,7 @@ impl MySql {
             g.old_columns(),
             n.q(t)
         );
-        let fwd = g.insert_mapped(&quote(&tmp_new), &m.forward, &fwd_src);
+        let fwd = g.insert_mapped(&quote(&tmp_new), &g.forward_written(), &fwd_src);
         if let Err(e) = sqlx::raw_sql(AssertSqlSafe(fwd)).execute(&mut *conn).await {
             problems.push(
                 name_failing_column(
@@ -322,7 +323,7 @@ impl MySql {
                 cols.join(", "),
                 quote(&tmp_new)
             );
-            let rev = g.insert_mapped(&quote(&tmp_old), &m.reverse, &rev_src);
+            let rev = g.insert_mapped(&quote(&tmp_old), &g.reverse_written(), &rev_src);
             if let Err(e) = sqlx::raw_sql(AssertSqlSafe(rev)).execute(&mut *conn).await {
                 problems.push(
                     name_failing_column(
@@ -346,6 +347,112 @@ impl MySql {
             .await?;
         Ok(problems)
     }
+}
+
+/// Generated columns are declared again on the new table with the catalog's expression
+/// (never copied); what that cannot carry is refused by name: one in the primary key
+/// (the cursor and the triggers' key moves write the key), one the plan alters (its type
+/// or expression would have to change with it), and one whose expression uses a column
+/// the plan drops or renames (the new table could not compute it).
+/// On MySQL 8 they stay refused: its GENERATION_EXPRESSION is not the DDL's text (string
+/// literals come back with their introducers and escaped quotes), and turnout is tested
+/// with generated columns on MariaDB only.
+fn generated_problems(m: &Migration, mariadb: bool) -> Vec<String> {
+    let t = m.table.as_str();
+    let gone = m.columns_gone();
+    let mut problems = Vec::new();
+    for c in &m.before.columns {
+        let Some(Generated::Computed { expression, .. }) = &c.generated else {
+            continue;
+        };
+        if !mariadb {
+            problems.push(format!(
+                "column {} of {t} is a generated column: turnout carries generated columns on MariaDB only (MySQL 8's catalog does not give the expression back as it was written); {t} cannot be migrated by turnout on MySQL yet",
+                c.name
+            ));
+            continue;
+        }
+        if m.before.primary_key.contains(&c.name) {
+            problems.push(format!(
+                "column {} of {t} is a generated column in the primary key, which turnout does not carry (it pages through and moves rows by their key); migrate {t} another way",
+                c.name
+            ));
+            continue;
+        }
+        let own = Source::Column(c.name.clone());
+        // Dropped: nothing to carry (the old table keeps computing it for a rollback).
+        let Some(mp) = m
+            .forward
+            .iter()
+            .find(|mp| mp.source == own || mp.target == c.name)
+        else {
+            continue;
+        };
+        let unchanged = mp.source == own
+            && mp.cast.is_none()
+            && m.after.column(&mp.target).is_some_and(|a| {
+                a.sql_type == c.sql_type && a.nullable == c.nullable && a.generated == c.generated
+            });
+        if !unchanged {
+            problems.push(format!(
+                "column {} of {t} is a generated column, and the plan alters it: turnout does not change a generated column's type, nullability or expression; leave it as it is in this plan, or drop it here and add it again after",
+                c.name
+            ));
+            continue;
+        }
+        let used: Vec<&str> = gone
+            .iter()
+            .copied()
+            .filter(|g| *g != c.name && expression.contains(&quote(g)))
+            .collect();
+        if !used.is_empty() {
+            problems.push(format!(
+                "generated column {} of {t} is computed from column {}, which the plan drops or renames: the new table could not compute it; keep the column, or drop the generated column in the same plan",
+                c.name,
+                used.join(", ")
+            ));
+        }
+        // Verify compares the generated column with the old table's value, which a
+        // transformed input would make differ on every row.
+        let transformed: Vec<&str> = m
+            .forward
+            .iter()
+            .filter(|f| {
+                matches!(f.source, Source::Expr(_))
+                    && m.before.column(&f.target).is_some()
+                    && f.target != c.name
+                    && expression.contains(&quote(&f.target))
+            })
+            .map(|f| f.target.as_str())
+            .collect();
+        if !transformed.is_empty() {
+            problems.push(format!(
+                "generated column {} of {t} is computed from column {}, whose values the plan transforms (`using`): the new table would compute other values than the old one holds, so the copy could not be verified; transform the column in a plan of its own without the generated column, or drop the generated column in the same plan",
+                c.name,
+                transformed.join(", ")
+            ));
+        }
+    }
+    problems
+}
+
+/// A generated column from its EXTRA (lower-cased: `virtual generated`, `stored
+/// generated`, MariaDB's older `persistent generated`) and GENERATION_EXPRESSION.
+/// `default_generated` (MySQL 8's mark of an expression default) is no generated column.
+fn computed(extra: &str, expression: Option<&str>) -> Option<Generated> {
+    if extra.contains("default_generated") {
+        return None;
+    }
+    let stored = extra.contains("stored") || extra.contains("persistent");
+    let expression = expression.filter(|e| !e.is_empty())?;
+    (stored || extra.contains("virtual")).then(|| Generated::Computed {
+        expression: expression.to_string(),
+        stored,
+    })
+}
+
+pub(super) fn is_computed(g: &Option<Generated>) -> bool {
+    matches!(g, Some(Generated::Computed { .. }))
 }
 
 /// Finds which mapping made a probe fail, compiling each expression on its own, so the

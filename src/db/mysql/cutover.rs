@@ -174,6 +174,11 @@ impl MySql {
                     }
                 }
             }
+            // A self-reference of the shadow points at the shadow from here on (the copy
+            // is complete), so each table references itself through the swap.
+            if !self.point_shadow_at_itself(&mut conn, &g, false).await? {
+                return Ok(CutoverOutcome::LockTimeout);
+            }
             // The children reference the shadow from here on, so the swap carries their
             // references to the new table (foreign_keys.rs says why every moment is right).
             if !self

@@ -36,9 +36,40 @@
 //! - at rollback, children pointing at `_t_old` before the swap back: the reverse
 //!   triggers keep it exact, and their deletes and key moves cascade into the children.
 //!
-//! A table referencing itself is refused (its shadow would reference itself and the
-//! copy order would matter), as is a constraint that crosses databases or whose name
-//! is too long for a prefix.
+//! # A table referencing itself (`t.manager_id → t`)
+//! While the shadow is filled it references the *live* table, under `_tc_<name>` (the
+//! shadow is then one more child of `t`), with the same actions; just before the swap
+//! it is pointed at itself (`_tn_<name>`), and from the swap on each table references
+//! itself: `RENAME TABLE` carries the old table's self-reference to `_t_old` and the
+//! shadow's to the new `t`, which then takes `<name>` as above. Why the live table and
+//! not the shadow from the start, and not "no constraint until the copy is done":
+//! - a self-reference on the shadow from the start would refuse rows whose parent is
+//!   not copied yet. For turnout's copy, `foreign_key_checks = 0` in its own session
+//!   would do, but the application's writes reach the shadow through the triggers, in
+//!   the application's session: an insert of a row whose manager the backfill has not
+//!   copied yet (any row at the start of the backfill) would fail the application's
+//!   statement. The live table holds every parent the application can name (its own
+//!   constraint just checked it), so referencing it never refuses a copy or a trigger.
+//!   And with checks relaxed for the copy alone, a row copied before its parent keeps
+//!   that parent's id even when the parent is deleted before it is copied: the live
+//!   table sets the row's manager NULL, but in the shadow there was no parent row for a
+//!   cascade to act from (seen in this module's test: verify found the row differing).
+//! - no constraint until after the copy loses the cascades: InnoDB's cascades fire no
+//!   triggers, so a live delete of a manager that cascades (or sets NULL) into its
+//!   reports would reach the shadow's copy of the manager only, and leave its reports
+//!   stale. Referencing the live table, the shadow's copies of the reports are cascaded
+//!   by the same statement, exactly as the live ones (and a RESTRICT that refuses on the
+//!   shadow refuses on the live table too, which holds the same rows).
+//! - pointing it at the shadow needs the shadow to hold every parent: after the
+//!   backfill, when it holds exactly the live rows, and the forward triggers keep it so
+//!   in the application's own transactions; from then on a delete on the live table
+//!   deletes the shadow's row in its trigger, and that delete cascades within the shadow.
+//!   The move is one INPLACE statement with `foreign_key_checks = 0` that checks no row,
+//!   and no row can lack its parent: the shadow's rows equal the live table's, whose own
+//!   constraint holds. A rollback needs nothing more: the old table's self-reference
+//!   never left it, and the new table's goes with the dropped shadow.
+//!
+//! A constraint that crosses databases or whose name is too long for a prefix is refused.
 
 use sqlx::mysql::MySqlConnection;
 
@@ -102,8 +133,47 @@ impl MySql {
         Ok(Self::foreign_keys(conn, &schema)
             .await?
             .into_iter()
-            .filter(|fk| fk.table == g.n.table && fk.ref_table != g.n.table)
+            .filter(|fk| fk.table == g.n.table)
             .collect())
+    }
+
+    /// Just before the swap, once the backfill is complete and the forward triggers keep
+    /// the shadow exact: the shadow's self-reference, which referenced the live table
+    /// while the shadow was filled (`_tc_<name>`), is pointed at the shadow itself under
+    /// `_tn_<name>` (module documentation). `false`: the lock was not granted (not patient).
+    pub(super) async fn point_shadow_at_itself(
+        &self,
+        conn: &mut MySqlConnection,
+        g: &Gen<'_>,
+        patient: bool,
+    ) -> Result<bool> {
+        let n = &g.n;
+        let schema = n.schema.clone().unwrap_or_default();
+        let fks = Self::foreign_keys(conn, &schema).await?;
+        for fk in fks.iter().filter(|fk| {
+            fk.table == n.shadow && fk.ref_table == n.table && fk.name.starts_with(CHILD_PREFIX)
+        }) {
+            let sql = replace(
+                &n.q(&n.shadow),
+                &fk.name,
+                fk,
+                &format!("{SHADOW_PREFIX}{}", fk.original()),
+                &n.q(&n.shadow),
+            );
+            if !self
+                .move_constraint(
+                    conn,
+                    (&schema, &n.shadow),
+                    &sql,
+                    patient,
+                    "cutover: pointing the shadow's self-reference at the shadow",
+                )
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Runs one constraint move on `table` with `foreign_key_checks = 0` (see the
@@ -334,14 +404,9 @@ impl MySql {
             let prefixed = [SHADOW_PREFIX, OLD_PREFIX, CHILD_PREFIX]
                 .iter()
                 .any(|p| fk.name.starts_with(p));
-            let ours = fk.table == t || fk.ref_table == t;
-            if ours && fk.table == fk.ref_table {
-                problems.push(format!(
-                    "foreign key {} of {t} references {t} itself: turnout does not carry self-referencing foreign keys yet (the shadow would have to reference itself while it is filled); drop it for the migration and add it again after, or migrate the table another way",
-                    fk.name
-                ));
-                continue;
-            }
+            // turnout's own tables (a migration in progress) are not the application's.
+            let ours =
+                (fk.table == t || fk.ref_table == t) && fk.table != m.shadow && fk.table != m.old;
             if !ours {
                 continue;
             }
@@ -379,6 +444,17 @@ impl MySql {
                         fk.name,
                         fk.columns.join(", ")
                     ));
+                }
+                // A self-reference: the new table references its own key columns too.
+                if fk.ref_table == t {
+                    for col in &fk.ref_columns {
+                        if let Some(what) = changed(col) {
+                            problems.push(format!(
+                                "foreign key {} of {t} references {t} itself through column {col}, which the plan {what}: the new table could not reference itself the same way; keep the column as it is, or drop the constraint first",
+                                fk.name
+                            ));
+                        }
+                    }
                 }
             } else {
                 let int_key_change = |col: &str| {

@@ -81,7 +81,7 @@ impl<'a> Gen<'a> {
         let k0 = format!("{shadow}.{}", quote(new_key[0]));
         let sql = format!(
             "{} ON DUPLICATE KEY UPDATE {k0} = IF({}, {k0}, NULL)",
-            self.insert_mapped(&self.n.q(&self.n.shadow), &self.m.forward, &src),
+            self.insert_mapped(&self.n.q(&self.n.shadow), &self.forward_written(), &src),
             same.join(" AND ")
         );
         Bound { sql, binds }

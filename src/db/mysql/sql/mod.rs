@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{Cursor, PhaseSql};
 use crate::error::{Error, Result};
-use crate::schema::{Mapped, Migration};
+use crate::schema::{Generated, Mapped, Migration, TableShape};
 
 /// Quotes an identifier with backticks, doubling any inside. Every name goes through here.
 pub fn quote(ident: &str) -> String {
@@ -274,6 +274,28 @@ impl<'a> Gen<'a> {
         crate::db::render_source(mp, &|c| quote(c), &|v, _t| v.to_string())
     }
 
+    /// The forward mappings turnout writes: all but those into a generated column of
+    /// the new table, which the server computes (and refuses a value for, 1906).
+    pub(in crate::db::mysql) fn forward_written(&self) -> Vec<Mapped> {
+        Self::written(&self.m.forward, &self.m.after)
+    }
+
+    /// The reverse mappings turnout writes into the old table (generated columns left out).
+    pub(in crate::db::mysql) fn reverse_written(&self) -> Vec<Mapped> {
+        Self::written(&self.m.reverse, &self.m.before)
+    }
+
+    fn written(maps: &[Mapped], target: &TableShape) -> Vec<Mapped> {
+        maps.iter()
+            .filter(|mp| {
+                !target
+                    .column(&mp.target)
+                    .is_some_and(|c| matches!(c.generated, Some(Generated::Computed { .. })))
+            })
+            .cloned()
+            .collect()
+    }
+
     pub(in crate::db::mysql) fn insert_mapped(
         &self,
         target: &str,
@@ -428,7 +450,7 @@ impl<'a> Gen<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Column, KeyColumn, Source, TableShape};
+    use crate::schema::{Column, KeyColumn, Source};
 
     fn col(name: &str, t: &str) -> Column {
         Column {

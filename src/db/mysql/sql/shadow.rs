@@ -3,7 +3,7 @@
 
 use crate::schema::{Column, Generated, Index};
 
-use super::foreign_keys::{ForeignKey, SHADOW_PREFIX, constraint};
+use super::foreign_keys::{CHILD_PREFIX, ForeignKey, SHADOW_PREFIX, constraint};
 use super::{Gen, quote};
 
 /// A CHECK constraint as the catalog shows it; `column` is set for a column-level one
@@ -24,11 +24,22 @@ pub struct Extras {
 }
 
 impl<'a> Gen<'a> {
-    fn col_def(c: &Column, key_has_ai: bool, checks: &[Check]) -> String {
+    fn col_def(&self, c: &Column, key_has_ai: bool, checks: &[Check]) -> String {
         let mut s = format!("{} {}", quote(&c.name), c.sql_type);
-        s.push_str(if c.nullable { " NULL" } else { " NOT NULL" });
-        if let Some(d) = &c.default {
-            s.push_str(&format!(" DEFAULT {d}"));
+        if let Some(Generated::Computed { expression, stored }) = &c.generated {
+            // The expression as the catalog shows it, so the new table computes exactly
+            // what the old one did. MariaDB takes no NULL / NOT NULL / DEFAULT on a
+            // generated column (they are always nullable there); MySQL 8 keeps NOT NULL.
+            let kind = if *stored { "STORED" } else { "VIRTUAL" };
+            s.push_str(&format!(" GENERATED ALWAYS AS ({expression}) {kind}"));
+            if !self.mariadb && !c.nullable {
+                s.push_str(" NOT NULL");
+            }
+        } else {
+            s.push_str(if c.nullable { " NULL" } else { " NOT NULL" });
+            if let Some(d) = &c.default {
+                s.push_str(&format!(" DEFAULT {d}"));
+            }
         }
         if key_has_ai && matches!(c.generated, Some(Generated::AutoIncrement)) {
             s.push_str(" AUTO_INCREMENT");
@@ -102,7 +113,7 @@ impl<'a> Gen<'a> {
         let mut defs: Vec<String> = a
             .columns
             .iter()
-            .map(|c| Self::col_def(c, true, &extras.checks))
+            .map(|c| self.col_def(c, true, &extras.checks))
             .collect();
         defs.push(format!(
             "PRIMARY KEY ({})",
@@ -131,9 +142,16 @@ impl<'a> Gen<'a> {
         }
         let parent = |t: &str| self.n.q(t);
         for fk in &extras.foreign_keys {
+            // A self-reference references the live table while the shadow is filled, as
+            // a child would (foreign_keys.rs says why), until cutover points it home.
+            let prefix = if fk.ref_table == fk.table {
+                CHILD_PREFIX
+            } else {
+                SHADOW_PREFIX
+            };
             defs.push(constraint(
                 fk,
-                &format!("{SHADOW_PREFIX}{}", fk.original()),
+                &format!("{prefix}{}", fk.original()),
                 &parent(&fk.ref_table),
             ));
         }
@@ -259,5 +277,102 @@ mod tests {
         }
         // Built at once for the foreign key, so the deferred build has nothing to add.
         assert_eq!(g.add_indexes(&["by label".into()]), None);
+    }
+
+    /// A table as applications have it: a VIRTUAL and a STORED generated column (the
+    /// STORED one indexed) and a self-reference. The shadow declares the generated
+    /// columns again and references the live table while it is filled; the copy and
+    /// the triggers name no generated column.
+    #[test]
+    fn generated_columns_are_declared_never_written_and_a_self_reference_starts_at_the_live_table()
+    {
+        let mut m = migration();
+        let computed = |name: &str, t: &str, expression: &str, stored| Column {
+            name: name.into(),
+            sql_type: t.into(),
+            nullable: true,
+            default: None,
+            generated: Some(Generated::Computed {
+                expression: expression.into(),
+                stored,
+            }),
+        };
+        let manager = Column {
+            name: "manager_id".into(),
+            sql_type: "bigint(20)".into(),
+            nullable: true,
+            default: None,
+            generated: None,
+        };
+        for shape in [&mut m.before, &mut m.after] {
+            shape.columns.push(manager.clone());
+            shape
+                .columns
+                .push(computed("twice", "bigint(20)", "`id` * 2", false));
+            shape.columns.push(computed(
+                "shout",
+                "varchar(20)",
+                "concat('x',`manager_id`)",
+                true,
+            ));
+            shape.indexes = vec![
+                Index {
+                    name: "by shout".into(),
+                    columns: vec!["shout".into()],
+                    ..Default::default()
+                },
+                Index {
+                    name: "by manager".into(),
+                    columns: vec!["manager_id".into()],
+                    ..Default::default()
+                },
+            ];
+        }
+        for c in ["manager_id", "twice", "shout"] {
+            let mp = crate::schema::Mapped {
+                target: c.into(),
+                source: crate::schema::Source::Column(c.into()),
+                cast: None,
+            };
+            m.forward.push(mp.clone());
+            m.reverse.push(mp);
+        }
+        let g = Gen {
+            m: &m,
+            n: super::super::Names::new(&m, Some("db"), Some("db")),
+            mariadb: true,
+        };
+        let extras = Extras {
+            foreign_keys: vec![ForeignKey {
+                name: "t_manager".into(),
+                table: "t".into(),
+                columns: vec!["manager_id".into()],
+                ref_table: "t".into(),
+                ref_columns: vec!["id".into()],
+                on_update: "RESTRICT".into(),
+                on_delete: "SET NULL".into(),
+            }],
+            checks: vec![],
+        };
+        let copy = g.batch_insert(None, &["9".into()]).sql;
+        let into_shadow = "INSERT INTO `db`.`_t_new` (`id`, `label`, `manager_id`) SELECT";
+        assert!(copy.contains(into_shadow), "{copy}");
+        let (fwd, rev) = (g.forward_triggers(), g.reverse_triggers());
+        assert!(fwd[0].contains(into_shadow), "{}", fwd[0]);
+        assert!(fwd[1].contains(into_shadow), "{}", fwd[1]);
+        let into_old = "INSERT INTO `db`.`_t_old` (`id`, `na``me`, `manager_id`) SELECT";
+        assert!(rev[1].contains(into_old), "{}", rev[1]);
+        for t in fwd.iter().chain(&rev) {
+            assert!(
+                !t.contains("`twice` = IF(") && !t.contains("`shout` = IF("),
+                "{t}"
+            );
+        }
+        insta::assert_snapshot!(format!(
+            "{}\n\n{}\n\n{}",
+            g.create_shadow_with("ENGINE=InnoDB", &extras),
+            g.add_indexes(&[]).unwrap_or_default(),
+            copy
+        ));
     }
 }

@@ -152,12 +152,13 @@ impl<'a> Gen<'a> {
                 Self::key_match(&new_key, row, &old_key)
             )
         };
+        let written = self.forward_written();
         let ins = self.insert_mapped(
             &shadow,
-            &m.forward,
+            &written,
             &Self::row_source("NEW", &m.before.columns),
         );
-        let targets: Vec<&str> = m.forward.iter().map(|mp| mp.target.as_str()).collect();
+        let targets: Vec<&str> = written.iter().map(|mp| mp.target.as_str()).collect();
         let upsert = Self::upsert(ins.clone(), &shadow, &new_key, &targets);
         // A new live key has no shadow row: the delete trigger removed it with the live
         // row, and a batch copies only live rows. A plain INSERT keeps a unique clash's
@@ -218,9 +219,10 @@ impl<'a> Gen<'a> {
         let old = n.q(&n.old);
         let (old_key, new_key) = (m.old_key(), m.new_key());
         let upsert = {
+            let written = self.reverse_written();
             let base =
-                self.insert_mapped(&old, &m.reverse, &Self::row_source("NEW", &m.after.columns));
-            let targets: Vec<&str> = m.reverse.iter().map(|mp| mp.target.as_str()).collect();
+                self.insert_mapped(&old, &written, &Self::row_source("NEW", &m.after.columns));
+            let targets: Vec<&str> = written.iter().map(|mp| mp.target.as_str()).collect();
             Self::upsert(base, &old, &old_key, &targets)
         };
         let del = |row: &str| {
