@@ -175,9 +175,15 @@ async fn catalog(db: &TestDb, skip: &str) -> Vec<String> {
             o[1].clone().unwrap_or_default(),
         );
         let on = o[2].clone().unwrap_or_default();
-        if (kind == "index" && on == skip) || (kind == "table" && name == skip) {
-            // SQLite cannot rename an index: a carried one is `x_new` on the new table.
+        if kind == "index" && on == skip {
+            // SQLite cannot rename an index: a carried one is `x_new` on the new table,
+            // and turnout writes its CREATE INDEX; what follows the table's name (columns,
+            // expressions, order, collations, WHERE) is the same, quotes aside.
             let name = name.strip_suffix("_new").unwrap_or(&name);
+            let text = o[3].clone().unwrap_or_default();
+            let body = text.find('(').map_or("", |at| &text[at..]).replace('"', "");
+            out.push(format!("{kind} {name} on {on} {body}"));
+        } else if kind == "table" && name == skip {
             out.push(format!("{kind} {name} on {on}"));
         } else {
             // `ALTER TABLE … RENAME` writes the new name quoted into the renamed table's
@@ -478,6 +484,9 @@ async fn sqlite_parents_of_the_fixture_migrate_with_their_children() {
             "add_column: {name: slug, type: TEXT, from: lower(name)}",
         ),
         ("stores", "alter_column: {name: city, type: 'varchar(200)'}"),
+        // CHECKs, a generated column and a partial index; an expression index.
+        ("rentals", "add_column: {name: note, type: TEXT, from: status}"),
+        ("reviews", "alter_column: {name: body, type: 'varchar(500)'}"),
     ] {
         let db = TestDb::new(Kind::Sqlite).await;
         fixture(&db).await;
@@ -512,21 +521,35 @@ async fn sqlite_parents_of_the_fixture_migrate_with_their_children() {
 async fn sqlite_what_cannot_be_carried_is_refused_by_name() {
     let db = TestDb::new(Kind::Sqlite).await;
     fixture(&db).await;
+    // A deferrable foreign key is still refused.
+    db.exec("CREATE TABLE late_returns (id INTEGER PRIMARY KEY, item_id INT REFERENCES items (id) DEFERRABLE INITIALLY DEFERRED)").await;
     let before = catalog(&db, "").await;
-    let cases: [(&str, &str, &[&str]); 5] = [
+    let cases: [(&str, &str, &[&str]); 7] = [
         (
             "rentals",
-            "add_column: {name: note, type: TEXT}",
+            "drop_column: {name: days, reverse: '1'}",
             &[
-                "CHECK constraints",
-                "generated columns (price_cents)",
-                "\"rentals_open_idx\"",
+                "CHECK (days > 0) of \"rentals\" uses column \"days\"",
+                "generated column \"price_cents\" of \"rentals\" uses column \"days\"",
+            ],
+        ),
+        (
+            "rentals",
+            "rename_column: {from: status, to: state}",
+            &[
+                "CHECK (status IN ('open', 'returned', 'lost')) of \"rentals\" uses column \"status\"",
+                "index \"rentals_open_idx\" on \"rentals\" uses column \"status\"",
             ],
         ),
         (
             "reviews",
+            "rename_column: {from: body, to: text}",
+            &["index \"reviews_body_idx\" on \"reviews\" uses column \"body\""],
+        ),
+        (
+            "late_returns",
             "add_column: {name: note, type: TEXT}",
-            &["\"reviews_body_idx\""],
+            &["table \"late_returns\" has deferrable foreign keys"],
         ),
         (
             "items",
@@ -611,4 +634,252 @@ async fn sqlite_every_fault_point_with_foreign_keys_views_and_triggers() {
         }
     }
     assert_eq!(walked, FORWARD.len() + 2 * ROLLBACK.len());
+}
+
+/// A table carrying what only its text declares: CHECKs (column and table, named or
+/// not), a collation, AUTOINCREMENT, generated columns (VIRTUAL and STORED), and
+/// partial, expression, descending and collated indexes.
+const GEAR: &str = "
+CREATE TABLE gear (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  qty INTEGER NOT NULL CONSTRAINT gear_qty_range CHECK (qty BETWEEN 0 AND 999),
+  tag INTEGER CHECK (tag IS NULL OR tag < 10),
+  code TEXT COLLATE NOCASE DEFAULT 'a,b',
+  double_qty INTEGER GENERATED ALWAYS AS (qty * 2) VIRTUAL,
+  label TEXT AS ('g' || id) STORED,
+  CONSTRAINT gear_tag_qty CHECK (tag IS NULL OR qty >= tag - 1000),
+  CHECK (id > 0));
+CREATE INDEX gear_tagged_idx ON gear (qty) WHERE tag IS NOT NULL;
+CREATE INDEX gear_lower_code_idx ON gear (lower(code));
+CREATE INDEX gear_qty_desc_idx ON gear (qty DESC, tag);
+CREATE INDEX gear_code_rtrim_idx ON gear (code COLLATE RTRIM);
+CREATE TABLE gear_mirror (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, tag INTEGER);
+";
+
+/// An id far above the writer's, used once and deleted: AUTOINCREMENT must never hand
+/// it out again, though no copied row tells the new table about it.
+const SPENT_ID: i64 = 9_000_000;
+
+async fn gear(db: &TestDb) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(GEAR.to_string()))
+        .execute(sqlite(db))
+        .await
+        .expect("gear");
+    let mut stmts = Vec::new();
+    for i in 1..=ITEMS {
+        let tag = if i % 4 == 0 {
+            "NULL".into()
+        } else {
+            (i % 7).to_string()
+        };
+        let qty = i * 3 % 100;
+        stmts.push(format!(
+            "INSERT INTO gear (id, qty, tag, code) VALUES ({i}, {qty}, {tag}, 'Code {i}  ')"
+        ));
+        stmts.push(format!(
+            "INSERT INTO gear_mirror VALUES ({i}, {qty}, {tag})"
+        ));
+    }
+    stmts.push(format!(
+        "INSERT INTO gear (id, qty) VALUES ({SPENT_ID}, 1); DELETE FROM gear WHERE id = {SPENT_ID}"
+    ));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(stmts.join(";\n")))
+        .execute(sqlite(db))
+        .await
+        .expect("gear rows");
+}
+
+/// The `CHECK (…)` clauses of a CREATE TABLE text, as written.
+fn checks_of(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("CHECK (") {
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest[at..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = at + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(rest[at..end].to_string());
+        rest = &rest[end..];
+    }
+    out
+}
+
+async fn table_text(db: &TestDb, table: &str) -> String {
+    rows(
+        db,
+        &format!("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
+    )
+    .await[0][0]
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Whatever table `gear` is now: its CHECKs refuse bad writes, its generated columns
+/// hold their expressions' values, its collation compares as declared, and
+/// AUTOINCREMENT hands out an id above every id ever used.
+async fn gear_works(db: &TestDb) {
+    let pool = sqlite(db);
+    for (bad, constraint) in [
+        ("INSERT INTO gear (qty) VALUES (5000)", "gear_qty_range"),
+        (
+            "INSERT INTO gear (qty, tag) VALUES (1, 50)",
+            "tag IS NULL OR tag < 10",
+        ),
+        ("UPDATE gear SET id = -id WHERE id = (SELECT min(id) FROM gear)", "id > 0"),
+    ] {
+        let refused = sqlx::query(sqlx::AssertSqlSafe(bad.to_string()))
+            .execute(pool)
+            .await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.to_string().contains(constraint)),
+            "{bad}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        rows(db, "SELECT count(*) FROM gear WHERE double_qty IS NOT qty * 2 OR label IS NOT 'g' || id").await,
+        vec![vec![Some("0".into())]]
+    );
+    let nocase = rows(db, "SELECT count(*) FROM gear WHERE code = 'CODE 1  '").await;
+    let id1 = rows(db, "SELECT count(*) FROM gear WHERE id = 1").await;
+    assert_eq!(nocase, id1, "code compares without case");
+    sqlx::query("INSERT INTO gear (qty) VALUES (3)")
+        .execute(pool)
+        .await
+        .expect("insert without an id");
+    let fresh = rows(db, "SELECT max(id) FROM gear").await[0][0]
+        .as_deref()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_default();
+    assert!(fresh > SPENT_ID, "AUTOINCREMENT reused an id: {fresh}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM gear WHERE id = {fresh}")))
+        .execute(pool)
+        .await
+        .expect("delete");
+}
+
+async fn gear_is_exact(db: &TestDb) {
+    let live = rows(db, "SELECT id, qty, tag FROM gear ORDER BY id").await;
+    let mirror = rows(db, "SELECT id, qty, tag FROM gear_mirror ORDER BY id").await;
+    assert_eq!(live.len(), mirror.len(), "row counts differ from the mirror");
+    assert!(live == mirror, "gear differs from the writer's mirror");
+}
+
+fn gear_plan(name: &str) -> String {
+    format!(
+        "version: 1
+name: {name}
+table: gear
+changes:
+  - add_column: {{name: total, type: BIGINT, from: qty * 2}}
+  - alter_column: {{name: code, type: 'varchar(40)'}}
+  - add_index: {{name: gear_total_idx, columns: [total]}}
+backfill:
+  batch_size: 50
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checks_collations_autoincrement_generated_columns_and_odd_indexes_are_carried() {
+    for until in ["done", "cut_over"] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        gear(&db).await;
+        let before = catalog(&db, "gear").await;
+        let whole = catalog(&db, "").await;
+        let text = table_text(&db, "gear").await;
+        let path = db.plan_file("plan.yaml", &gear_plan(&format!("gear-{until}")));
+        let path = path.to_str().expect("utf-8");
+        ok(&db.turnout(&["check", path], None), "check");
+        let writer = Writer::start(db.pool.clone(), "gear", "gear_mirror", ITEMS, 43);
+        writer.wait_for(10).await;
+        let args: &[&str] = if until == "done" {
+            &["run", path, "--yes"]
+        } else {
+            &["run", path, "--until", "cut_over", "--yes"]
+        };
+        ok(&db.turnout(args, None), until);
+        writer.wait_for(20).await;
+        if until == "cut_over" {
+            gear_works(&db).await;
+            ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
+            writer.wait_for(10).await;
+        }
+        assert!(writer.stop().await.is_empty());
+        gear_is_exact(&db).await;
+        gear_works(&db).await;
+        if until == "done" {
+            let after = catalog(&db, "gear").await;
+            let unchanged = |v: &[String]| -> Vec<String> {
+                v.iter()
+                    .filter(|l| {
+                        !l.contains("\"total\"")
+                            && !l.contains("gear_total_idx")
+                            && !l.contains("column gear.[Some(\"code\")")
+                    })
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(unchanged(&after), unchanged(&before));
+            assert!(
+                after
+                    .iter()
+                    .any(|l| l.contains("column gear.[Some(\"code\"), Some(\"varchar(40)\")")),
+                "{after:#?}"
+            );
+            let new_text = table_text(&db, "gear").await;
+            assert_eq!(checks_of(&new_text), checks_of(&text), "{new_text}");
+            assert_eq!(checks_of(&text).len(), 4);
+            for carried in [
+                "COLLATE NOCASE",
+                "GENERATED ALWAYS AS (qty * 2) VIRTUAL",
+                "AS ('g' || id) STORED",
+                "AUTOINCREMENT",
+            ] {
+                assert!(new_text.contains(carried), "{carried}: {new_text}");
+            }
+        } else {
+            assert_eq!(catalog(&db, "").await, whole, "rollback changed the catalog");
+        }
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_row_the_carried_check_refuses_stops_the_backfill_naming_it() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    db.exec(
+        "CREATE TABLE prices (id INTEGER PRIMARY KEY, price REAL NOT NULL CONSTRAINT prices_positive CHECK (price > 0));\n\
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) INSERT INTO prices SELECT i, 1 + i % 10 FROM n;\n\
+         UPDATE prices SET price = 0.4 WHERE id = 321",
+    )
+    .await;
+    let plan = db.plan_file(
+        "plan.yaml",
+        "version: 1\nname: prices-int\ntable: prices\nchanges:\n  - alter_column: {name: price, type: INTEGER}\nbackfill:\n  batch_size: 100\n",
+    );
+    let plan = plan.to_str().expect("utf-8 path");
+    ok(&db.turnout(&["check", plan], None), "check");
+    let out = db.turnout(&["run", plan, "--yes"], None);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("[321]") && said.contains("prices_positive"),
+        "{said}"
+    );
+    // The batch before it was copied; the one holding the row was not.
+    assert_eq!(
+        rows(&db, "SELECT count(*), max(id) FROM _prices_new").await,
+        vec![vec![Some("300".into()), Some("300".into())]]
+    );
+    db.drop().await;
 }

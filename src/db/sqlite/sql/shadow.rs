@@ -1,21 +1,38 @@
 //! The shadow table's DDL: the new shape's columns, its primary key, and its indexes
 //! under the names SQLite lets them have next to the live table's, its `UNIQUE`
-//! constraints, foreign keys and table options ([`Furniture`]).
+//! constraints, foreign keys and table options, and what only the table's text says:
+//! CHECKs, collations, generated columns (declared, so SQLite recomputes them) and
+//! AUTOINCREMENT ([`Furniture`]).
 
-use super::furniture::{Furniture, foreign_key_clause, table_options};
+use super::furniture::{Furniture, foreign_key_clause, origin, table_options};
+use super::table_text::index_on;
 use super::{list, quote};
 use crate::schema::{Column, Index, Migration};
 
-fn column_def(c: &Column, single_integer_key: bool) -> String {
+/// A column of the new shape, with the collation and CHECKs of the live column it
+/// comes from.
+fn column_def(m: &Migration, f: &Furniture, c: &Column, single_integer_key: bool) -> String {
     let mut def = format!("{} {}", quote(&c.name), c.sql_type);
-    if single_integer_key {
-        return def;
+    let from = origin(m, &c.name);
+    if !single_integer_key {
+        if !c.nullable {
+            def.push_str(" NOT NULL");
+        }
+        if let Some(d) = &c.default {
+            def.push_str(&format!(" DEFAULT ({d})"));
+        }
     }
-    if !c.nullable {
-        def.push_str(" NOT NULL");
+    if let Some(collate) = from.and_then(|o| f.text.collation(o)) {
+        def.push(' ');
+        def.push_str(collate);
     }
-    if let Some(d) = &c.default {
-        def.push_str(&format!(" DEFAULT ({d})"));
+    for check in f.text.checks.iter().filter(|k| {
+        k.column
+            .as_deref()
+            .is_some_and(|col| from.is_some_and(|o| o.eq_ignore_ascii_case(col)))
+    }) {
+        def.push(' ');
+        def.push_str(&check.clause);
     }
     def
 }
@@ -44,13 +61,36 @@ pub(in crate::db::sqlite) fn create_shadow(m: &Migration, f: &Furniture) -> Vec<
         && m.after
             .column(&m.after.primary_key[0])
             .is_some_and(|c| c.sql_type.eq_ignore_ascii_case("integer"));
-    let mut cols: Vec<String> = m
+    // (the live column it comes from, its definition)
+    let mut defs: Vec<(Option<&str>, String)> = m
         .after
         .columns
         .iter()
-        .map(|c| column_def(c, single_integer_key && c.name == m.after.primary_key[0]))
+        .map(|c| {
+            let key = single_integer_key && c.name == m.after.primary_key[0];
+            (origin(m, &c.name), column_def(m, f, c, key))
+        })
         .collect();
-    cols.push(format!("PRIMARY KEY ({})", list(&m.new_key())));
+    // A generated column keeps its place: after the last column declared before it.
+    for g in &f.text.generated {
+        let at = defs
+            .iter()
+            .rposition(|(o, _)| {
+                o.is_some_and(|o| g.preceding.iter().any(|p| p.eq_ignore_ascii_case(o)))
+            })
+            .map_or(0, |p| p + 1);
+        defs.insert(at, (Some(g.name.as_str()), g.definition.clone()));
+    }
+    let mut cols: Vec<String> = defs.into_iter().map(|(_, d)| d).collect();
+    let autoincrement = if single_integer_key && f.text.autoincrement {
+        " AUTOINCREMENT"
+    } else {
+        ""
+    };
+    cols.push(format!(
+        "PRIMARY KEY ({}{autoincrement})",
+        list(&m.new_key())
+    ));
     for idx in m.after.indexes.iter().filter(|i| is_constraint_index(i)) {
         let ucols: Vec<&str> = idx.columns.iter().map(String::as_str).collect();
         cols.push(format!("UNIQUE ({})", list(&ucols)));
@@ -60,6 +100,26 @@ pub(in crate::db::sqlite) fn create_shadow(m: &Migration, f: &Furniture) -> Vec<
             .iter()
             .filter_map(|fk| foreign_key_clause(m, fk)),
     );
+    // Table CHECKs, and those of a dropped column (which preflight let through only when
+    // they do not name it), as table constraints.
+    let carried = |col: &str| {
+        m.after
+            .columns
+            .iter()
+            .any(|c| origin(m, &c.name).is_some_and(|o| o.eq_ignore_ascii_case(col)))
+    };
+    let generated = |col: &str| f.text.generated.iter().any(|g| g.name.eq_ignore_ascii_case(col));
+    cols.extend(
+        f.text
+            .checks
+            .iter()
+            .filter(|k| {
+                k.column
+                    .as_deref()
+                    .is_none_or(|col| !carried(col) && !generated(col))
+            })
+            .map(|k| k.clause.clone()),
+    );
     let mut out = vec![format!(
         "CREATE TABLE IF NOT EXISTS {} ({}){}",
         quote(&m.shadow),
@@ -68,11 +128,18 @@ pub(in crate::db::sqlite) fn create_shadow(m: &Migration, f: &Furniture) -> Vec<
     )];
     for idx in m.after.indexes.iter().filter(|i| !is_constraint_index(i)) {
         let carried = m.before.indexes.iter().any(|b| b.name == idx.name);
+        let name = shadow_index_name(idx, carried);
+        if let Some((_, text)) = f.index_text.iter().find(|(n, _)| *n == idx.name)
+            && let Some(stmt) = index_on(text, &name, &m.shadow)
+        {
+            out.push(stmt);
+            continue;
+        }
         let cols: Vec<&str> = idx.columns.iter().map(String::as_str).collect();
         out.push(format!(
             "CREATE {}INDEX IF NOT EXISTS {} ON {} ({})",
             if idx.unique { "UNIQUE " } else { "" },
-            quote(&shadow_index_name(idx, carried)),
+            quote(&name),
             quote(&m.shadow),
             list(&cols)
         ));
