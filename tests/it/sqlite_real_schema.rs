@@ -191,7 +191,8 @@ async fn catalog(db: &TestDb, skip: &str) -> Vec<String> {
             let text = o[3]
                 .clone()
                 .unwrap_or_default()
-                .replace("\"items\"", "items");
+                .replace("\"items\"", "items")
+                .replace("\"gear\"", "gear");
             out.push(format!("{kind} {name}: {text}"));
         }
         if kind != "table" {
