@@ -486,8 +486,14 @@ async fn sqlite_parents_of_the_fixture_migrate_with_their_children() {
         ),
         ("stores", "alter_column: {name: city, type: 'varchar(200)'}"),
         // CHECKs, a generated column and a partial index; an expression index.
-        ("rentals", "add_column: {name: note, type: TEXT, from: status}"),
-        ("reviews", "alter_column: {name: body, type: 'varchar(500)'}"),
+        (
+            "rentals",
+            "add_column: {name: note, type: TEXT, from: status}",
+        ),
+        (
+            "reviews",
+            "alter_column: {name: body, type: 'varchar(500)'}",
+        ),
     ] {
         let db = TestDb::new(Kind::Sqlite).await;
         fixture(&db).await;
@@ -736,18 +742,27 @@ async fn gear_works(db: &TestDb) {
             "INSERT INTO gear (qty, tag) VALUES (1, 50)",
             "tag IS NULL OR tag < 10",
         ),
-        ("UPDATE gear SET id = -id WHERE id = (SELECT min(id) FROM gear)", "id > 0"),
+        (
+            "UPDATE gear SET id = -id WHERE id = (SELECT min(id) FROM gear)",
+            "id > 0",
+        ),
     ] {
         let refused = sqlx::query(sqlx::AssertSqlSafe(bad.to_string()))
             .execute(pool)
             .await;
         assert!(
-            refused.as_ref().is_err_and(|e| e.to_string().contains(constraint)),
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains(constraint)),
             "{bad}: {refused:?}"
         );
     }
     assert_eq!(
-        rows(db, "SELECT count(*) FROM gear WHERE double_qty IS NOT qty * 2 OR label IS NOT 'g' || id").await,
+        rows(
+            db,
+            "SELECT count(*) FROM gear WHERE double_qty IS NOT qty * 2 OR label IS NOT 'g' || id"
+        )
+        .await,
         vec![vec![Some("0".into())]]
     );
     let nocase = rows(db, "SELECT count(*) FROM gear WHERE code = 'CODE 1  '").await;
@@ -762,16 +777,22 @@ async fn gear_works(db: &TestDb) {
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap_or_default();
     assert!(fresh > SPENT_ID, "AUTOINCREMENT reused an id: {fresh}");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM gear WHERE id = {fresh}")))
-        .execute(pool)
-        .await
-        .expect("delete");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM gear WHERE id = {fresh}"
+    )))
+    .execute(pool)
+    .await
+    .expect("delete");
 }
 
 async fn gear_is_exact(db: &TestDb) {
     let live = rows(db, "SELECT id, qty, tag FROM gear ORDER BY id").await;
     let mirror = rows(db, "SELECT id, qty, tag FROM gear_mirror ORDER BY id").await;
-    assert_eq!(live.len(), mirror.len(), "row counts differ from the mirror");
+    assert_eq!(
+        live.len(),
+        mirror.len(),
+        "row counts differ from the mirror"
+    );
     assert!(live == mirror, "gear differs from the writer's mirror");
 }
 
@@ -849,7 +870,11 @@ async fn sqlite_checks_collations_autoincrement_generated_columns_and_odd_indexe
                 assert!(new_text.contains(carried), "{carried}: {new_text}");
             }
         } else {
-            assert_eq!(catalog(&db, "").await, whole, "rollback changed the catalog");
+            assert_eq!(
+                catalog(&db, "").await,
+                whole,
+                "rollback changed the catalog"
+            );
         }
         db.drop().await;
     }

@@ -135,13 +135,12 @@ impl Sqlite {
         let mut checks: Vec<_> = f.text.checks.iter().collect();
         checks.sort_by_key(|k| k.name.as_deref().unwrap_or(&k.expr) != said);
         for k in checks {
-            let found = sqlx::query_scalar::<_, String>(sql(backfill::first_refused_key(
-                m, &k.expr, rows,
-            )))
-            .bind(cursor)
-            .bind(hi)
-            .fetch_optional(&self.pool)
-            .await;
+            let found =
+                sqlx::query_scalar::<_, String>(sql(backfill::first_refused_key(m, &k.expr, rows)))
+                    .bind(cursor)
+                    .bind(hi)
+                    .fetch_optional(&self.pool)
+                    .await;
             if let Ok(Some(key)) = found {
                 return Error::Data {
                     table: m.table.clone(),

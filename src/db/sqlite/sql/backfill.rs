@@ -67,9 +67,17 @@ pub(in crate::db::sqlite) fn first_refused_key(m: &Migration, expr: &str, rows: 
     let exprs = m
         .forward
         .iter()
-        .map(|mp| format!("{} AS {}", render_source(mp, &|c| quote(c), &cast), quote(&mp.target)))
+        .map(|mp| {
+            format!(
+                "{} AS {}",
+                render_source(mp, &|c| quote(c), &cast),
+                quote(&mp.target)
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let keys = key_json(&m.new_key(), "");
-    format!("SELECT {keys} FROM (SELECT {exprs} FROM ({rows}) AS t) AS t WHERE NOT ({expr}) LIMIT 1")
+    format!(
+        "SELECT {keys} FROM (SELECT {exprs} FROM ({rows}) AS t) AS t WHERE NOT ({expr}) LIMIT 1"
+    )
 }

@@ -37,7 +37,12 @@ pub(in crate::db::sqlite) struct Furniture {
 /// collation): the one it is copied from, or the one of its name that a `using`
 /// expression rewrites; `None` for a column the plan adds.
 pub(in crate::db::sqlite) fn origin<'m>(m: &'m Migration, new: &str) -> Option<&'m str> {
-    match m.forward.iter().find(|mp| mp.target == new).map(|mp| &mp.source) {
+    match m
+        .forward
+        .iter()
+        .find(|mp| mp.target == new)
+        .map(|mp| &mp.source)
+    {
         Some(Source::Column(c)) => Some(c.as_str()),
         _ => m.before.column(new).map(|c| c.name.as_str()),
     }

@@ -108,7 +108,12 @@ pub(in crate::db::sqlite) fn create_shadow(m: &Migration, f: &Furniture) -> Vec<
             .iter()
             .any(|c| origin(m, &c.name).is_some_and(|o| o.eq_ignore_ascii_case(col)))
     };
-    let generated = |col: &str| f.text.generated.iter().any(|g| g.name.eq_ignore_ascii_case(col));
+    let generated = |col: &str| {
+        f.text
+            .generated
+            .iter()
+            .any(|g| g.name.eq_ignore_ascii_case(col))
+    };
     cols.extend(
         f.text
             .checks
@@ -145,4 +150,39 @@ pub(in crate::db::sqlite) fn create_shadow(m: &Migration, f: &Furniture) -> Vec<
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::sqlite::sql::table_text::read_table;
+
+    /// The shadow repeats what only the table's text says: the CHECKs where they were
+    /// declared, the collation, AUTOINCREMENT, the generated column in its place, and an
+    /// odd index from its own text under the shadow's index name.
+    #[test]
+    fn the_shadow_carries_what_the_table_text_declares() {
+        let before = crate::schema::fixtures::orders(["INTEGER", "INTEGER", "TEXT"], false);
+        let plan = crate::plan::parse(
+            "version: 1\nname: m\ntable: orders\nchanges:\n  - alter_column: {name: amount_cents, type: BIGINT}\n  - add_column: {name: extra, type: TEXT}\n",
+            "p.yaml",
+        )
+        .expect("plan");
+        let m = Migration::derive(&plan, &before).expect("derive");
+        let f = Furniture {
+            text: read_table(
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 amount_cents INTEGER NOT NULL CONSTRAINT positive CHECK (amount_cents >= 0), \
+                 twice INT AS (amount_cents * 2) VIRTUAL, \
+                 note TEXT COLLATE NOCASE CHECK (length(note) < 100), CHECK (id > 0))",
+            ),
+            index_text: vec![(
+                "orders_note".into(),
+                "CREATE INDEX orders_note ON orders (lower(note) DESC) WHERE note IS NOT NULL"
+                    .into(),
+            )],
+            ..Furniture::default()
+        };
+        insta::assert_snapshot!(create_shadow(&m, &f).join(";\n"));
+    }
 }

@@ -250,7 +250,11 @@ pub(in crate::db::sqlite) fn read_table(sql: &str) -> TableText {
                 if t[i].is(word) {
                     return Some(i);
                 }
-                i = if t[i].punct('(') { close_of(&t, i) } else { i + 1 };
+                i = if t[i].punct('(') {
+                    close_of(&t, i)
+                } else {
+                    i + 1
+                };
             }
             None
         };
@@ -402,7 +406,9 @@ mod tests {
 
     #[test]
     fn a_plain_table_declares_nothing_more() {
-        let t = read_table("CREATE TABLE \"a b\" (id INT PRIMARY KEY, \"check\" TEXT, note TEXT DEFAULT 'CHECK (x)')");
+        let t = read_table(
+            "CREATE TABLE \"a b\" (id INT PRIMARY KEY, \"check\" TEXT, note TEXT DEFAULT 'CHECK (x)')",
+        );
         assert_eq!(t, TableText::default());
     }
 
