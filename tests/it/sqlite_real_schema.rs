@@ -528,10 +528,8 @@ async fn sqlite_parents_of_the_fixture_migrate_with_their_children() {
 async fn sqlite_what_cannot_be_carried_is_refused_by_name() {
     let db = TestDb::new(Kind::Sqlite).await;
     fixture(&db).await;
-    // A deferrable foreign key is still refused.
-    db.exec("CREATE TABLE late_returns (id INTEGER PRIMARY KEY, item_id INT REFERENCES items (id) DEFERRABLE INITIALLY DEFERRED)").await;
     let before = catalog(&db, "").await;
-    let cases: [(&str, &str, &[&str]); 7] = [
+    let cases: [(&str, &str, &[&str]); 6] = [
         (
             "rentals",
             "drop_column: {name: days, reverse: '1'}",
@@ -552,11 +550,6 @@ async fn sqlite_what_cannot_be_carried_is_refused_by_name() {
             "reviews",
             "rename_column: {from: body, to: text}",
             &["index \"reviews_body_idx\" on \"reviews\" uses column \"body\""],
-        ),
-        (
-            "late_returns",
-            "add_column: {name: note, type: TEXT}",
-            &["table \"late_returns\" has deferrable foreign keys"],
         ),
         (
             "items",
@@ -644,13 +637,15 @@ async fn sqlite_every_fault_point_with_foreign_keys_views_and_triggers() {
 }
 
 /// A table carrying what only its text declares: CHECKs (column and table, named or
-/// not), a collation, AUTOINCREMENT, generated columns (VIRTUAL and STORED), and
-/// partial, expression, descending and collated indexes.
+/// not), a collation, AUTOINCREMENT, a deferrable foreign key, generated columns
+/// (VIRTUAL and STORED), and partial, expression, descending and collated indexes.
 const GEAR: &str = "
+CREATE TABLE gear_owners (id INTEGER PRIMARY KEY);
 CREATE TABLE gear (id INTEGER PRIMARY KEY AUTOINCREMENT,
   qty INTEGER NOT NULL CONSTRAINT gear_qty_range CHECK (qty BETWEEN 0 AND 999),
   tag INTEGER CHECK (tag IS NULL OR tag < 10),
   code TEXT COLLATE NOCASE DEFAULT 'a,b',
+  owner_id INTEGER REFERENCES gear_owners (id) ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED,
   double_qty INTEGER GENERATED ALWAYS AS (qty * 2) VIRTUAL,
   label TEXT AS ('g' || id) STORED,
   CONSTRAINT gear_tag_qty CHECK (tag IS NULL OR qty >= tag - 1000),
@@ -732,10 +727,35 @@ async fn table_text(db: &TestDb, table: &str) -> String {
 }
 
 /// Whatever table `gear` is now: its CHECKs refuse bad writes, its generated columns
-/// hold their expressions' values, its collation compares as declared, and
-/// AUTOINCREMENT hands out an id above every id ever used.
+/// hold their expressions' values, its collation compares as declared, its foreign key
+/// is checked at commit, and AUTOINCREMENT hands out an id above every id ever used.
 async fn gear_works(db: &TestDb) {
     let pool = sqlite(db);
+    let mut tx = pool.begin().await.expect("begin");
+    for stmt in [
+        "INSERT INTO gear (id, qty, owner_id) VALUES (8000000, 1, 77)",
+        "INSERT INTO gear_owners VALUES (77)",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut *tx)
+            .await
+            .expect("the owner may come later in the transaction");
+    }
+    tx.commit().await.expect("the deferred key holds at commit");
+    db.exec("DELETE FROM gear WHERE id = 8000000;\nDELETE FROM gear_owners")
+        .await;
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO gear (id, qty, owner_id) VALUES (8000001, 1, 78)")
+        .execute(&mut *tx)
+        .await
+        .expect("deferred");
+    let refused = tx.commit().await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("FOREIGN KEY")),
+        "{refused:?}"
+    );
     for (bad, constraint) in [
         ("INSERT INTO gear (qty) VALUES (5000)", "gear_qty_range"),
         (
@@ -812,7 +832,8 @@ backfill:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_checks_collations_autoincrement_generated_columns_and_odd_indexes_are_carried() {
+async fn sqlite_checks_collations_autoincrement_deferrable_keys_generated_columns_and_odd_indexes_are_carried()
+ {
     for until in ["done", "cut_over"] {
         let db = TestDb::new(Kind::Sqlite).await;
         gear(&db).await;
@@ -866,6 +887,7 @@ async fn sqlite_checks_collations_autoincrement_generated_columns_and_odd_indexe
                 "GENERATED ALWAYS AS (qty * 2) VIRTUAL",
                 "AS ('g' || id) STORED",
                 "AUTOINCREMENT",
+                "DEFERRABLE INITIALLY DEFERRED",
             ] {
                 assert!(new_text.contains(carried), "{carried}: {new_text}");
             }

@@ -239,9 +239,11 @@ impl Sqlite {
                 "table {t:?} is a virtual table; turnout migrates ordinary tables only"
             ));
         }
-        if has("deferrable") {
+        if has("deferrable") && f.text.deferrals.len() != f.foreign_keys.len() {
             problems.push(format!(
-                "table {t:?} has deferrable foreign keys; turnout does not carry them to the new table on SQLite yet. Make this change with ALTER TABLE (SQLite's 12-step rebuild) in a maintenance window instead"
+                "table {t:?} has deferrable foreign keys that turnout cannot match with SQLite's list of them ({} in the text, {} listed); it does not carry them. Make this change with ALTER TABLE (SQLite's 12-step rebuild) in a maintenance window instead",
+                f.text.deferrals.len(),
+                f.foreign_keys.len()
             ));
         }
         let gone = m.columns_gone();

@@ -95,11 +95,16 @@ pub(in crate::db::sqlite) fn create_shadow(m: &Migration, f: &Furniture) -> Vec<
         let ucols: Vec<&str> = idx.columns.iter().map(String::as_str).collect();
         cols.push(format!("UNIQUE ({})", list(&ucols)));
     }
-    cols.extend(
-        f.foreign_keys
-            .iter()
-            .filter_map(|fk| foreign_key_clause(m, fk)),
-    );
+    // The text's clauses are the pragma's keys in the same order; preflight refuses a
+    // deferrable key when the two do not line up.
+    let deferrals = (f.text.deferrals.len() == f.foreign_keys.len()).then_some(&f.text.deferrals);
+    cols.extend(f.foreign_keys.iter().enumerate().filter_map(|(i, fk)| {
+        let clause = foreign_key_clause(m, fk)?;
+        match deferrals.and_then(|d| d[i].as_deref()) {
+            Some(deferral) => Some(format!("{clause} {deferral}")),
+            None => Some(clause),
+        }
+    }));
     // Table CHECKs, and those of a dropped column (which preflight let through only when
     // they do not name it), as table constraints.
     let carried = |col: &str| {
@@ -174,13 +179,21 @@ mod tests {
                 "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, \
                  amount_cents INTEGER NOT NULL CONSTRAINT positive CHECK (amount_cents >= 0), \
                  twice INT AS (amount_cents * 2) VIRTUAL, \
-                 note TEXT COLLATE NOCASE CHECK (length(note) < 100), CHECK (id > 0))",
+                 note TEXT COLLATE NOCASE CHECK (length(note) < 100) \
+                 REFERENCES notes (body) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED, CHECK (id > 0))",
             ),
             index_text: vec![(
                 "orders_note".into(),
                 "CREATE INDEX orders_note ON orders (lower(note) DESC) WHERE note IS NOT NULL"
                     .into(),
             )],
+            foreign_keys: vec![crate::db::sqlite::sql::furniture::ForeignKey {
+                columns: vec!["note".into()],
+                parent: "notes".into(),
+                parent_columns: vec!["body".into()],
+                on_update: "NO ACTION".into(),
+                on_delete: "CASCADE".into(),
+            }],
             ..Furniture::default()
         };
         insta::assert_snapshot!(create_shadow(&m, &f).join(";\n"));

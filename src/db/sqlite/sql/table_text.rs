@@ -173,6 +173,10 @@ pub(in crate::db::sqlite) struct TableText {
     pub collations: Vec<(String, String)>,
     pub generated: Vec<GeneratedColumn>,
     pub autoincrement: bool,
+    /// Per foreign-key clause, in the order of the text (which is the order SQLite
+    /// declares them in), its `[NOT] DEFERRABLE [INITIALLY …]` as written, if any: the
+    /// pragmas do not tell.
+    pub deferrals: Vec<Option<String>>,
 }
 
 impl TableText {
@@ -234,6 +238,40 @@ fn checks_in(sql: &str, t: &[Token], from: usize, to: usize, column: Option<&str
     out
 }
 
+/// Where `word` stands at depth 0 of `t[from..to]`.
+fn depth0_all(t: &[Token], from: usize, to: usize, word: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut i = from;
+    while i < to {
+        if t[i].is(word) {
+            out.push(i);
+        }
+        i = if t[i].punct('(') {
+            close_of(t, i)
+        } else {
+            i + 1
+        };
+    }
+    out
+}
+
+/// The `[NOT] DEFERRABLE [INITIALLY DEFERRED|IMMEDIATE]` of the foreign-key clause in
+/// `t[from..to]`, verbatim.
+fn deferral_in(sql: &str, t: &[Token], from: usize, to: usize) -> Option<String> {
+    let at = *depth0_all(t, from, to, "deferrable").first()?;
+    let first = if at > from && t[at - 1].is("not") {
+        at - 1
+    } else {
+        at
+    };
+    let last = if t.get(at + 1).is_some_and(|x| x.is("initially")) && at + 2 < to {
+        at + 2
+    } else {
+        at
+    };
+    Some(sql[t[first].start..t[last].end].to_string())
+}
+
 /// Reads a CREATE TABLE text. Anything it does not recognise is left to the pragmas.
 pub(in crate::db::sqlite) fn read_table(sql: &str) -> TableText {
     let t = tokens(sql);
@@ -263,7 +301,15 @@ pub(in crate::db::sqlite) fn read_table(sql: &str) -> TableText {
         }
         if constraint {
             out.checks.extend(checks_in(sql, &t, from, to, None));
+            if depth0("foreign").is_some() {
+                out.deferrals.push(deferral_in(sql, &t, from, to));
+            }
             continue;
+        }
+        let references = depth0_all(&t, from, to, "references");
+        for (n, &r) in references.iter().enumerate() {
+            let end = references.get(n + 1).copied().unwrap_or(to);
+            out.deferrals.push(deferral_in(sql, &t, r, end));
         }
         let name = first.name();
         let generated = depth0("as").filter(|&i| t.get(i + 1).is_some_and(|x| x.punct('(')));
@@ -402,6 +448,26 @@ mod tests {
             ]
         );
         assert_eq!(t.generated[0].preceding, ["id", "qty", "tag", "Code"]);
+        assert!(t.deferrals.is_empty());
+    }
+
+    #[test]
+    fn each_foreign_key_clause_gives_its_deferral_in_the_order_of_the_text() {
+        let t = read_table(
+            "CREATE TABLE r (id INT PRIMARY KEY, a INT REFERENCES p DEFERRABLE INITIALLY DEFERRED, \
+             b INT REFERENCES p (id) ON DELETE CASCADE, c INT, d INT, \
+             FOREIGN KEY (c) REFERENCES p NOT DEFERRABLE, \
+             CONSTRAINT fd FOREIGN KEY (d) REFERENCES p (id) ON UPDATE SET NULL DEFERRABLE)",
+        );
+        assert_eq!(
+            t.deferrals,
+            [
+                Some("DEFERRABLE INITIALLY DEFERRED".to_string()),
+                None,
+                Some("NOT DEFERRABLE".to_string()),
+                Some("DEFERRABLE".to_string()),
+            ]
+        );
     }
 
     #[test]
