@@ -857,6 +857,11 @@ async fn sqlite_checks_collations_autoincrement_deferrable_keys_generated_column
             ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
             writer.wait_for(10).await;
         }
+        println!(
+            "gear to {until}: {} writes, longest {:?}",
+            writer.writes(),
+            writer.longest()
+        );
         assert!(writer.stop().await.is_empty());
         gear_is_exact(&db).await;
         gear_works(&db).await;
@@ -929,5 +934,58 @@ async fn sqlite_a_row_the_carried_check_refuses_stops_the_backfill_naming_it() {
         rows(&db, "SELECT count(*), max(id) FROM _prices_new").await,
         vec![vec![Some("300".into()), Some("300".into())]]
     );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_check_generated_column_or_index_text_naming_a_gone_column_is_refused_by_name() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    gear(&db).await;
+    let before = catalog(&db, "").await;
+    let data = rows(&db, "SELECT * FROM gear ORDER BY id").await;
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "drop_column: {name: qty, reverse: '0'}",
+            &[
+                "CHECK constraint \"gear_qty_range\" of \"gear\" uses column \"qty\"",
+                "CHECK constraint \"gear_tag_qty\" of \"gear\" uses column \"qty\"",
+                "generated column \"double_qty\" of \"gear\" uses column \"qty\"",
+                "index \"gear_qty_desc_idx\" on \"gear\" uses column \"qty\"",
+            ],
+        ),
+        (
+            "rename_column: {from: tag, to: kind}",
+            &[
+                "CHECK (tag IS NULL OR tag < 10) of \"gear\" uses column \"tag\"",
+                "index \"gear_tagged_idx\" on \"gear\" uses column \"tag\"",
+            ],
+        ),
+        (
+            "rename_column: {from: code, to: name}",
+            &[
+                "index \"gear_lower_code_idx\" on \"gear\" uses column \"code\"",
+                "index \"gear_code_rtrim_idx\" on \"gear\" uses column \"code\"",
+            ],
+        ),
+    ];
+    for (change, expected) in cases {
+        let plan = format!("version: 1\nname: gear-refused\ntable: gear\nchanges:\n  - {change}\n");
+        let path = db.plan_file("plan.yaml", &plan);
+        let path = path.to_str().expect("utf-8");
+        for cmd in [vec!["check", path], vec!["run", path, "--yes"]] {
+            let out = db.turnout(&cmd, None);
+            let text = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{change}: {cmd:?}\n{text}");
+            for e in expected {
+                assert!(text.contains(e), "{change}: {e:?} not in\n{text}");
+            }
+        }
+    }
+    assert_eq!(
+        catalog(&db, "").await,
+        before,
+        "a refused plan changed the catalog"
+    );
+    assert_eq!(rows(&db, "SELECT * FROM gear ORDER BY id").await, data);
     db.drop().await;
 }
