@@ -934,6 +934,16 @@ async fn sqlite_a_row_the_carried_check_refuses_stops_the_backfill_naming_it() {
         rows(&db, "SELECT count(*), max(id) FROM _prices_new").await,
         vec![vec![Some("300".into()), Some("300".into())]]
     );
+    // Mended as the message says (321 was 2, now 4: the sum is 2750 + 2), it resumes
+    // from its checkpoint to done, the CHECK on the new table.
+    db.exec("UPDATE prices SET price = 4 WHERE id = 321").await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
+    assert_eq!(
+        rows(&db, "SELECT count(*), sum(price), typeof(max(price)) FROM prices").await,
+        vec![vec![Some("500".into()), Some("2752".into()), Some("integer".into())]]
+    );
+    let refused = db.exec_err("INSERT INTO prices VALUES (501, 0)").await;
+    assert!(refused.contains("prices_positive"), "{refused}");
     db.drop().await;
 }
 
