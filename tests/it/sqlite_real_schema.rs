@@ -939,8 +939,16 @@ async fn sqlite_a_row_the_carried_check_refuses_stops_the_backfill_naming_it() {
     db.exec("UPDATE prices SET price = 4 WHERE id = 321").await;
     ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
     assert_eq!(
-        rows(&db, "SELECT count(*), sum(price), typeof(max(price)) FROM prices").await,
-        vec![vec![Some("500".into()), Some("2752".into()), Some("integer".into())]]
+        rows(
+            &db,
+            "SELECT count(*), sum(price), typeof(max(price)) FROM prices"
+        )
+        .await,
+        vec![vec![
+            Some("500".into()),
+            Some("2752".into()),
+            Some("integer".into())
+        ]]
     );
     let refused = db.exec_err("INSERT INTO prices VALUES (501, 0)").await;
     assert!(refused.contains("prices_positive"), "{refused}");
