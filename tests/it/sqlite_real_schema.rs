@@ -896,6 +896,26 @@ async fn sqlite_checks_collations_autoincrement_deferrable_keys_generated_column
             ] {
                 assert!(new_text.contains(carried), "{carried}: {new_text}");
             }
+            // A second migration reads the text turnout wrote (the key's AUTOINCREMENT in
+            // the PRIMARY KEY constraint, the indexes named `x_new`) and carries it all again.
+            let again = db.plan_file(
+                "again.yaml",
+                "version: 1\nname: gear-again\ntable: gear\nchanges:\n  - drop_index: {name: gear_total_idx}\n",
+            );
+            ok(
+                &db.turnout(&["run", again.to_str().expect("utf-8"), "--yes"], None),
+                "again",
+            );
+            gear_works(&db).await;
+            let third = table_text(&db, "gear").await;
+            assert_eq!(checks_of(&third), checks_of(&text), "{third}");
+            assert!(
+                third.contains("AUTOINCREMENT")
+                    && third.contains("DEFERRABLE INITIALLY DEFERRED")
+                    && third.contains("COLLATE NOCASE"),
+                "{third}"
+            );
+            assert_eq!(unchanged(&catalog(&db, "gear").await), unchanged(&before));
         } else {
             assert_eq!(
                 catalog(&db, "").await,

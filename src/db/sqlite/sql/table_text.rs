@@ -296,7 +296,8 @@ pub(in crate::db::sqlite) fn read_table(sql: &str) -> TableText {
             }
             None
         };
-        if depth0("autoincrement").is_some() {
+        // Also inside a table constraint's parentheses: `PRIMARY KEY (id AUTOINCREMENT)`.
+        if t[from..to].iter().any(|x| x.is("autoincrement")) {
             out.autoincrement = true;
         }
         if constraint {
@@ -468,6 +469,14 @@ mod tests {
                 Some("DEFERRABLE".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn autoincrement_is_read_from_a_table_constraint_too() {
+        assert!(
+            read_table("CREATE TABLE t (id INTEGER, PRIMARY KEY (id AUTOINCREMENT))").autoincrement
+        );
+        assert!(!read_table("CREATE TABLE t (id INTEGER PRIMARY KEY, \"autoincrement\" TEXT DEFAULT 'AUTOINCREMENT')").autoincrement);
     }
 
     #[test]
