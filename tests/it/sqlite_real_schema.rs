@@ -638,7 +638,8 @@ async fn sqlite_every_fault_point_with_foreign_keys_views_and_triggers() {
 
 /// A table carrying what only its text declares: CHECKs (column and table, named or
 /// not), a collation, AUTOINCREMENT, a deferrable foreign key, generated columns
-/// (VIRTUAL and STORED), and partial, expression, descending and collated indexes.
+/// (VIRTUAL and STORED, one indexed), and partial, expression, descending and collated
+/// indexes.
 const GEAR: &str = "
 CREATE TABLE gear_owners (id INTEGER PRIMARY KEY);
 CREATE TABLE gear (id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -654,6 +655,7 @@ CREATE INDEX gear_tagged_idx ON gear (qty) WHERE tag IS NOT NULL;
 CREATE INDEX gear_lower_code_idx ON gear (lower(code));
 CREATE INDEX gear_qty_desc_idx ON gear (qty DESC, tag);
 CREATE INDEX gear_code_rtrim_idx ON gear (code COLLATE RTRIM);
+CREATE INDEX gear_label_idx ON gear (label);
 CREATE TABLE gear_mirror (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, tag INTEGER);
 ";
 
