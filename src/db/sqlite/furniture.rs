@@ -28,6 +28,12 @@
 //!   reverse triggers' writes are never restamped. Rollback does the reverse.
 //! - **Views** name `<table>` and are resolved at every statement: they read the live
 //!   table until the commit of the swap and the new one after (the other way at rollback).
+//! - **What only the table's text declares** (CHECKs, collations, generated columns,
+//!   deferrable keys, AUTOINCREMENT; partial and expression indexes) is on the shadow
+//!   from prepare, so every write to it, the triggers' and the backfill's included, is
+//!   checked as the live table checks it. SQLite keeps AUTOINCREMENT's high-water mark
+//!   per table name in `sqlite_sequence`: the swap (and the swap back) raise the mark of
+//!   the table taking the name to the other's, in the same transaction.
 //!
 //! Every moment in between is inside one `BEGIN IMMEDIATE` transaction: the application
 //! waits (busy timeout) and then sees the whole swap or none of it.
