@@ -175,9 +175,15 @@ async fn catalog(db: &TestDb, skip: &str) -> Vec<String> {
             o[1].clone().unwrap_or_default(),
         );
         let on = o[2].clone().unwrap_or_default();
-        if (kind == "index" && on == skip) || (kind == "table" && name == skip) {
-            // SQLite cannot rename an index: a carried one is `x_new` on the new table.
+        if kind == "index" && on == skip {
+            // SQLite cannot rename an index: a carried one is `x_new` on the new table,
+            // and turnout writes its CREATE INDEX; what follows the table's name (columns,
+            // expressions, order, collations, WHERE) is the same, quotes aside.
             let name = name.strip_suffix("_new").unwrap_or(&name);
+            let text = o[3].clone().unwrap_or_default();
+            let body = text.find('(').map_or("", |at| &text[at..]).replace('"', "");
+            out.push(format!("{kind} {name} on {on} {body}"));
+        } else if kind == "table" && name == skip {
             out.push(format!("{kind} {name} on {on}"));
         } else {
             // `ALTER TABLE … RENAME` writes the new name quoted into the renamed table's
@@ -185,7 +191,8 @@ async fn catalog(db: &TestDb, skip: &str) -> Vec<String> {
             let text = o[3]
                 .clone()
                 .unwrap_or_default()
-                .replace("\"items\"", "items");
+                .replace("\"items\"", "items")
+                .replace("\"gear\"", "gear");
             out.push(format!("{kind} {name}: {text}"));
         }
         if kind != "table" {
@@ -478,6 +485,15 @@ async fn sqlite_parents_of_the_fixture_migrate_with_their_children() {
             "add_column: {name: slug, type: TEXT, from: lower(name)}",
         ),
         ("stores", "alter_column: {name: city, type: 'varchar(200)'}"),
+        // CHECKs, a generated column and a partial index; an expression index.
+        (
+            "rentals",
+            "add_column: {name: note, type: TEXT, from: status}",
+        ),
+        (
+            "reviews",
+            "alter_column: {name: body, type: 'varchar(500)'}",
+        ),
     ] {
         let db = TestDb::new(Kind::Sqlite).await;
         fixture(&db).await;
@@ -513,20 +529,27 @@ async fn sqlite_what_cannot_be_carried_is_refused_by_name() {
     let db = TestDb::new(Kind::Sqlite).await;
     fixture(&db).await;
     let before = catalog(&db, "").await;
-    let cases: [(&str, &str, &[&str]); 5] = [
+    let cases: [(&str, &str, &[&str]); 6] = [
         (
             "rentals",
-            "add_column: {name: note, type: TEXT}",
+            "drop_column: {name: days, reverse: '1'}",
             &[
-                "CHECK constraints",
-                "generated columns (price_cents)",
-                "\"rentals_open_idx\"",
+                "CHECK (days > 0) of \"rentals\" uses column \"days\"",
+                "generated column \"price_cents\" of \"rentals\" uses column \"days\"",
+            ],
+        ),
+        (
+            "rentals",
+            "rename_column: {from: status, to: state}",
+            &[
+                "CHECK (status IN ('open', 'returned', 'lost')) of \"rentals\" uses column \"status\"",
+                "index \"rentals_open_idx\" on \"rentals\" uses column \"status\"",
             ],
         ),
         (
             "reviews",
-            "add_column: {name: note, type: TEXT}",
-            &["\"reviews_body_idx\""],
+            "rename_column: {from: body, to: text}",
+            &["index \"reviews_body_idx\" on \"reviews\" uses column \"body\""],
         ),
         (
             "items",
@@ -611,4 +634,457 @@ async fn sqlite_every_fault_point_with_foreign_keys_views_and_triggers() {
         }
     }
     assert_eq!(walked, FORWARD.len() + 2 * ROLLBACK.len());
+}
+
+/// A table carrying what only its text declares: CHECKs (column and table, named or
+/// not), a collation, AUTOINCREMENT, a deferrable foreign key, generated columns
+/// (VIRTUAL and STORED, one indexed), and partial, expression, descending and collated
+/// indexes.
+const GEAR: &str = "
+CREATE TABLE gear_owners (id INTEGER PRIMARY KEY);
+CREATE TABLE gear (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  qty INTEGER NOT NULL CONSTRAINT gear_qty_range CHECK (qty BETWEEN 0 AND 999),
+  tag INTEGER CHECK (tag IS NULL OR tag < 10),
+  code TEXT COLLATE NOCASE DEFAULT 'a,b',
+  owner_id INTEGER REFERENCES gear_owners (id) ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED,
+  double_qty INTEGER GENERATED ALWAYS AS (qty * 2) VIRTUAL,
+  label TEXT AS ('g' || id) STORED,
+  CONSTRAINT gear_tag_qty CHECK (tag IS NULL OR qty >= tag - 1000),
+  CHECK (id > 0));
+CREATE INDEX gear_tagged_idx ON gear (qty) WHERE tag IS NOT NULL;
+CREATE INDEX gear_lower_code_idx ON gear (lower(code));
+CREATE INDEX gear_qty_desc_idx ON gear (qty DESC, tag);
+CREATE INDEX gear_code_rtrim_idx ON gear (code COLLATE RTRIM);
+CREATE INDEX gear_label_idx ON gear (label);
+CREATE TABLE gear_mirror (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, tag INTEGER);
+";
+
+/// An id far above the writer's, used once and deleted: AUTOINCREMENT must never hand
+/// it out again, though no copied row tells the new table about it.
+const SPENT_ID: i64 = 9_000_000;
+
+async fn gear(db: &TestDb) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(GEAR.to_string()))
+        .execute(sqlite(db))
+        .await
+        .expect("gear");
+    let mut stmts = Vec::new();
+    for i in 1..=ITEMS {
+        let tag = if i % 4 == 0 {
+            "NULL".into()
+        } else {
+            (i % 7).to_string()
+        };
+        let qty = i * 3 % 100;
+        stmts.push(format!(
+            "INSERT INTO gear (id, qty, tag, code) VALUES ({i}, {qty}, {tag}, 'Code {i}  ')"
+        ));
+        stmts.push(format!(
+            "INSERT INTO gear_mirror VALUES ({i}, {qty}, {tag})"
+        ));
+    }
+    stmts.push(format!(
+        "INSERT INTO gear (id, qty) VALUES ({SPENT_ID}, 1); DELETE FROM gear WHERE id = {SPENT_ID}"
+    ));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(stmts.join(";\n")))
+        .execute(sqlite(db))
+        .await
+        .expect("gear rows");
+}
+
+/// The `CHECK (…)` clauses of a CREATE TABLE text, as written.
+fn checks_of(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("CHECK (") {
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest[at..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = at + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(rest[at..end].to_string());
+        rest = &rest[end..];
+    }
+    out
+}
+
+async fn table_text(db: &TestDb, table: &str) -> String {
+    rows(
+        db,
+        &format!("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
+    )
+    .await[0][0]
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Whatever table `gear` is now: its CHECKs refuse bad writes, its generated columns
+/// hold their expressions' values, its collation compares as declared, its foreign key
+/// is checked at commit, and AUTOINCREMENT hands out an id above every id ever used.
+async fn gear_works(db: &TestDb) {
+    let pool = sqlite(db);
+    let mut tx = pool.begin().await.expect("begin");
+    for stmt in [
+        "INSERT INTO gear (id, qty, owner_id) VALUES (8000000, 1, 77)",
+        "INSERT INTO gear_owners VALUES (77)",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut *tx)
+            .await
+            .expect("the owner may come later in the transaction");
+    }
+    tx.commit().await.expect("the deferred key holds at commit");
+    db.exec("DELETE FROM gear WHERE id = 8000000;\nDELETE FROM gear_owners")
+        .await;
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO gear (id, qty, owner_id) VALUES (8000001, 1, 78)")
+        .execute(&mut *tx)
+        .await
+        .expect("deferred");
+    let refused = tx.commit().await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("FOREIGN KEY")),
+        "{refused:?}"
+    );
+    for (bad, constraint) in [
+        ("INSERT INTO gear (qty) VALUES (5000)", "gear_qty_range"),
+        (
+            "INSERT INTO gear (qty, tag) VALUES (1, 50)",
+            "tag IS NULL OR tag < 10",
+        ),
+        (
+            "UPDATE gear SET id = -id WHERE id = (SELECT min(id) FROM gear)",
+            "id > 0",
+        ),
+    ] {
+        let refused = sqlx::query(sqlx::AssertSqlSafe(bad.to_string()))
+            .execute(pool)
+            .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains(constraint)),
+            "{bad}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        rows(
+            db,
+            "SELECT count(*) FROM gear WHERE double_qty IS NOT qty * 2 OR label IS NOT 'g' || id"
+        )
+        .await,
+        vec![vec![Some("0".into())]]
+    );
+    let nocase = rows(db, "SELECT count(*) FROM gear WHERE code = 'CODE 1  '").await;
+    let id1 = rows(db, "SELECT count(*) FROM gear WHERE id = 1").await;
+    assert_eq!(nocase, id1, "code compares without case");
+    sqlx::query("INSERT INTO gear (qty) VALUES (3)")
+        .execute(pool)
+        .await
+        .expect("insert without an id");
+    let fresh = rows(db, "SELECT max(id) FROM gear").await[0][0]
+        .as_deref()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_default();
+    assert!(fresh > SPENT_ID, "AUTOINCREMENT reused an id: {fresh}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM gear WHERE id = {fresh}"
+    )))
+    .execute(pool)
+    .await
+    .expect("delete");
+}
+
+async fn gear_is_exact(db: &TestDb) {
+    let live = rows(db, "SELECT id, qty, tag FROM gear ORDER BY id").await;
+    let mirror = rows(db, "SELECT id, qty, tag FROM gear_mirror ORDER BY id").await;
+    assert_eq!(
+        live.len(),
+        mirror.len(),
+        "row counts differ from the mirror"
+    );
+    assert!(live == mirror, "gear differs from the writer's mirror");
+}
+
+fn gear_plan(name: &str) -> String {
+    format!(
+        "version: 1
+name: {name}
+table: gear
+changes:
+  - add_column: {{name: total, type: BIGINT, from: qty * 2}}
+  - alter_column: {{name: code, type: 'varchar(40)'}}
+  - add_index: {{name: gear_total_idx, columns: [total]}}
+backfill:
+  batch_size: 50
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checks_collations_autoincrement_deferrable_keys_generated_columns_and_odd_indexes_are_carried()
+ {
+    for until in ["done", "cut_over"] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        gear(&db).await;
+        let before = catalog(&db, "gear").await;
+        let whole = catalog(&db, "").await;
+        let text = table_text(&db, "gear").await;
+        let path = db.plan_file("plan.yaml", &gear_plan(&format!("gear-{until}")));
+        let path = path.to_str().expect("utf-8");
+        ok(&db.turnout(&["check", path], None), "check");
+        let writer = Writer::start(db.pool.clone(), "gear", "gear_mirror", ITEMS, 43);
+        writer.wait_for(10).await;
+        let args: &[&str] = if until == "done" {
+            &["run", path, "--yes"]
+        } else {
+            &["run", path, "--until", "cut_over", "--yes"]
+        };
+        ok(&db.turnout(args, None), until);
+        writer.wait_for(20).await;
+        if until == "cut_over" {
+            gear_works(&db).await;
+            ok(&db.turnout(&["rollback", path, "--yes"], None), "rollback");
+            writer.wait_for(10).await;
+        }
+        println!(
+            "gear to {until}: {} writes, longest {:?}",
+            writer.writes(),
+            writer.longest()
+        );
+        assert!(writer.stop().await.is_empty());
+        gear_is_exact(&db).await;
+        gear_works(&db).await;
+        if until == "done" {
+            let after = catalog(&db, "gear").await;
+            let unchanged = |v: &[String]| -> Vec<String> {
+                v.iter()
+                    .filter(|l| {
+                        !l.contains("\"total\"")
+                            && !l.contains("gear_total_idx")
+                            && !l.contains("column gear.[Some(\"code\")")
+                    })
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(unchanged(&after), unchanged(&before));
+            assert!(
+                after
+                    .iter()
+                    .any(|l| l.contains("column gear.[Some(\"code\"), Some(\"varchar(40)\")")),
+                "{after:#?}"
+            );
+            let new_text = table_text(&db, "gear").await;
+            assert_eq!(checks_of(&new_text), checks_of(&text), "{new_text}");
+            assert_eq!(checks_of(&text).len(), 4);
+            for carried in [
+                "COLLATE NOCASE",
+                "GENERATED ALWAYS AS (qty * 2) VIRTUAL",
+                "AS ('g' || id) STORED",
+                "AUTOINCREMENT",
+                "DEFERRABLE INITIALLY DEFERRED",
+            ] {
+                assert!(new_text.contains(carried), "{carried}: {new_text}");
+            }
+            // A second migration reads the text turnout wrote (the key's AUTOINCREMENT in
+            // the PRIMARY KEY constraint, the indexes named `x_new`) and carries it all again.
+            let again = db.plan_file(
+                "again.yaml",
+                "version: 1\nname: gear-again\ntable: gear\nchanges:\n  - drop_index: {name: gear_total_idx}\n",
+            );
+            ok(
+                &db.turnout(&["run", again.to_str().expect("utf-8"), "--yes"], None),
+                "again",
+            );
+            gear_works(&db).await;
+            let third = table_text(&db, "gear").await;
+            assert_eq!(checks_of(&third), checks_of(&text), "{third}");
+            assert!(
+                third.contains("AUTOINCREMENT")
+                    && third.contains("DEFERRABLE INITIALLY DEFERRED")
+                    && third.contains("COLLATE NOCASE"),
+                "{third}"
+            );
+            assert_eq!(unchanged(&catalog(&db, "gear").await), unchanged(&before));
+        } else {
+            assert_eq!(
+                catalog(&db, "").await,
+                whole,
+                "rollback changed the catalog"
+            );
+        }
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_row_the_carried_check_refuses_stops_the_backfill_naming_it() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    db.exec(
+        "CREATE TABLE prices (id INTEGER PRIMARY KEY, price REAL NOT NULL CONSTRAINT prices_positive CHECK (price > 0));\n\
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) INSERT INTO prices SELECT i, 1 + i % 10 FROM n;\n\
+         UPDATE prices SET price = 0.4 WHERE id = 321",
+    )
+    .await;
+    let plan = db.plan_file(
+        "plan.yaml",
+        "version: 1\nname: prices-int\ntable: prices\nchanges:\n  - alter_column: {name: price, type: INTEGER}\nbackfill:\n  batch_size: 100\n",
+    );
+    let plan = plan.to_str().expect("utf-8 path");
+    ok(&db.turnout(&["check", plan], None), "check");
+    let out = db.turnout(&["run", plan, "--yes"], None);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("[321]") && said.contains("prices_positive"),
+        "{said}"
+    );
+    // The batch before it was copied; the one holding the row was not.
+    assert_eq!(
+        rows(&db, "SELECT count(*), max(id) FROM _prices_new").await,
+        vec![vec![Some("300".into()), Some("300".into())]]
+    );
+    // Mended as the message says (321 was 2, now 4: the sum is 2750 + 2), it resumes
+    // from its checkpoint to done, the CHECK on the new table.
+    db.exec("UPDATE prices SET price = 4 WHERE id = 321").await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*), sum(price), typeof(max(price)) FROM prices"
+        )
+        .await,
+        vec![vec![
+            Some("500".into()),
+            Some("2752".into()),
+            Some("integer".into())
+        ]]
+    );
+    let refused = db.exec_err("INSERT INTO prices VALUES (501, 0)").await;
+    assert!(refused.contains("prices_positive"), "{refused}");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_check_generated_column_or_index_text_naming_a_gone_column_is_refused_by_name() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    gear(&db).await;
+    let before = catalog(&db, "").await;
+    let data = rows(&db, "SELECT * FROM gear ORDER BY id").await;
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "drop_column: {name: qty, reverse: '0'}",
+            &[
+                "CHECK constraint \"gear_qty_range\" of \"gear\" uses column \"qty\"",
+                "CHECK constraint \"gear_tag_qty\" of \"gear\" uses column \"qty\"",
+                "generated column \"double_qty\" of \"gear\" uses column \"qty\"",
+                "index \"gear_qty_desc_idx\" on \"gear\" uses column \"qty\"",
+            ],
+        ),
+        (
+            "rename_column: {from: tag, to: kind}",
+            &[
+                "CHECK (tag IS NULL OR tag < 10) of \"gear\" uses column \"tag\"",
+                "index \"gear_tagged_idx\" on \"gear\" uses column \"tag\"",
+            ],
+        ),
+        (
+            "rename_column: {from: code, to: name}",
+            &[
+                "index \"gear_lower_code_idx\" on \"gear\" uses column \"code\"",
+                "index \"gear_code_rtrim_idx\" on \"gear\" uses column \"code\"",
+            ],
+        ),
+    ];
+    for (change, expected) in cases {
+        let plan = format!("version: 1\nname: gear-refused\ntable: gear\nchanges:\n  - {change}\n");
+        let path = db.plan_file("plan.yaml", &plan);
+        let path = path.to_str().expect("utf-8");
+        for cmd in [vec!["check", path], vec!["run", path, "--yes"]] {
+            let out = db.turnout(&cmd, None);
+            let text = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{change}: {cmd:?}\n{text}");
+            for e in expected {
+                assert!(text.contains(e), "{change}: {e:?} not in\n{text}");
+            }
+        }
+    }
+    assert_eq!(
+        catalog(&db, "").await,
+        before,
+        "a refused plan changed the catalog"
+    );
+    assert_eq!(rows(&db, "SELECT * FROM gear ORDER BY id").await, data);
+    db.drop().await;
+}
+
+/// Killed inside the swap (before the sequence is carried, and after) and inside the
+/// rollback, then resumed: the table ends whole, its CHECKs, deferral, generated columns
+/// and AUTOINCREMENT intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_gear_killed_inside_the_swap_and_the_rollback_resumes_whole() {
+    // The cutover's statements: three forward triggers dropped, two renames, the
+    // sequence carried (two), the reverse triggers; the rollback's: six triggers
+    // dropped, two renames, the sequence carried, the shadow dropped.
+    for point in ["cutover.between@5", "cutover.between@6", "cutover.inside"] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        gear(&db).await;
+        let path = db.plan_file("plan.yaml", &gear_plan("gear-kill"));
+        let path = path.to_str().expect("utf-8");
+        let writer = Writer::start(db.pool.clone(), "gear", "gear_mirror", ITEMS, 47);
+        writer.wait_for(5).await;
+        let out = db.turnout(&["run", path, "--yes"], Some(point));
+        assert!(
+            !out.status.success() && stderr(&out).contains("fault injected"),
+            "{point}: {}",
+            stderr(&out)
+        );
+        writer.wait_for(5).await;
+        ok(&db.turnout(&["resume", path, "--yes"], None), point);
+        assert!(writer.stop().await.is_empty());
+        gear_is_exact(&db).await;
+        gear_works(&db).await;
+        db.drop().await;
+    }
+    for point in [
+        "rollback.between@8",
+        "rollback.between@9",
+        "rollback.inside",
+    ] {
+        let db = TestDb::new(Kind::Sqlite).await;
+        gear(&db).await;
+        let before = catalog(&db, "").await;
+        let path = db.plan_file("plan.yaml", &gear_plan("gear-kill-back"));
+        let path = path.to_str().expect("utf-8");
+        let writer = Writer::start(db.pool.clone(), "gear", "gear_mirror", ITEMS, 53);
+        ok(
+            &db.turnout(&["run", path, "--until", "cut_over", "--yes"], None),
+            "cutover",
+        );
+        writer.wait_for(5).await;
+        let out = db.turnout(&["rollback", path, "--yes"], Some(point));
+        assert!(
+            !out.status.success() && stderr(&out).contains("fault injected"),
+            "{point}: {}",
+            stderr(&out)
+        );
+        ok(&db.turnout(&["rollback", path, "--yes"], None), point);
+        assert!(writer.stop().await.is_empty());
+        gear_is_exact(&db).await;
+        gear_works(&db).await;
+        assert_eq!(catalog(&db, "").await, before, "{point}");
+        db.drop().await;
+    }
 }

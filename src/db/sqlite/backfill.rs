@@ -116,6 +116,43 @@ impl Sqlite {
         }
     }
 
+    /// Names the constraint, and the key of the first row of the batch it refuses.
+    async fn explain_check(
+        &self,
+        m: &Migration,
+        rows: &str,
+        cursor: Option<&str>,
+        hi: Option<&str>,
+        message: String,
+        e: sqlx::Error,
+    ) -> Error {
+        let Ok(f) = self.furniture(&m.table).await else {
+            return Error::db(format!("backfill of {}", m.table), e);
+        };
+        // SQLite names the constraint, or writes an unnamed one's expression: that one
+        // first, then the others.
+        let said = message.rsplit(": ").next().unwrap_or_default().trim();
+        let mut checks: Vec<_> = f.text.checks.iter().collect();
+        checks.sort_by_key(|k| k.name.as_deref().unwrap_or(&k.expr) != said);
+        for k in checks {
+            let found =
+                sqlx::query_scalar::<_, String>(sql(backfill::first_refused_key(m, &k.expr, rows)))
+                    .bind(cursor)
+                    .bind(hi)
+                    .fetch_optional(&self.pool)
+                    .await;
+            if let Ok(Some(key)) = found {
+                return Error::Data {
+                    table: m.table.clone(),
+                    key,
+                    column: k.column.clone().unwrap_or_else(|| k.label()),
+                    message: format!("{message} ({} on the new table)", k.label()),
+                };
+            }
+        }
+        Error::db(format!("backfill of {}", m.table), e)
+    }
+
     /// Names the key and column of the row that made a batch fail.
     async fn explain_batch_error(
         &self,
@@ -126,6 +163,9 @@ impl Sqlite {
         e: sqlx::Error,
     ) -> Error {
         let message = db_message(&e);
+        if message.contains("CHECK constraint failed") {
+            return self.explain_check(m, rows, cursor, hi, message, e).await;
+        }
         let column = message
             .rsplit_once(&format!("{}.", m.shadow))
             .map(|(_, c)| c.trim().to_string())

@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::errors::is_busy;
 use super::furniture::{move_triggers, rename_mode, user_triggers};
-use super::sql::cutover::{drop_all_triggers, drop_shadow, swap, swap_back};
+use super::sql::cutover::{carry_sequence, drop_all_triggers, drop_shadow, swap, swap_back};
 use super::sql::triggers::triggers;
 use super::sql::{backfill::analyze_shadow, names, reverse};
 use super::state::save_in;
@@ -58,6 +58,7 @@ impl Sqlite {
                 return Err(ctx(e));
             }
             let mut stmts = Vec::new();
+            let sequences = self.exists("table", "sqlite_sequence").await?;
             for m in ms {
                 let n = names(m);
                 let swapped =
@@ -65,6 +66,9 @@ impl Sqlite {
                 if !swapped {
                     let user = user_triggers(&mut conn, m).await?;
                     stmts.extend(move_triggers(&user, swap(m, &n)));
+                }
+                if sequences {
+                    stmts.extend(carry_sequence(&m.old, &m.table));
                 }
                 stmts.extend(triggers(&reverse(m, &n)));
             }
@@ -129,6 +133,7 @@ impl Sqlite {
         let result: Result<()> = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(ctx)?;
             let mut stmts = Vec::new();
+            let sequences = self.exists("table", "sqlite_sequence").await?;
             for m in ms {
                 let n = names(m);
                 stmts.extend(drop_all_triggers(m, &n));
@@ -143,6 +148,9 @@ impl Sqlite {
                     }
                     let user = user_triggers(&mut conn, m).await?;
                     stmts.extend(move_triggers(&user, swap_back(m)));
+                    if sequences {
+                        stmts.extend(carry_sequence(&m.shadow, &m.table));
+                    }
                 }
                 stmts.push(drop_shadow(m));
             }

@@ -28,6 +28,12 @@
 //!   reverse triggers' writes are never restamped. Rollback does the reverse.
 //! - **Views** name `<table>` and are resolved at every statement: they read the live
 //!   table until the commit of the swap and the new one after (the other way at rollback).
+//! - **What only the table's text declares** (CHECKs, collations, generated columns,
+//!   deferrable keys, AUTOINCREMENT; partial and expression indexes) is on the shadow
+//!   from prepare, so every write to it, the triggers' and the backfill's included, is
+//!   checked as the live table checks it. SQLite keeps AUTOINCREMENT's high-water mark
+//!   per table name in `sqlite_sequence`: the swap (and the swap back) raise the mark of
+//!   the table taking the name to the other's, in the same transaction.
 //!
 //! Every moment in between is inside one `BEGIN IMMEDIATE` transaction: the application
 //! waits (busy timeout) and then sees the whole swap or none of it.
@@ -39,6 +45,7 @@ use super::sql::cutover::swap;
 use super::sql::furniture::{ForeignKey, Furniture, carried_as, mentions, words};
 use super::sql::keys::judge;
 use super::sql::shadow::create_shadow;
+use super::sql::table_text::{index_body, read_table};
 use super::sql::{names, quote};
 use super::{Sqlite, sql};
 use crate::error::{Error, Result};
@@ -83,6 +90,20 @@ async fn foreign_keys(conn: &mut SqliteConnection, table: &str) -> Result<Vec<Fo
         }
     }
     Ok(out.into_iter().map(|(_, fk)| fk).collect())
+}
+
+/// The indexes whose own text says more than their columns: partial, on an expression,
+/// descending, or with a collation other than BINARY; as (name, text).
+async fn index_text(conn: &mut SqliteConnection, table: &str) -> Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT l.name, m.sql FROM pragma_index_list(?1) AS l JOIN sqlite_master AS m ON m.type = 'index' AND m.name = l.name \
+         WHERE l.origin = 'c' AND m.sql IS NOT NULL AND (l.partial = 1 OR EXISTS (SELECT 1 FROM pragma_index_xinfo(l.name) AS x \
+         WHERE x.key = 1 AND (x.cid = -2 OR x.\"desc\" = 1 OR x.coll <> 'BINARY'))) ORDER BY l.name",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(ctx)
 }
 
 /// The application's triggers on `<table>` (turnout's own left out), as (name, text),
@@ -183,10 +204,18 @@ impl Sqlite {
         .await
         .map_err(ctx)?;
         let (strict, wr) = options.unwrap_or((0, 0));
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1")
+                .bind(table)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(ctx)?;
         Ok(Furniture {
             foreign_keys: foreign_keys(&mut conn, table).await?,
             strict: strict == 1,
             without_rowid: wr == 1,
+            text: read_table(text.as_deref().unwrap_or_default()),
+            index_text: index_text(&mut conn, table).await?,
         })
     }
 
@@ -216,50 +245,65 @@ impl Sqlite {
                 "table {t:?} is a virtual table; turnout migrates ordinary tables only"
             ));
         }
-        for (word, what) in [
-            ("check", "CHECK constraints"),
-            ("collate", "column collations (COLLATE)"),
-            ("deferrable", "deferrable foreign keys"),
-            ("autoincrement", "AUTOINCREMENT"),
-        ] {
-            if has(word) {
-                problems.push(format!(
-                    "table {t:?} has {what}; turnout does not carry them to the new table on SQLite yet. Make this change with ALTER TABLE (SQLite's 12-step rebuild) in a maintenance window instead"
-                ));
-            }
-        }
-        let generated: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3) ORDER BY cid",
-        )
-        .bind(t)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(ctx)?;
-        if !generated.is_empty() {
+        if has("deferrable") && f.text.deferrals.len() != f.foreign_keys.len() {
             problems.push(format!(
-                "table {t:?} has generated columns ({}); turnout does not recompute them on the new table on SQLite yet. Make this change with SQLite's 12-step ALTER TABLE rebuild instead",
-                generated.join(", ")
+                "table {t:?} has deferrable foreign keys that turnout cannot match with SQLite's list of them ({} in the text, {} listed); it does not carry them. Make this change with ALTER TABLE (SQLite's 12-step rebuild) in a maintenance window instead",
+                f.text.deferrals.len(),
+                f.foreign_keys.len()
             ));
         }
-        let indexes: Vec<(String, i64)> =
-            sqlx::query_as("SELECT name, partial FROM pragma_index_list(?1) ORDER BY name")
-                .bind(t)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(ctx)?;
-        for (name, partial) in indexes {
-            let odd: i64 = sqlx::query_scalar("SELECT count(*) FROM pragma_index_xinfo(?1) WHERE key = 1 AND (cid = -2 OR \"desc\" = 1 OR coll <> 'BINARY')")
-                .bind(&name)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(ctx)?;
-            if partial == 1 || odd > 0 {
+        // Every CHECK of the text must have been read (those inside a generated column's
+        // definition travel with it): one that slipped past the reader would be lost.
+        let in_generated: usize = f
+            .text
+            .generated
+            .iter()
+            .map(|g| {
+                words(&g.definition)
+                    .iter()
+                    .filter(|x| *x == "check")
+                    .count()
+            })
+            .sum();
+        let unread = w
+            .iter()
+            .filter(|x| *x == "check")
+            .count()
+            .saturating_sub(in_generated);
+        if unread != f.text.checks.len() {
+            problems.push(format!(
+                "table {t:?} has CHECK constraints turnout cannot read from its text ({unread} written, {} read); it would not carry them. Make this change with SQLite's 12-step ALTER TABLE rebuild instead",
+                f.text.checks.len()
+            ));
+        }
+        let gone = m.columns_gone();
+        let uses_gone = |text: &str| gone.iter().find(|c| mentions(text, c)).copied();
+        for k in &f.text.checks {
+            if let Some(c) = uses_gone(&k.expr) {
                 problems.push(format!(
-                    "index {name:?} on {t:?} is partial, on an expression, descending or collated; turnout does not carry such indexes on SQLite yet. Drop it for the migration and create it on {t:?} after"
+                    "{} of {t:?} uses column {c:?}, which the plan drops or renames; turnout does not rewrite constraints on SQLite. Keep the column, or change the constraint first (SQLite's 12-step ALTER TABLE rebuild)",
+                    k.label()
                 ));
             }
         }
-        let gone = m.columns_gone();
+        for g in &f.text.generated {
+            if let Some(c) = uses_gone(&g.definition) {
+                problems.push(format!(
+                    "generated column {:?} of {t:?} uses column {c:?}, which the plan drops or renames; turnout recomputes generated columns from their own expression and does not rewrite it. Keep the column",
+                    g.name
+                ));
+            }
+        }
+        for (name, text) in &f.index_text {
+            if !m.after.indexes.iter().any(|i| &i.name == name) {
+                continue;
+            }
+            if let Some(c) = index_body(text).and_then(|(_, body)| uses_gone(body)) {
+                problems.push(format!(
+                    "index {name:?} on {t:?} uses column {c:?}, which the plan drops or renames; turnout re-creates such an index from its own text. Drop the index in the plan (drop_index) and add it again after, or keep the column"
+                ));
+            }
+        }
         for fk in &f.foreign_keys {
             if fk.columns.iter().any(|c| carried_as(m, c).is_none()) {
                 problems.push(format!(

@@ -18,7 +18,9 @@ impl Sqlite {
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<VerifyReport> {
         let ctx = |e| Error::db(format!("verify of {}", m.table), e);
-        let chunk = ChunkSql::new(m);
+        // The live table's generated columns, which the shadow declares the same way.
+        let generated = self.furniture(&m.table).await?.text.generated;
+        let chunk = ChunkSql::new(m, &generated);
 
         // One read transaction: in WAL mode it reads one snapshot from its first SELECT on,
         // while the application keeps writing.

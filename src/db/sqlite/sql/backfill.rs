@@ -60,3 +60,24 @@ pub(in crate::db::sqlite) fn first_null_key(m: &Migration, mp: &Mapped, rows: &s
     let keys = key_json(&m.old_key(), "");
     format!("SELECT {keys} FROM ({rows}) AS t WHERE ({expr}) IS NULL LIMIT 1")
 }
+
+/// The key of the first row of `rows` that, mapped, the CHECK `expr` refuses (false;
+/// NULL passes, as in SQLite).
+pub(in crate::db::sqlite) fn first_refused_key(m: &Migration, expr: &str, rows: &str) -> String {
+    let exprs = m
+        .forward
+        .iter()
+        .map(|mp| {
+            format!(
+                "{} AS {}",
+                render_source(mp, &|c| quote(c), &cast),
+                quote(&mp.target)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys = key_json(&m.new_key(), "");
+    format!(
+        "SELECT {keys} FROM (SELECT {exprs} FROM ({rows}) AS t) AS t WHERE NOT ({expr}) LIMIT 1"
+    )
+}

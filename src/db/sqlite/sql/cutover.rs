@@ -3,7 +3,7 @@
 //! triggers are installed after the swap.
 
 use super::triggers::drop_triggers;
-use super::{Names, forward, names, quote, reverse};
+use super::{Names, forward, literal, names, quote, reverse};
 use crate::schema::Migration;
 
 /// The swap: the forward triggers go, `<table>` becomes the old table and the shadow
@@ -22,6 +22,22 @@ pub(in crate::db::sqlite) fn swap(m: &Migration, n: &Names) -> Vec<String> {
         quote(&m.table)
     ));
     stmts
+}
+
+/// AUTOINCREMENT: `to`, which just took the table's name, never hands out an id `from`
+/// ever handed out (deleted rows' ids included, which the copied rows do not tell).
+/// Needs `sqlite_sequence`, which SQLite creates with the first AUTOINCREMENT table.
+pub(in crate::db::sqlite) fn carry_sequence(from: &str, to: &str) -> Vec<String> {
+    let (from, to) = (literal(from), literal(to));
+    let highest = format!("(SELECT max(seq) FROM sqlite_sequence WHERE name = {from})");
+    vec![
+        format!(
+            "UPDATE sqlite_sequence SET seq = max(seq, coalesce({highest}, 0)) WHERE name = {to}"
+        ),
+        format!(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT {to}, {highest} WHERE {highest} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = {to})"
+        ),
+    ]
 }
 
 /// The reverse triggers go, and the old table unless it is kept.
@@ -58,4 +74,14 @@ pub(in crate::db::sqlite) fn swap_back(m: &Migration) -> Vec<String> {
 
 pub(in crate::db::sqlite) fn drop_shadow(m: &Migration) -> String {
     format!("DROP TABLE IF EXISTS {}", quote(&m.shadow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequence_is_carried_by_name_as_a_literal() {
+        insta::assert_snapshot!(carry_sequence("_it's_old", "it's").join(";\n"));
+    }
 }

@@ -6,6 +6,7 @@
 //! view's text: does it name this identifier?
 
 use super::quote;
+use super::table_text::TableText;
 use crate::schema::{Migration, Source};
 
 /// A foreign key of the table, as `pragma_foreign_key_list` gives it.
@@ -25,6 +26,26 @@ pub(in crate::db::sqlite) struct Furniture {
     pub foreign_keys: Vec<ForeignKey>,
     pub strict: bool,
     pub without_rowid: bool,
+    /// CHECKs, collations, generated columns, AUTOINCREMENT: from the table's own text.
+    pub text: TableText,
+    /// Indexes only their own text describes (partial, on expressions, descending,
+    /// collated), as (name, `sqlite_master.sql`).
+    pub index_text: Vec<(String, String)>,
+}
+
+/// The live table's column a new column carries the declaration of (its CHECKs and
+/// collation): the one it is copied from, or the one of its name that a `using`
+/// expression rewrites; `None` for a column the plan adds.
+pub(in crate::db::sqlite) fn origin<'m>(m: &'m Migration, new: &str) -> Option<&'m str> {
+    match m
+        .forward
+        .iter()
+        .find(|mp| mp.target == new)
+        .map(|mp| &mp.source)
+    {
+        Some(Source::Column(c)) => Some(c.as_str()),
+        _ => m.before.column(new).map(|c| c.name.as_str()),
+    }
 }
 
 /// The new table's name for an old column that the plan carries unchanged in value

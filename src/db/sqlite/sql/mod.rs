@@ -9,6 +9,7 @@ pub(super) mod cutover;
 pub(super) mod furniture;
 pub(super) mod keys;
 pub(super) mod shadow;
+pub(super) mod table_text;
 pub(super) mod triggers;
 pub(super) mod verify;
 

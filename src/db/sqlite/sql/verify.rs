@@ -2,9 +2,41 @@
 //! rows no live row explains) and the images of the rows that differ. SQLite's own
 //! equality decides, on the live rows mapped as the backfill maps them.
 
+use super::furniture::mentions;
+use super::table_text::GeneratedColumn;
 use super::{cast, key_json, list, literal, quote, range};
 use crate::db::render_source;
-use crate::schema::Migration;
+use crate::schema::{Migration, Source};
+
+/// The generated columns verify compares, live value against shadow value: those whose
+/// expression reads only columns the plan carries unchanged (same name, no cast), so
+/// the new table must compute what the live one holds. The others (reading a column the
+/// plan converts or adds, or another generated column) are left to SQLite, which
+/// computes them on the shadow all the same.
+pub(in crate::db::sqlite) fn comparable<'g>(
+    m: &Migration,
+    generated: &'g [GeneratedColumn],
+) -> Vec<&'g GeneratedColumn> {
+    let unchanged = |c: &str| {
+        m.forward.iter().any(|mp| {
+            mp.target == c && mp.cast.is_none() && matches!(&mp.source, Source::Column(o) if o == c)
+        })
+    };
+    generated
+        .iter()
+        .filter(|g| {
+            let other_generated = generated
+                .iter()
+                .any(|o| o.name != g.name && mentions(&g.expr, &o.name));
+            let converted = m
+                .after
+                .columns
+                .iter()
+                .any(|c| mentions(&g.expr, &c.name) && !unchanged(&c.name));
+            !other_generated && !converted
+        })
+        .collect()
+}
 
 /// A value as `json_object` can hold it: JSON has no bytes, so a BLOB (in any column,
 /// SQLite's typing being the value's own) is shown as its SQL literal, `x'00FF'`.
@@ -24,14 +56,25 @@ pub(in crate::db::sqlite) struct ChunkSql<'a> {
     on: String,
     k0: String,
     mismatch: String,
+    /// The generated columns compared.
+    generated: Vec<&'a str>,
 }
 
 impl<'a> ChunkSql<'a> {
-    pub(in crate::db::sqlite) fn new(m: &'a Migration) -> ChunkSql<'a> {
+    /// `generated`: the live table's generated columns, which the shadow declares too.
+    pub(in crate::db::sqlite) fn new(
+        m: &'a Migration,
+        generated: &'a [GeneratedColumn],
+    ) -> ChunkSql<'a> {
         let old_key = m.old_key();
         let new_key = m.new_key();
         let old_cols: Vec<&str> = m.before.columns.iter().map(|c| c.name.as_str()).collect();
-        let mapped_targets: Vec<&str> = m.forward.iter().map(|mp| mp.target.as_str()).collect();
+        let generated: Vec<&str> = comparable(m, generated)
+            .into_iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        let mut mapped_targets: Vec<&str> = m.forward.iter().map(|mp| mp.target.as_str()).collect();
+        mapped_targets.extend(&generated);
         // Columns the mapping does not fill (new columns with only a default) are compared
         // on the shadow side by their default, evaluated the same way.
         let live = quote(&m.table);
@@ -63,6 +106,7 @@ impl<'a> ChunkSql<'a> {
             on,
             k0,
             mismatch,
+            generated,
         }
     }
 
@@ -80,9 +124,11 @@ impl<'a> ChunkSql<'a> {
 
     fn render_live(&self, lo: bool, hi: bool) -> String {
         let (m, live) = (self.m, &self.live);
+        let mut read = self.old_cols.clone();
+        read.extend(&self.generated);
         let rows = format!(
             "SELECT {} FROM {live} WHERE {}",
-            list(&self.old_cols),
+            list(&read),
             range(&self.old_key, lo, hi)
         );
         let exprs = m
@@ -95,6 +141,11 @@ impl<'a> ChunkSql<'a> {
                     quote(&mp.target)
                 )
             })
+            .chain(
+                self.generated
+                    .iter()
+                    .map(|g| format!("{} AS {}", quote(g), quote(g))),
+            )
             .collect::<Vec<_>>()
             .join(", ");
         format!("SELECT {exprs} FROM ({rows}) AS t")
@@ -157,5 +208,36 @@ impl<'a> ChunkSql<'a> {
             self.side_image("s"),
             self.orphans(lo, hi)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::sqlite::sql::table_text::read_table;
+
+    /// A generated column over columns carried unchanged is compared, live against
+    /// shadow; one that reads another generated column, or a column the plan converts
+    /// or adds, is not.
+    #[test]
+    fn generated_columns_are_compared_as_their_expression_over_the_mapped_row() {
+        let before = crate::schema::fixtures::orders(["INTEGER", "INTEGER", "TEXT"], false);
+        let plan = crate::plan::parse(
+            "version: 1\nname: m\ntable: orders\nchanges:\n  - add_column: {name: extra, type: INTEGER, default: '1'}\n  - alter_column: {name: note, type: 'varchar(9)'}\n",
+            "p.yaml",
+        )
+        .expect("plan");
+        let m = Migration::derive(&plan, &before).expect("derive");
+        let text = read_table(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, amount_cents INTEGER, note TEXT, \
+             twice INT AS (amount_cents * 2), again INT AS (twice + 1) STORED, more INT AS (extra + 1), \
+             short TEXT AS (substr(note, 1, 2)))",
+        );
+        let names: Vec<&str> = comparable(&m, &text.generated)
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        assert_eq!(names, ["twice"]);
+        insta::assert_snapshot!(ChunkSql::new(&m, &text.generated).counts(true, true));
     }
 }
