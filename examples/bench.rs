@@ -19,7 +19,9 @@
 //! ./target/release/examples/bench postgres 1000000 4000000
 //! ./target/release/examples/bench mysql 1000000
 //! ./target/release/examples/bench sqlite 1000000          (no anchor on SQLite)
-//! add --no-anchor to skip the anchor tool
+//! add --no-anchor to skip the anchor tool, --blocker to run turnout a second time on a
+//! fresh table with another session holding a read of it for 3 s from the start of the
+//! cutover (the scenario of the blocker-aware cutover)
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -70,6 +72,36 @@ impl Pool {
             Pool::My(p) => sqlx::query(s()).execute(p).await?.rows_affected(),
             Pool::Lite(p) => sqlx::query(s()).execute(p).await?.rows_affected(),
         })
+    }
+
+    /// Another application's transaction that has read the table and stays open for
+    /// `hold`: it holds PostgreSQL's ACCESS SHARE lock or MariaDB's shared metadata lock,
+    /// which the cutover's exclusive lock must wait for.
+    async fn hold_a_read(&self, hold: Duration) {
+        let read = "SELECT amount_cents FROM orders WHERE id = 1";
+        let result = match self {
+            Pool::Pg(p) => {
+                async {
+                    let mut tx = p.begin().await?;
+                    sqlx::query(read).execute(&mut *tx).await?;
+                    tokio::time::sleep(hold).await;
+                    tx.commit().await
+                }
+                .await
+            }
+            Pool::My(p) => {
+                async {
+                    let mut tx = p.begin().await?;
+                    sqlx::query(read).execute(&mut *tx).await?;
+                    tokio::time::sleep(hold).await;
+                    tx.commit().await
+                }
+                .await
+            }
+            // SQLite has no lock queue for a reader to hold the cutover in.
+            Pool::Lite(_) => Ok(()),
+        };
+        result.expect("the blocker's transaction");
     }
 
     async fn run_all(&self, statements: &[String]) {
@@ -361,6 +393,9 @@ async fn bulk_copy(db: &Db, s: &Shape) -> f64 {
     took
 }
 
+/// How long the blocker of `--blocker` holds its read.
+const BLOCKER_HOLD: Duration = Duration::from_secs(3);
+
 const STEPS: [&str; 6] = [
     "prepared",
     "dual_writing",
@@ -370,12 +405,19 @@ const STEPS: [&str; 6] = [
     "done",
 ];
 
-async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64) {
+/// With `blocker`, another session holds a read of the table for [`BLOCKER_HOLD`] from
+/// the moment the cutover starts, and the cutover may retry for longer than that.
+async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, blocker: bool) {
     let plan = db.dir.join(format!("bench-{}.yaml", kind.name()));
+    let cutover = if blocker {
+        "cutover:\n  lock_timeout: 2s\n  attempts: 30\n  retry_delay: 200ms\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &plan,
         format!(
-            "version: 1\nname: bench\ntable: orders\nchanges:\n{}",
+            "version: 1\nname: bench\ntable: orders\nchanges:\n{}{cutover}",
             s.plan_changes
         ),
     )
@@ -398,7 +440,14 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64) {
     let mut peak: f64 = 0.0;
     for step in STEPS {
         let from = epoch.elapsed();
+        let held = (blocker && step == "cut_over").then(|| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move { pool.hold_a_read(BLOCKER_HOLD).await })
+        });
         let (secs, mem) = turnout(db, &["run", plan, "--until", step, "--yes"]);
+        if let Some(held) = held {
+            held.await.expect("blocker task");
+        }
         steps.push((step, from, epoch.elapsed(), secs));
         peak = peak.max(mem);
     }
@@ -420,8 +469,13 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64) {
         .collect();
     let backfill_s = steps[2].3;
     let total = (end - start).as_secs_f64();
+    let with = if blocker {
+        format!(" (a reader holding the table {BLOCKER_HOLD:?} at cutover)")
+    } else {
+        String::new()
+    };
     println!(
-        "[{name} {rows}] turnout: whole migration {total:.2}s | {} | backfill {:.0} rows/s = {:.2}x the bulk copy | longest application wait over the whole migration {:.1} ms | {} writes, {} failed | peak RSS {peak:.1} MiB",
+        "[{name} {rows}] turnout{with}: whole migration {total:.2}s | {} | backfill {:.0} rows/s = {:.2}x the bulk copy | longest application wait over the whole migration {:.1} ms | {} writes, {} failed | peak RSS {peak:.1} MiB",
         per_step.join(", "),
         rows as f64 / backfill_s,
         bulk_s / backfill_s,
@@ -533,7 +587,7 @@ async fn bench_anchor(kind: Kind, rows: u64) {
     );
 }
 
-async fn bench(kind: Kind, rows: u64, anchor: bool) {
+async fn bench(kind: Kind, rows: u64, anchor: bool, blocker: bool) {
     let (db, s) = build_table(kind, rows).await;
     let bulk_s = bulk_copy(&db, &s).await;
     println!(
@@ -541,7 +595,12 @@ async fn bench(kind: Kind, rows: u64, anchor: bool) {
         kind.name(),
         rows as f64 / bulk_s
     );
-    bench_turnout(kind, rows, &db, &s, bulk_s).await;
+    bench_turnout(kind, rows, &db, &s, bulk_s, false).await;
+    if blocker {
+        // Again on a fresh table, with the blocker at cutover.
+        let (db, s) = build_table(kind, rows).await;
+        bench_turnout(kind, rows, &db, &s, bulk_s, true).await;
+    }
     if anchor {
         bench_anchor(kind, rows).await;
     }
@@ -552,6 +611,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let kind = Kind::parse(args.first().map(String::as_str).unwrap_or("sqlite"));
     let anchor = !args.iter().any(|a| a == "--no-anchor");
+    let blocker = args.iter().any(|a| a == "--blocker");
     let sizes: Vec<u64> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![1_000_000]
@@ -559,6 +619,6 @@ async fn main() {
         sizes
     };
     for rows in sizes {
-        bench(kind, rows, anchor).await;
+        bench(kind, rows, anchor, blocker).await;
     }
 }

@@ -154,6 +154,10 @@ async fn backfill(b: &Postgres, m: &Migration, batch: u64, max_batches: Option<u
             break;
         }
     }
+    // The copy is done: the indexes deferred until then (as the engine does).
+    if max_batches.is_none() {
+        b.finish_backfill(m).await.expect("finish");
+    }
     total
 }
 
