@@ -1,6 +1,8 @@
-//! Backfill: rows are copied in key order, one batch per transaction committed with its
-//! checkpoint; a batch that deadlocks with the application is retried, and one that fails
-//! on a row's data is narrowed to the key and column that made it fail.
+//! Backfill: rows are copied in key order, each batch of the engine's in slices of about
+//! 20 ms, one transaction per slice committed with its checkpoint; a slice that deadlocks
+//! with the application is retried, and one that fails on a row's data is narrowed to the
+//! key and column that made it fail. After the last batch the deferred indexes are built
+//! concurrently (`sql/shadow.rs`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
