@@ -76,7 +76,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan> {
         .into_iter()
         .map(|(key, message)| PlanProblem {
             file: file.to_string(),
-            location: locate(text, &key),
+            location: locate_or_parent(text, &key),
             key,
             message,
         })
@@ -90,6 +90,18 @@ pub fn parse(text: &str, file: &str) -> Result<Plan> {
         path: file.to_string(),
         hash,
     })
+}
+
+/// Where `key` sits, or for a key the plan leaves out (a missing `max_lag`), the
+/// nearest enclosing key it should be written under.
+fn locate_or_parent(text: &str, key: &str) -> Option<crate::error::PlanLocation> {
+    let mut key = key;
+    loop {
+        if let Some(at) = locate(text, key) {
+            return Some(at);
+        }
+        key = &key[..key.rfind('.')?];
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -261,15 +273,7 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
         );
     }
     if let Some(t) = &p.backfill.throttle {
-        if t.query.trim().is_empty() {
-            bad(
-                "backfill.throttle.query",
-                "expected a SQL query returning one number; found an empty string".into(),
-            );
-        }
-        if !t.max.is_finite() {
-            bad("backfill.throttle.max", "expected a finite number".into());
-        }
+        validate_throttle(t, &mut bad);
     }
     if !(p.verify.sample_rate > 0.0 && p.verify.sample_rate <= 1.0) {
         bad(
@@ -309,6 +313,83 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
         );
     }
     out
+}
+
+/// A throttle is a query with its `max`, replicas with their `max_lag`, or both.
+fn validate_throttle(t: &Throttle, bad: &mut impl FnMut(&str, String)) {
+    if t.query.is_none() && t.max.is_none() && t.replicas.is_empty() && t.max_lag.is_none() {
+        bad(
+            "backfill.throttle",
+            "expected `query` with `max`, or `replicas` with `max_lag` (or both); found neither"
+                .into(),
+        );
+        return;
+    }
+    match (&t.query, t.max) {
+        (Some(q), _) if q.trim().is_empty() => bad(
+            "backfill.throttle.query",
+            "expected a SQL query returning one number; found an empty string".into(),
+        ),
+        (Some(_), None) => bad(
+            "backfill.throttle.max",
+            "expected the number above which the throttle query holds the backfill back; found none"
+                .into(),
+        ),
+        (None, Some(_)) => bad(
+            "backfill.throttle.query",
+            "expected the SQL query whose value `max` bounds; found none".into(),
+        ),
+        _ => {}
+    }
+    if let Some(max) = t.max
+        && !max.is_finite()
+    {
+        bad("backfill.throttle.max", "expected a finite number".into());
+    }
+    for (i, url) in t.replicas.iter().enumerate() {
+        if let Err(why) = replica_url(url) {
+            bad(&format!("backfill.throttle.replicas[{i}]"), why);
+        }
+    }
+    match t.max_lag {
+        None if !t.replicas.is_empty() => bad(
+            "backfill.throttle.max_lag",
+            "expected the replay lag above which the backfill waits for its replicas, a duration such as 500ms or 2s; found none".into(),
+        ),
+        Some(_) if t.replicas.is_empty() => bad(
+            "backfill.throttle.max_lag",
+            "bounds the lag of `replicas`, and none is listed; list the replicas' URLs or remove max_lag".into(),
+        ),
+        Some(d) => check_duration(
+            bad,
+            "backfill.throttle.max_lag",
+            d,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        ),
+        None => {}
+    }
+}
+
+/// Why a replica's URL cannot be used; its password (if any) is never repeated.
+fn replica_url(url: &str) -> std::result::Result<(), String> {
+    let shown = crate::db::redact(url);
+    let parsed = url::Url::parse(url).map_err(|e| {
+        format!("expected a database URL such as postgres://user@host:5432/db; {shown:?}: {e}")
+    })?;
+    if !matches!(
+        parsed.scheme(),
+        "postgres" | "postgresql" | "mysql" | "mariadb"
+    ) {
+        return Err(format!(
+            "expected a postgres:// or mysql:// URL of a replica; found the scheme {:?}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("expected a URL naming the replica's host; found {shown:?}"));
+    }
+    Ok(())
 }
 
 /// The checks of one table's entry; `at` prefixes its keys (`tables[1].`, or nothing in

@@ -18,6 +18,7 @@ mod children;
 mod cutover;
 mod furniture;
 mod keys;
+pub(super) mod replicas;
 mod matviews;
 mod rls;
 mod shadow;

@@ -1,0 +1,228 @@
+//! `backfill.throttle.replicas` / `max_lag`: before each batch and each verify chunk, is
+//! any replica further behind the primary than `max_lag`? The backend writes a heartbeat
+//! on the primary and reads what each replica has replayed of it ([`Replicas`] says why a
+//! heartbeat and not the replicas' own lag figures); here is only the timing. A replica
+//! that cannot be asked stops the migration: throttling that silently stops watching a
+//! replica would let the backfill flood it, so it fails closed.
+
+use std::time::{Duration, Instant};
+
+use crate::db::{Backend, Replicas};
+use crate::error::{Error, Result};
+use crate::plan::{Plan, PlanFile};
+
+/// How often a replica is asked again while the heartbeat just written has not reached it.
+const REPLAY_POLL: Duration = Duration::from_millis(10);
+
+/// The replica furthest behind, when one is behind more than `max_lag`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lagging {
+    /// `host:port`, as messages show a replica (its URL may hold a password).
+    pub replica: String,
+    /// `None` while no heartbeat of this migration has reached it at all.
+    pub lag: Option<Duration>,
+    pub max_lag: Duration,
+}
+
+impl Lagging {
+    pub fn detail(&self) -> String {
+        let max = humantime::format_duration(self.max_lag);
+        match self.lag {
+            Some(lag) => format!(
+                "replica lag: replica {} replays {} behind the primary, above backfill.throttle.max_lag {max}; waiting for it to catch up",
+                self.replica,
+                shown(lag)
+            ),
+            None => format!(
+                "replica lag: replica {} has not replayed turnout's heartbeat yet (written more than {max} ago); waiting for it to catch up",
+                self.replica
+            ),
+        }
+    }
+}
+
+/// A lag to the millisecond, as people read it (`1s 250ms`).
+fn shown(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// The plan's replicas and a session on each, opened on first use and kept while the
+/// backfill (or verify) runs.
+pub struct Watch<R> {
+    urls: Vec<String>,
+    max_lag: Duration,
+    sessions: Vec<Option<R>>,
+}
+
+impl<R> Watch<R> {
+    /// None when the plan names no replicas.
+    pub fn of(plan: &Plan) -> Option<Watch<R>> {
+        let t = plan.file.backfill.throttle.as_ref()?;
+        let max_lag = t.max_lag?;
+        if t.replicas.is_empty() {
+            return None;
+        }
+        Some(Watch {
+            urls: t.replicas.clone(),
+            max_lag,
+            sessions: t.replicas.iter().map(|_| None).collect(),
+        })
+    }
+
+    /// The replica furthest behind among those behind more than `max_lag`, if any.
+    /// Fails with the replica named when one cannot be reached or is not a replica.
+    pub async fn lagging<B>(&mut self, b: &B, plan: &Plan, what: &str) -> Result<Option<Lagging>>
+    where
+        B: Backend + Replicas<Replica = R>,
+    {
+        let beat = b.beat(&plan.file.name).await?;
+        let written = Instant::now();
+        let mut worst: Option<Lagging> = None;
+        for i in 0..self.urls.len() {
+            let copy = loop {
+                let copy = self.replayed(b, plan, what, i).await?;
+                let arrived = copy.is_some_and(|c| c >= beat);
+                if arrived || written.elapsed() >= self.max_lag {
+                    break (!arrived).then_some(copy);
+                }
+                tokio::time::sleep(REPLAY_POLL).await;
+            };
+            let Some(copy) = copy else { continue };
+            // Not replayed what was written `elapsed` ago: behind by that, plus how much
+            // older its copy is than what was written.
+            let lag = copy.map(|c| {
+                Duration::from_micros(beat.saturating_sub(c).max(0) as u64) + written.elapsed()
+            });
+            let behind = Lagging {
+                replica: host_port(&self.urls[i]),
+                lag,
+                max_lag: self.max_lag,
+            };
+            let worse = match &worst {
+                None => true,
+                Some(w) => match (w.lag, lag) {
+                    (Some(a), Some(b)) => b > a,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                },
+            };
+            if worse {
+                worst = Some(behind);
+            }
+        }
+        Ok(worst)
+    }
+
+    /// Replica `i`'s copy of the heartbeat, connecting (once again, after a broken
+    /// session) as needed.
+    async fn replayed<B>(&mut self, b: &B, plan: &Plan, what: &str, i: usize) -> Result<Option<i64>>
+    where
+        B: Backend + Replicas<Replica = R>,
+    {
+        for retry in [false, true] {
+            let session = match self.sessions[i].take() {
+                Some(s) => s,
+                None => b
+                    .connect_replica(&self.urls[i])
+                    .await
+                    .map_err(|why| stopped(plan, &self.urls[i], i, what, &why))?,
+            };
+            let mut session = session;
+            match b.replayed_beat(&mut session, &plan.file.name).await {
+                Ok(copy) => {
+                    self.sessions[i] = Some(session);
+                    return Ok(copy);
+                }
+                Err(why) if retry => return Err(stopped(plan, &self.urls[i], i, what, &why)),
+                Err(why) => tracing::warn!(
+                    replica = %host_port(&self.urls[i]),
+                    "the replica's session failed ({why}); connecting again"
+                ),
+            }
+        }
+        Err(stopped(plan, &self.urls[i], i, what, "it did not answer"))
+    }
+}
+
+/// The error that stops the migration when replica `i` cannot be watched.
+fn stopped(plan: &Plan, url: &str, i: usize, what: &str, why: &str) -> Error {
+    Error::Unreachable(format!(
+        "replica {} (backfill.throttle.replicas[{i}]): {why}.\nThe {what} waits for its replicas and never runs unwatched, so it stopped at its last checkpoint; make the replica reachable and replicating, then run `turnout resume {}`",
+        host_port(url),
+        plan.path
+    ))
+}
+
+/// `host:port` of a replica's URL, the port defaulted by its scheme; never its password.
+pub fn host_port(url: &str) -> String {
+    let Ok(u) = url::Url::parse(url) else {
+        return crate::db::redact(url);
+    };
+    let port = u.port().unwrap_or(match u.scheme() {
+        "mysql" | "mariadb" => 3306,
+        _ => 5432,
+    });
+    format!("{}:{port}", u.host_str().unwrap_or("localhost"))
+}
+
+/// What the database a plan runs on says against its replica keys (`turnout check`):
+/// SQLite has none; a replica must speak the primary's protocol.
+pub fn refusals<B: Backend>(b: &B, plan: &PlanFile) -> Vec<String> {
+    let Some(t) = &plan.backfill.throttle else {
+        return Vec::new();
+    };
+    if t.replicas.is_empty() {
+        return Vec::new();
+    }
+    if !b.has_replicas() {
+        return vec![
+            "backfill.throttle.replicas: SQLite has no replicas to wait for (one file, one writer); remove replicas and max_lag".into(),
+        ];
+    }
+    let family = |scheme: &str| match scheme {
+        "postgres" | "postgresql" => "postgres",
+        _ => "mysql",
+    };
+    t.replicas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, url)| {
+            let scheme = url::Url::parse(url).ok()?.scheme().to_string();
+            (family(&scheme) != b.dialect()).then(|| {
+                format!(
+                    "backfill.throttle.replicas[{i}]: {} is a {scheme}:// URL, which cannot be a replica of this {} database",
+                    host_port(url),
+                    b.dialect()
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_shown_by_host_and_port_never_its_password() {
+        assert_eq!(
+            host_port("postgres://u:s3cret@db2.example:5433/app"),
+            "db2.example:5433"
+        );
+        assert_eq!(host_port("mysql://root:pw@10.0.0.7/app"), "10.0.0.7:3306");
+        assert_eq!(host_port("postgres://replica/app"), "replica:5432");
+    }
+
+    #[test]
+    fn the_wait_names_the_replica_and_its_lag() {
+        let l = Lagging {
+            replica: "127.0.0.1:5433".into(),
+            lag: Some(Duration::from_micros(2_345_678)),
+            max_lag: Duration::from_millis(500),
+        };
+        assert_eq!(
+            l.detail(),
+            "replica lag: replica 127.0.0.1:5433 replays 2s 345ms behind the primary, above backfill.throttle.max_lag 500ms; waiting for it to catch up"
+        );
+    }
+}
