@@ -175,10 +175,12 @@ impl MyPair {
             replica: free_port(),
             servers: Vec::new(),
         };
-        let installs: Vec<Child> = ["primary", "replica"]
-            .iter()
+        let log = |node: &str| pair.dir.join(format!("{node}-install.log"));
+        let installs: Vec<(&str, Child)> = ["primary", "replica"]
+            .into_iter()
             .map(|node| {
-                Command::new("mariadb-install-db")
+                let out = std::fs::File::create(log(node)).expect("install log");
+                let child = Command::new("mariadb-install-db")
                     .args([
                         "--no-defaults",
                         &format!("--datadir={}", s(&pair.dir.join(node))),
@@ -186,14 +188,20 @@ impl MyPair {
                         "--auth-root-authentication-method=normal",
                         "--skip-test-db",
                     ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stdout(out.try_clone().expect("log"))
+                    .stderr(out)
                     .spawn()
-                    .expect("mariadb-install-db")
+                    .expect("mariadb-install-db");
+                (node, child)
             })
             .collect();
-        for mut i in installs {
-            assert!(i.wait().expect("install").success(), "mariadb-install-db");
+        for (node, mut i) in installs {
+            let done = i.wait().expect("install");
+            assert!(
+                done.success(),
+                "mariadb-install-db {node}: {done}\n{}",
+                std::fs::read_to_string(log(node)).unwrap_or_default()
+            );
         }
         for (node, port, id) in [("primary", pair.primary, 1), ("replica", pair.replica, 2)] {
             let mut args = vec![
@@ -331,10 +339,12 @@ async fn status(db: &TestDb, plan: &str) -> serde_json::Value {
     all[0].clone()
 }
 
-/// Polls `status` until `what` holds, for at most `secs` seconds.
+/// Polls `status` until `what` holds, for at most `secs` seconds, while the turnout
+/// `child` runs (one that ended first fails the test with what it said).
 async fn until(
     db: &TestDb,
     plan: &str,
+    child: &mut Child,
     secs: u64,
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
@@ -344,6 +354,14 @@ async fn until(
         let st = status(db, plan).await;
         if cond(&st) {
             return st;
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("turnout ended ({code}) before {what}:\n{err}\n{st:#}");
         }
         assert!(Instant::now() < deadline, "never {what}: {st:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -367,7 +385,8 @@ fn replica_plan(kind: Kind, name: &str, replica: &str) -> String {
 
 /// The scenario on either database: the replica lags on purpose (`lag`), the backfill
 /// waits naming it and its lag, copies nothing meanwhile; once it catches up (`catch_up`)
-/// the run goes on to done, and the table is exactly what the writer wrote.
+/// the backfill finishes. Made to lag again, verify waits for it the same way; once it
+/// catches up the run goes on to done, and the table is exactly what the writer wrote.
 async fn a_lagging_replica_holds_the_backfill_back(
     db: &TestDb,
     replica_url: &str,
@@ -382,11 +401,11 @@ async fn a_lagging_replica_holds_the_backfill_back(
     );
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 23);
-    let child = spawn(db, &["run", plan, "--yes"]);
-    until(db, plan, 60, "copied 200 rows", |st| copied(st) >= 200).await;
+    let mut child = spawn(db, &["run", plan, "--until", "backfilled", "--yes"]);
+    until(db, plan, &mut child, 60, "copied 200 rows", |st| copied(st) >= 200).await;
 
     on_server(db.kind, replica_url, lag).await;
-    let st = until(db, plan, 30, "waiting for the replica", |st| {
+    let st = until(db, plan, &mut child, 30, "waiting for the replica", |st| {
         st["waiting"]["reason"] == "replica lag"
     })
     .await;
@@ -414,13 +433,33 @@ async fn a_lagging_replica_holds_the_backfill_back(
 
     on_server(db.kind, replica_url, catch_up).await;
     let out = finish(child).await;
-    ok(&out, "the run once the replica caught up");
+    ok(&out, "the backfill once the replica caught up");
     let log = stderr(&out);
     assert!(
         log.contains("replica lag") && log.contains(replica_shown),
         "the log says why it waited:\n{log}"
     );
     assert!(log.contains("carrying on after waiting"), "{log}");
+    let st = status(db, plan).await;
+    assert_eq!(st["phase"], "backfilled", "{st:#}");
+    assert!(st["waiting"].is_null(), "{st:#}");
+
+    // Verify waits for a lagging replica too, and carries on once it catches up.
+    on_server(db.kind, replica_url, lag).await;
+    writer.wait_for(20).await;
+    let mut child = spawn(db, &["run", plan, "--yes"]);
+    let st = until(db, plan, &mut child, 30, "verify waiting for the replica", |st| {
+        st["waiting"]["reason"] == "replica lag"
+    })
+    .await;
+    assert_eq!(st["phase"], "backfilled", "verify has not passed: {st:#}");
+    assert_eq!(st["waiting"]["replica"], replica_shown, "{st:#}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(status(db, plan).await["phase"], "backfilled");
+    on_server(db.kind, replica_url, catch_up).await;
+    let out = finish(child).await;
+    ok(&out, "the run once the replica caught up again");
+    assert!(stderr(&out).contains("replica lag"), "{}", stderr(&out));
     writer.wait_for(20).await;
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
@@ -439,6 +478,8 @@ async fn postgres_a_paused_standby_holds_the_backfill_back_until_it_replays_agai
         &[&format!("CREATE DATABASE {DB}")],
     )
     .await;
+    // The standby answers once it has replayed the new database.
+    on_server(Kind::Postgres, &pair.url(pair.standby), &["SELECT 1"]).await;
     let db = TestDb::on_own_server(Kind::Postgres, &pair.url(pair.primary)).await;
     let standby = pair.url(pair.standby);
     a_lagging_replica_holds_the_backfill_back(
@@ -504,6 +545,8 @@ async fn postgres_an_unreachable_standby_stops_the_backfill_and_resume_carries_o
         &[&format!("CREATE DATABASE {DB}")],
     )
     .await;
+    // The standby answers once it has replayed the new database.
+    on_server(Kind::Postgres, &pair.url(pair.standby), &["SELECT 1"]).await;
     let db = TestDb::on_own_server(Kind::Postgres, &pair.url(pair.primary)).await;
     seed(&db).await;
     let shown = format!("127.0.0.1:{}", pair.standby);
@@ -520,8 +563,8 @@ async fn postgres_an_unreachable_standby_stops_the_backfill_and_resume_carries_o
     );
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 29);
-    let child = spawn(&db, &["run", plan, "--yes"]);
-    until(&db, plan, 60, "copied 200 rows", |st| copied(st) >= 200).await;
+    let mut child = spawn(&db, &["run", plan, "--yes"]);
+    until(&db, plan, &mut child, 60, "copied 200 rows", |st| copied(st) >= 200).await;
     pair.pg_ctl("standby", "stop");
 
     let out = finish(child).await;
