@@ -422,13 +422,14 @@ pub async fn hold<B: Backend>(
     }
 }
 
-/// Runs `work` while watching the control record and the replicas: `stop` is set once an
-/// operator pauses or a replica falls behind (or cannot be asked), and `work` (verify) is
-/// expected to stop at its next chunk when it sees it.
+/// Runs `work` while watching the control record and the replicas: `paused` is set once
+/// an operator pauses, `lagging` once a replica falls behind (or cannot be asked), and
+/// `work` (verify) is expected to stop at its next chunk when it sees either.
 async fn watching<B: Backend, T>(
     b: &B,
     s: &Session<'_>,
-    stop: &AtomicBool,
+    paused: &AtomicBool,
+    lagging: &AtomicBool,
     mut replicas: Option<&mut Watch<<B as Replicas>::Replica>>,
     work: impl Future<Output = T>,
 ) -> T {
@@ -438,7 +439,7 @@ async fn watching<B: Backend, T>(
             tokio::time::sleep(POLL).await;
             match read(b, migration).await {
                 Ok(c) if c.paused.is_some() => {
-                    stop.store(true, Ordering::Relaxed);
+                    paused.store(true, Ordering::Relaxed);
                     break;
                 }
                 Ok(_) => {}
@@ -449,12 +450,12 @@ async fn watching<B: Backend, T>(
                     Ok(None) => {}
                     Ok(Some(l)) => {
                         info!(replica = %l.replica, "{}; verify stops at its next chunk", l.detail());
-                        stop.store(true, Ordering::Relaxed);
+                        lagging.store(true, Ordering::Relaxed);
                         break;
                     }
                     // Said again, and recorded, by the wait that follows.
                     Err(_) => {
-                        stop.store(true, Ordering::Relaxed);
+                        lagging.store(true, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -486,20 +487,28 @@ pub(super) async fn verify<B: Backend>(
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
-        let paused = AtomicBool::new(false);
-        let stop = || s.cancel.is_cancelled() || paused.load(Ordering::Relaxed);
+        let (paused, lagging) = (AtomicBool::new(false), AtomicBool::new(false));
+        let stop = || {
+            s.cancel.is_cancelled() || paused.load(Ordering::Relaxed) || lagging.load(Ordering::Relaxed)
+        };
         let compare = b.verify(m, req, progress, &stop);
-        let report = watching(b, s, &paused, replicas.as_mut(), compare).await?;
+        let report = watching(b, s, &paused, &lagging, replicas.as_mut(), compare).await?;
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
-        if !paused.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            info!(
+                rows = report.rows,
+                "verify paused; it compares again from the first chunk once unpaused"
+            );
+        } else if lagging.load(Ordering::Relaxed) {
+            info!(
+                rows = report.rows,
+                "verify stopped for replica lag; it compares again from the first chunk once the replicas catch up"
+            );
+        } else {
             return Ok(report);
         }
-        info!(
-            rows = report.rows,
-            "verify stopped to wait; it compares again from the first chunk once the wait is over"
-        );
     }
 }
 

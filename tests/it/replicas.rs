@@ -181,6 +181,7 @@ impl MyPair {
             .map(|node| {
                 let out = std::fs::File::create(log(node)).expect("install log");
                 let child = Command::new("mariadb-install-db")
+                    .env("TMPDIR", pair.tmp(node))
                     .args([
                         "--no-defaults",
                         &format!("--datadir={}", s(&pair.dir.join(node))),
@@ -222,6 +223,7 @@ impl MyPair {
             }
             let child = Command::new("mariadbd")
                 .args(&args)
+                .env("TMPDIR", pair.tmp(node))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -229,6 +231,14 @@ impl MyPair {
             pair.servers.push(child);
         }
         pair
+    }
+
+    /// A temporary directory of the node's own: two servers bootstrapping at once in
+    /// the shared /tmp can clash on their temporary tables' names.
+    fn tmp(&self, node: &str) -> PathBuf {
+        let dir = self.dir.join(format!("{node}-tmp"));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        dir
     }
 
     fn url(&self, port: u16, db: &str) -> String {
@@ -313,16 +323,36 @@ async fn one(kind: Kind, url: &str, sql: &str) -> Option<String> {
     }
 }
 
-fn spawn(db: &TestDb, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(args)
+fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnout"));
+    cmd.args(args)
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "turnout=info")
         .env_remove("TURNOUT_FAULT")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turnout")
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn turnout")
+}
+
+/// Log text without its colour codes.
+fn plain(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn finish(child: Child) -> Output {
@@ -401,7 +431,7 @@ async fn a_lagging_replica_holds_the_backfill_back(
     );
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 23);
-    let mut child = spawn(db, &["run", plan, "--until", "backfilled", "--yes"]);
+    let mut child = spawn(db, &["run", plan, "--until", "backfilled", "--yes"], &[]);
     until(db, plan, &mut child, 60, "copied 200 rows", |st| copied(st) >= 200).await;
 
     on_server(db.kind, replica_url, lag).await;
@@ -444,22 +474,42 @@ async fn a_lagging_replica_holds_the_backfill_back(
     assert_eq!(st["phase"], "backfilled", "{st:#}");
     assert!(st["waiting"].is_null(), "{st:#}");
 
-    // Verify waits for a lagging replica too, and carries on once it catches up.
-    on_server(db.kind, replica_url, lag).await;
+    // A replica that falls behind mid-verify stops the comparison at its next chunk (it
+    // lets its snapshot go), verify waits, and compares again once it catches up.
+    // About twenty chunks of 100 rows, each taking 250 ms: five seconds of verify.
     writer.wait_for(20).await;
-    let mut child = spawn(db, &["run", plan, "--yes"]);
+    let mut child = spawn(
+        db,
+        &["run", plan, "--yes"],
+        &[
+            ("TURNOUT_VERIFY_CHUNK_ROWS", "100"),
+            ("TURNOUT_DELAY", "verify.chunk:250"),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    on_server(db.kind, replica_url, lag).await;
     let st = until(db, plan, &mut child, 30, "verify waiting for the replica", |st| {
         st["waiting"]["reason"] == "replica lag"
     })
     .await;
-    assert_eq!(st["phase"], "backfilled", "verify has not passed: {st:#}");
+    assert_eq!(st["phase"], "backfilled", "verify finished first: {st:#}");
     assert_eq!(st["waiting"]["replica"], replica_shown, "{st:#}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(status(db, plan).await["phase"], "backfilled");
+    let st = status(db, plan).await;
+    assert_eq!(st["phase"], "backfilled", "verify went on: {st:#}");
+    assert!(st["verify"]["passed"].is_null(), "{st:#}");
     on_server(db.kind, replica_url, catch_up).await;
     let out = finish(child).await;
     ok(&out, "the run once the replica caught up again");
-    assert!(stderr(&out).contains("replica lag"), "{}", stderr(&out));
+    let log = plain(&stderr(&out));
+    let compared: u64 = log
+        .lines()
+        .find(|l| l.contains("verify stopped for replica lag"))
+        .and_then(|l| l.split("rows=").nth(1))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the lag did not stop verify mid-way:\n{log}"));
+    assert!(compared < SEED_ROWS as u64, "verify stopped at a chunk, not the end:\n{log}");
     writer.wait_for(20).await;
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
@@ -563,7 +613,7 @@ async fn postgres_an_unreachable_standby_stops_the_backfill_and_resume_carries_o
     );
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 29);
-    let mut child = spawn(&db, &["run", plan, "--yes"]);
+    let mut child = spawn(&db, &["run", plan, "--yes"], &[]);
     until(&db, plan, &mut child, 60, "copied 200 rows", |st| copied(st) >= 200).await;
     pair.pg_ctl("standby", "stop");
 
