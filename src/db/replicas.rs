@@ -74,7 +74,11 @@ impl Replicas for super::sqlite::Sqlite {
         Err("SQLite has no replicas".into())
     }
 
-    async fn replayed_beat(&self, _replica: &mut (), _migration: &str) -> ReplicaResult<Option<i64>> {
+    async fn replayed_beat(
+        &self,
+        _replica: &mut (),
+        _migration: &str,
+    ) -> ReplicaResult<Option<i64>> {
         Err("SQLite has no replicas".into())
     }
 }

@@ -489,7 +489,9 @@ pub(super) async fn verify<B: Backend>(
         }
         let (paused, lagging) = (AtomicBool::new(false), AtomicBool::new(false));
         let stop = || {
-            s.cancel.is_cancelled() || paused.load(Ordering::Relaxed) || lagging.load(Ordering::Relaxed)
+            s.cancel.is_cancelled()
+                || paused.load(Ordering::Relaxed)
+                || lagging.load(Ordering::Relaxed)
         };
         let compare = b.verify(m, req, progress, &stop);
         let report = watching(b, s, &paused, &lagging, replicas.as_mut(), compare).await?;

@@ -387,7 +387,9 @@ fn replica_url(url: &str) -> std::result::Result<(), String> {
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("expected a URL naming the replica's host; found {shown:?}"));
+        return Err(format!(
+            "expected a URL naming the replica's host; found {shown:?}"
+        ));
     }
     Ok(())
 }

@@ -85,7 +85,14 @@ impl PgPair {
         };
         let primary = pair.dir.join("primary");
         run(
-            as_postgres("initdb").args(["-D", &s(&primary), "-U", "postgres", "--auth=trust", "-N"]),
+            as_postgres("initdb").args([
+                "-D",
+                &s(&primary),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-N",
+            ]),
             "initdb",
         );
         append(
@@ -145,7 +152,14 @@ impl Drop for PgPair {
     fn drop(&mut self) {
         for node in ["standby", "primary"] {
             let _ = as_postgres("pg_ctl")
-                .args(["-D", &s(&self.dir.join(node)), "-m", "immediate", "-w", "stop"])
+                .args([
+                    "-D",
+                    &s(&self.dir.join(node)),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
                 .output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -432,7 +446,10 @@ async fn a_lagging_replica_holds_the_backfill_back(
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 23);
     let mut child = spawn(db, &["run", plan, "--until", "backfilled", "--yes"], &[]);
-    until(db, plan, &mut child, 60, "copied 200 rows", |st| copied(st) >= 200).await;
+    until(db, plan, &mut child, 60, "copied 200 rows", |st| {
+        copied(st) >= 200
+    })
+    .await;
 
     on_server(db.kind, replica_url, lag).await;
     let st = until(db, plan, &mut child, 30, "waiting for the replica", |st| {
@@ -445,7 +462,10 @@ async fn a_lagging_replica_holds_the_backfill_back(
     assert!(lag_ms > 500, "a lag above max_lag: {st:#}");
     let detail = st["waiting"]["detail"].as_str().expect("detail");
     assert!(detail.contains(replica_shown), "{detail}");
-    assert!(!detail.contains("://"), "the replica's URL is not shown: {detail}");
+    assert!(
+        !detail.contains("://"),
+        "the replica's URL is not shown: {detail}"
+    );
     let rows_then = copied(&st);
     assert!(rows_then < SEED_ROWS as u64, "it finished first: {st:#}");
 
@@ -454,7 +474,11 @@ async fn a_lagging_replica_holds_the_backfill_back(
     writer.wait_for(50).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let st = status(db, plan).await;
-    assert_eq!(copied(&st), rows_then, "a batch was copied while the replica lagged: {st:#}");
+    assert_eq!(
+        copied(&st),
+        rows_then,
+        "a batch was copied while the replica lagged: {st:#}"
+    );
     assert_eq!(st["waiting"]["reason"], "replica lag", "{st:#}");
     assert!(
         st["waiting"]["lag_ms"].as_u64().unwrap_or(0) > lag_ms,
@@ -488,9 +512,14 @@ async fn a_lagging_replica_holds_the_backfill_back(
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     on_server(db.kind, replica_url, lag).await;
-    let st = until(db, plan, &mut child, 30, "verify waiting for the replica", |st| {
-        st["waiting"]["reason"] == "replica lag"
-    })
+    let st = until(
+        db,
+        plan,
+        &mut child,
+        30,
+        "verify waiting for the replica",
+        |st| st["waiting"]["reason"] == "replica lag",
+    )
     .await;
     assert_eq!(st["phase"], "backfilled", "verify finished first: {st:#}");
     assert_eq!(st["waiting"]["replica"], replica_shown, "{st:#}");
@@ -509,7 +538,10 @@ async fn a_lagging_replica_holds_the_backfill_back(
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the lag did not stop verify mid-way:\n{log}"));
-    assert!(compared < SEED_ROWS as u64, "verify stopped at a chunk, not the end:\n{log}");
+    assert!(
+        compared < SEED_ROWS as u64,
+        "verify stopped at a chunk, not the end:\n{log}"
+    );
     writer.wait_for(20).await;
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
@@ -555,7 +587,9 @@ async fn mariadb_a_replica_with_its_sql_thread_stopped_holds_the_backfill_back()
     on_server(Kind::MySql, &primary, &["SELECT 1"]).await;
     let (file, pos) = {
         use sqlx::{Connection, Row};
-        let mut c = sqlx::MySqlConnection::connect(&primary).await.expect("primary");
+        let mut c = sqlx::MySqlConnection::connect(&primary)
+            .await
+            .expect("primary");
         let r = sqlx::raw_sql("SHOW MASTER STATUS")
             .fetch_one(&mut c)
             .await
@@ -605,28 +639,41 @@ async fn postgres_an_unreachable_standby_stops_the_backfill_and_resume_carries_o
         &replica_plan(
             Kind::Postgres,
             "items-gone",
-            &format!(
-                "postgres://postgres:s3cret@127.0.0.1:{}/{DB}",
-                pair.standby
-            ),
+            &format!("postgres://postgres:s3cret@127.0.0.1:{}/{DB}", pair.standby),
         ),
     );
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 29);
     let mut child = spawn(&db, &["run", plan, "--yes"], &[]);
-    until(&db, plan, &mut child, 60, "copied 200 rows", |st| copied(st) >= 200).await;
+    until(&db, plan, &mut child, 60, "copied 200 rows", |st| {
+        copied(st) >= 200
+    })
+    .await;
     pair.pg_ctl("standby", "stop");
 
     let out = finish(child).await;
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(3), "exit 3 when a replica is gone:\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit 3 when a replica is gone:\n{err}"
+    );
     assert!(err.contains(&format!("replica {shown}")), "{err}");
     assert!(err.contains("backfill.throttle.replicas[0]"), "{err}");
-    assert!(err.contains("turnout resume"), "it says what to run next:\n{err}");
-    assert!(!err.contains("s3cret"), "the password is never shown:\n{err}");
+    assert!(
+        err.contains("turnout resume"),
+        "it says what to run next:\n{err}"
+    );
+    assert!(
+        !err.contains("s3cret"),
+        "the password is never shown:\n{err}"
+    );
     let st = status(&db, plan).await;
     assert_eq!(st["phase"], "dual_writing", "{st:#}");
-    assert!(st["waiting"].is_null(), "a stopped run waits for nothing: {st:#}");
+    assert!(
+        st["waiting"].is_null(),
+        "a stopped run waits for nothing: {st:#}"
+    );
     let events = st["events"].to_string();
     assert!(events.contains(&shown), "{events}");
     assert!(!events.contains("s3cret"), "{events}");

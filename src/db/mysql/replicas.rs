@@ -46,8 +46,12 @@ impl Replicas for MySql {
             .bind(clock);
         match write.execute(&mut *conn).await {
             Err(e) if is_no_such_table(&e) => {
-                self.exec(&mut conn, &q::heartbeat_table(home), "creating turnout_heartbeat")
-                    .await?;
+                self.exec(
+                    &mut conn,
+                    &q::heartbeat_table(home),
+                    "creating turnout_heartbeat",
+                )
+                .await?;
                 sqlx::query(AssertSqlSafe(q::beat(home)))
                     .bind(migration)
                     .bind(clock)
@@ -64,10 +68,11 @@ impl Replicas for MySql {
 
     async fn connect_replica(&self, url: &str) -> ReplicaResult<MySqlConnection> {
         let options: MySqlConnectOptions = url.parse().map_err(|e: sqlx::Error| message(&e))?;
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
-            .await
-            .map_err(|_| format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| message(&e))?;
+        let mut conn =
+            tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
+                .await
+                .map_err(|_| format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))?
+                .map_err(|e| message(&e))?;
         let status = sqlx::raw_sql(q::REPLICA_STATUS)
             .fetch_all(&mut conn)
             .await

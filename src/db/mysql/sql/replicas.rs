@@ -20,7 +20,8 @@ pub(in crate::db::mysql) fn heartbeat_table(home: &str) -> String {
 
 /// The primary's clock, read first and written as a value: under statement-based
 /// logging a replica would otherwise evaluate `NOW(6)` itself.
-pub(in crate::db::mysql) const CLOCK: &str = "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
+pub(in crate::db::mysql) const CLOCK: &str =
+    "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
 
 /// `?`: the migration, the beat.
 pub(in crate::db::mysql) fn beat(home: &str) -> String {

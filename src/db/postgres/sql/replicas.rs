@@ -43,7 +43,13 @@ mod tests {
     #[test]
     fn the_heartbeat_is_written_on_the_primary_and_read_on_the_standby() {
         insta::assert_snapshot!(
-            [heartbeat_table("my \"home\""), beat("my \"home\""), replayed("my \"home\""), IN_RECOVERY.to_string()].join("\n")
+            [
+                heartbeat_table("my \"home\""),
+                beat("my \"home\""),
+                replayed("my \"home\""),
+                IN_RECOVERY.to_string()
+            ]
+            .join("\n")
         );
     }
 }
