@@ -790,6 +790,56 @@ mod tests {
         assert!(plan.canonical().contains("\"add_column\""));
     }
 
+    /// A migration in flight with a throttle query keeps its hash now that the throttle
+    /// has optional replica keys: the hash below is the one turnout gave this plan before.
+    #[test]
+    fn a_throttle_query_plan_keeps_its_hash_with_the_replica_keys_absent() {
+        let text = "version: 1\nname: h\ntable: t\nchanges:\n  - add_column: {name: c, type: INTEGER}\nbackfill:\n  throttle: {query: \"SELECT 0\", max: 10}\n";
+        let plan = parse(text, "p.yaml").expect("valid");
+        assert_eq!(
+            plan.hash,
+            "ff4596b30d441600bd77c7c3c859216b5c1091096f8f79199a19f46c7a879d17"
+        );
+        assert!(
+            !plan.canonical().contains("replicas"),
+            "{}",
+            plan.canonical()
+        );
+        assert!(
+            !plan.canonical().contains("max_lag"),
+            "{}",
+            plan.canonical()
+        );
+    }
+
+    #[test]
+    fn replicas_need_a_max_lag_and_a_database_url_without_repeating_its_password() {
+        let with = |throttle: &str| format!("{GOOD}backfill:\n  throttle:\n{throttle}");
+        let p = problem(&with("    replicas: [\"postgres://u:pw@r:5433/app\"]\n"));
+        assert_eq!(p.key, "backfill.throttle.max_lag", "{p}");
+        // Missing, so located at the key it belongs under.
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(10), "{p}");
+        let p = problem(&with(
+            "    replicas: [\"postgres://u:pw@r:5433/app\"]\n    max_lag: 0ms\n",
+        ));
+        assert_eq!(p.key, "backfill.throttle.max_lag", "{p}");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(12), "{p}");
+        let p = problem(&with(
+            "    replicas: [\"ftp://u:pw@r/app\"]\n    max_lag: 1s\n",
+        ));
+        assert_eq!(p.key, "backfill.throttle.replicas[0]", "{p}");
+        assert!(!p.to_string().contains("pw"), "{p}");
+        let ok = parse(
+            &with("    replicas: [\"postgres://u:pw@r:5433/app\", \"postgres://r2/app\"]\n    max_lag: 250ms\n"),
+            "p.yaml",
+        )
+        .expect("valid");
+        let t = ok.file.backfill.throttle.expect("throttle");
+        assert_eq!(t.replicas.len(), 2);
+        assert_eq!(t.max_lag, Some(Duration::from_millis(250)));
+        assert_eq!((t.query, t.max), (None, None));
+    }
+
     #[test]
     fn tables_and_a_top_level_table_are_exclusive_naming_the_key() {
         let both = SEVERAL.replace("tables:\n", "table: film\ntables:\n");
