@@ -13,6 +13,15 @@ use crate::plan::{Plan, PlanFile};
 
 /// How often a replica is asked again while the heartbeat just written has not reached it.
 const REPLAY_POLL: Duration = Duration::from_millis(10);
+/// The shortest time between two heartbeats.
+const MIN_BEAT_EVERY: Duration = Duration::from_millis(10);
+
+/// How far behind a replica is at most, by the primary's clock: it has replayed the
+/// heartbeat `copy` but perhaps nothing since, and the newest, `beat`, was written
+/// `since` ago. `None` while it has no heartbeat at all.
+fn behind(beat: i64, since: Duration, copy: Option<i64>) -> Option<Duration> {
+    copy.map(|c| Duration::from_micros(beat.saturating_sub(c).max(0) as u64) + since)
+}
 
 /// The replica furthest behind, when one is behind more than `max_lag`.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +61,8 @@ pub struct Watch<R> {
     urls: Vec<String>,
     max_lag: Duration,
     sessions: Vec<Option<R>>,
+    /// The last heartbeat written (the primary's clock) and when.
+    last: Option<(i64, Instant)>,
 }
 
 impl<R> Watch<R> {
@@ -66,6 +77,7 @@ impl<R> Watch<R> {
             urls: t.replicas.clone(),
             max_lag,
             sessions: t.replicas.iter().map(|_| None).collect(),
+            last: None,
         })
     }
 
@@ -75,42 +87,49 @@ impl<R> Watch<R> {
     where
         B: Backend + Replicas<Replica = R>,
     {
-        let beat = b.beat(&plan.file.name).await?;
-        let written = Instant::now();
+        let (beat, written) = match self.last {
+            Some((beat, at)) if at.elapsed() < self.beat_every() => (beat, at),
+            _ => {
+                let beat = b.beat(&plan.file.name).await?;
+                self.last = Some((beat, Instant::now()));
+                (beat, Instant::now())
+            }
+        };
         let mut worst: Option<Lagging> = None;
         for i in 0..self.urls.len() {
-            let copy = loop {
+            let lag = loop {
                 let copy = self.replayed(b, plan, what, i).await?;
-                let arrived = copy.is_some_and(|c| c >= beat);
-                if arrived || written.elapsed() >= self.max_lag {
-                    break (!arrived).then_some(copy);
+                let lag = behind(beat, written.elapsed(), copy);
+                if lag.is_some_and(|l| l <= self.max_lag) {
+                    break None;
+                }
+                // The heartbeat written last may still reach it within max_lag.
+                if written.elapsed() >= self.max_lag {
+                    break Some(lag);
                 }
                 tokio::time::sleep(REPLAY_POLL).await;
             };
-            let Some(copy) = copy else { continue };
-            // Not replayed what was written `elapsed` ago: behind by that, plus how much
-            // older its copy is than what was written.
-            let lag = copy.map(|c| {
-                Duration::from_micros(beat.saturating_sub(c).max(0) as u64) + written.elapsed()
-            });
-            let behind = Lagging {
-                replica: host_port(&self.urls[i]),
-                lag,
-                max_lag: self.max_lag,
-            };
-            let worse = match &worst {
+            let Some(lag) = lag else { continue };
+            let worse = match worst.as_ref().map(|w| w.lag) {
                 None => true,
-                Some(w) => match (w.lag, lag) {
-                    (Some(a), Some(b)) => b > a,
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                },
+                Some(None) => false,
+                Some(Some(a)) => lag.is_none_or(|b| b > a),
             };
             if worse {
-                worst = Some(behind);
+                worst = Some(Lagging {
+                    replica: host_port(&self.urls[i]),
+                    lag,
+                    max_lag: self.max_lag,
+                });
             }
         }
         Ok(worst)
+    }
+
+    /// A new heartbeat is written at most this often: a tenth of `max_lag` is all the
+    /// resolution the bound needs, and spares the primary a write per batch.
+    fn beat_every(&self) -> Duration {
+        (self.max_lag / 10).max(MIN_BEAT_EVERY)
     }
 
     /// Replica `i`'s copy of the heartbeat, connecting (once again, after a broken
@@ -211,6 +230,17 @@ mod tests {
         );
         assert_eq!(host_port("mysql://root:pw@10.0.0.7/app"), "10.0.0.7:3306");
         assert_eq!(host_port("postgres://replica/app"), "replica:5432");
+    }
+
+    #[test]
+    fn a_replica_is_behind_by_the_age_of_the_newest_heartbeat_it_has() {
+        let ms = Duration::from_millis;
+        // It has the newest heartbeat, written 30 ms ago: at most 30 ms behind.
+        assert_eq!(behind(5_000_000, ms(30), Some(5_000_000)), Some(ms(30)));
+        // It stopped at a heartbeat 2 s older than the newest, written 100 ms ago.
+        assert_eq!(behind(5_000_000, ms(100), Some(3_000_000)), Some(ms(2100)));
+        // None of turnout's heartbeats has reached it.
+        assert_eq!(behind(5_000_000, ms(100), None), None);
     }
 
     #[test]
