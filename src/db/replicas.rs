@@ -2,13 +2,16 @@
 //! (`src/db/<database>/replicas.rs`), for `backfill.throttle.replicas` / `max_lag`.
 //!
 //! The lag is measured by a heartbeat, as pt-heartbeat measures it, rather than read from
-//! what the replica says of itself. Before each batch (and while it waits) turnout writes
-//! the primary's clock into a row of its own, `turnout_heartbeat` (one row per migration,
-//! next to `turnout_state`), and reads that row on each replica: the replica's copy is the
-//! newest heartbeat it has replayed. A replica that shows the heartbeat just written within
-//! `max_lag` is within bounds, whatever else it is doing; one that does not is behind by
-//! the primary's clock now minus its copy. Both figures come from the primary's clock (the
-//! copy was written by it), so clocks of different machines never meet in one subtraction.
+//! what the replica says of itself. While the backfill runs (at most every tenth of
+//! `max_lag`, and while it waits) turnout writes the primary's clock into a row of its own,
+//! `turnout_heartbeat` (one row per migration, next to `turnout_state`), and before each
+//! batch reads that row on each replica: the replica's copy is the newest heartbeat it has
+//! replayed, so it is behind by at most the primary's clock now minus its copy. Within
+//! `max_lag` it is within bounds, whatever else it is doing; beyond, turnout gives the
+//! newest heartbeat until `max_lag` after its writing to arrive, and then waits. Both
+//! figures come from the primary's clock (the copy was written by it, "now" is the newest
+//! heartbeat plus the time since, on turnout's monotonic clock), so the clocks of different
+//! machines never meet in one subtraction.
 //!
 //! What the replicas say of themselves misleads exactly when it matters:
 //! PostgreSQL's `now() - pg_last_xact_replay_timestamp()` grows while a quiet primary
@@ -20,10 +23,10 @@
 //! behind. A heartbeat row is replayed like any application write: if it arrived, the
 //! application's writes before it did too.
 //!
-//! The heartbeat's resolution is the time between two heartbeats, at most one poll of a
-//! waiting turnout (500 ms) or one batch: a replica paused just after a heartbeat is
-//! reported as behind by the time since that heartbeat, which can only overstate its lag,
-//! so the backfill errs toward waiting.
+//! The bound is above the true lag by at most the time between two heartbeats (a tenth of
+//! `max_lag`, or a batch): it can only overstate the lag, so the backfill errs toward
+//! waiting. On a healthy replica a batch costs one read of one row per replica, and a
+//! heartbeat write every tenth of `max_lag`.
 
 use crate::error::Result;
 

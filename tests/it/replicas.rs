@@ -427,6 +427,22 @@ fn replica_plan(kind: Kind, name: &str, replica: &str) -> String {
     )
 }
 
+/// A "replica" that is no replica (here the primary itself) would never hold anything
+/// back: the backfill refuses to run unwatched, exit 3, naming it; rolled back after.
+async fn a_replica_that_is_not_one_stops_the_backfill(db: &TestDb, url: &str, shown: &str) {
+    let path = db.plan_file("self.yaml", &replica_plan(db.kind, "items-self", url));
+    let plan = path.to_str().expect("utf-8");
+    let out = db.turnout(&["run", plan, "--yes"], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("replica {shown}")), "{err}");
+    assert!(err.contains("it is not a"), "{err}");
+    let st = status(db, plan).await;
+    assert_eq!(st["phase"], "dual_writing", "{st:#}");
+    assert_eq!(copied(&st), 0, "nothing copied unwatched: {st:#}");
+    ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
+}
+
 /// The scenario on either database: the replica lags on purpose (`lag`), the backfill
 /// waits naming it and its lag, copies nothing meanwhile; once it catches up (`catch_up`)
 /// the backfill finishes. Made to lag again, verify waits for it the same way; once it
@@ -438,7 +454,6 @@ async fn a_lagging_replica_holds_the_backfill_back(
     lag: &[&str],
     catch_up: &[&str],
 ) {
-    seed(db).await;
     let path = db.plan_file(
         "plan.yaml",
         &replica_plan(db.kind, "items-replicas", replica_url),
@@ -564,6 +579,7 @@ async fn postgres_a_paused_standby_holds_the_backfill_back_until_it_replays_agai
     on_server(Kind::Postgres, &pair.url(pair.standby), &["SELECT 1"]).await;
     let db = TestDb::on_own_server(Kind::Postgres, &pair.url(pair.primary)).await;
     let standby = pair.url(pair.standby);
+    seed(&db).await;
     a_lagging_replica_holds_the_backfill_back(
         &db,
         &standby,
@@ -572,12 +588,14 @@ async fn postgres_a_paused_standby_holds_the_backfill_back_until_it_replays_agai
         &["SELECT pg_wal_replay_resume()"],
     )
     .await;
-    // The standby replayed everything, the new table included.
-    let rows = one(Kind::Postgres, &standby, "SELECT count(*)::text FROM items").await;
-    assert_eq!(
-        rows,
-        one(Kind::Postgres, &db.url, "SELECT count(*)::text FROM items").await
-    );
+    // The standby replays everything, the new table included.
+    let count = "SELECT count(*)::text FROM items";
+    let on_primary = one(Kind::Postgres, &db.url, count).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while one(Kind::Postgres, &standby, count).await != on_primary {
+        assert!(Instant::now() < deadline, "the standby never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,6 +625,13 @@ async fn mariadb_a_replica_with_its_sql_thread_stopped_holds_the_backfill_back()
     let replica_db = pair.url(pair.replica, DB);
     on_server(Kind::MySql, &replica_db, &["SELECT 1"]).await;
     let db = TestDb::on_own_server(Kind::MySql, &pair.url(pair.primary, DB)).await;
+    seed(&db).await;
+    a_replica_that_is_not_one_stops_the_backfill(
+        &db,
+        &db.url.clone(),
+        &format!("127.0.0.1:{}", pair.primary),
+    )
+    .await;
     a_lagging_replica_holds_the_backfill_back(
         &db,
         &replica_db,
@@ -633,6 +658,12 @@ async fn postgres_an_unreachable_standby_stops_the_backfill_and_resume_carries_o
     on_server(Kind::Postgres, &pair.url(pair.standby), &["SELECT 1"]).await;
     let db = TestDb::on_own_server(Kind::Postgres, &pair.url(pair.primary)).await;
     seed(&db).await;
+    a_replica_that_is_not_one_stops_the_backfill(
+        &db,
+        &db.url.clone(),
+        &format!("127.0.0.1:{}", pair.primary),
+    )
+    .await;
     let shown = format!("127.0.0.1:{}", pair.standby);
     let path = db.plan_file(
         "plan.yaml",
