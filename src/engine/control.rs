@@ -363,9 +363,13 @@ pub async fn hold<B: Backend>(
         let why = match why_wait(b, s, &c, gate, watch.as_deref_mut()).await {
             Ok(why) => why,
             Err(e) => {
+                // The state says the run stopped, and why, rather than that it waits; the
+                // error itself is what the operator reads, even if this save fails too.
                 st.waiting = None;
                 st.event(format!("stopped: {e}"));
-                b.save_state(&st.to_row()).await?;
+                if let Err(save) = b.save_state(&st.to_row()).await {
+                    warn!("could not record why the run stopped: {save}");
+                }
                 return Err(e);
             }
         };

@@ -16,11 +16,16 @@ const REPLAY_POLL: Duration = Duration::from_millis(10);
 /// The shortest time between two heartbeats.
 const MIN_BEAT_EVERY: Duration = Duration::from_millis(10);
 
-/// How far behind a replica is at most, by the primary's clock: it has replayed the
-/// heartbeat `copy` but perhaps nothing since, and the newest, `beat`, was written
-/// `since` ago. `None` while it has no heartbeat at all.
-fn behind(beat: i64, since: Duration, copy: Option<i64>) -> Option<Duration> {
-    copy.map(|c| Duration::from_micros(beat.saturating_sub(c).max(0) as u64) + since)
+/// The heartbeats a watch keeps, oldest first: enough for minutes at a tenth of max_lag.
+const MAX_BEATS: usize = 4096;
+
+/// The oldest heartbeat written by this watch that a replica whose copy is `copy` has not
+/// replayed; `None` when it has them all. A replica has replayed everything written up to
+/// its copy and none of the heartbeats after it, so it is behind by at least the age of
+/// that one: a lower bound read from the primary's clock alone, whatever delays turnout
+/// itself had between writing and asking.
+fn missing(beats: &std::collections::VecDeque<i64>, copy: Option<i64>) -> Option<i64> {
+    beats.iter().copied().find(|&b| copy.is_none_or(|c| b > c))
 }
 
 /// The replica furthest behind, when one is behind more than `max_lag`.
@@ -38,7 +43,7 @@ impl Lagging {
         let max = humantime::format_duration(self.max_lag);
         match self.lag {
             Some(lag) => format!(
-                "replica lag: replica {} replays {} behind the primary, above backfill.throttle.max_lag {max}; waiting for it to catch up",
+                "replica lag: replica {} replays at least {} behind the primary, above backfill.throttle.max_lag {max}; waiting for it to catch up",
                 self.replica,
                 shown(lag)
             ),
@@ -63,6 +68,8 @@ pub struct Watch<R> {
     sessions: Vec<Option<R>>,
     /// The last heartbeat written (the primary's clock) and when.
     last: Option<(i64, Instant)>,
+    /// Every heartbeat this watch wrote, oldest first (at most [`MAX_BEATS`]).
+    beats: std::collections::VecDeque<i64>,
 }
 
 impl<R> Watch<R> {
@@ -78,6 +85,7 @@ impl<R> Watch<R> {
             max_lag,
             sessions: t.replicas.iter().map(|_| None).collect(),
             last: None,
+            beats: std::collections::VecDeque::new(),
         })
     }
 
@@ -87,25 +95,35 @@ impl<R> Watch<R> {
     where
         B: Backend + Replicas<Replica = R>,
     {
-        let (beat, written) = match self.last {
-            Some((beat, at)) if at.elapsed() < self.beat_every() => (beat, at),
-            _ => {
-                let beat = b.beat(&plan.file.name).await?;
-                self.last = Some((beat, Instant::now()));
-                (beat, Instant::now())
+        let due = self
+            .last
+            .is_none_or(|(_, at)| at.elapsed() >= self.beat_every());
+        if due {
+            let beat = b.beat(&plan.file.name).await?;
+            self.last = Some((beat, Instant::now()));
+            if self.beats.len() == MAX_BEATS {
+                self.beats.pop_front();
             }
-        };
+            self.beats.push_back(beat);
+        }
         let mut worst: Option<Lagging> = None;
         for i in 0..self.urls.len() {
             let lag = loop {
+                // The primary's clock now, taken before the replica is asked, so what it
+                // has not replayed by its answer is at least this old.
+                let now = self.primary_now();
                 let copy = self.replayed(b, plan, what, i).await?;
-                let lag = behind(beat, written.elapsed(), copy);
-                if lag.is_some_and(|l| l <= self.max_lag) {
+                let Some(missing) = missing(&self.beats, copy) else {
                     break None;
+                };
+                let lag = Duration::from_micros(now.saturating_sub(missing).max(0) as u64);
+                if lag > self.max_lag {
+                    break Some(copy.map(|_| lag));
                 }
-                // The heartbeat written last may still reach it within max_lag.
-                if written.elapsed() >= self.max_lag {
-                    break Some(lag);
+                // The first heartbeat of this watch may simply not have arrived yet; a
+                // replica that has not replayed it max_lag after it was written is behind.
+                if self.beats.len() > 1 {
+                    break None;
                 }
                 tokio::time::sleep(REPLAY_POLL).await;
             };
@@ -124,6 +142,13 @@ impl<R> Watch<R> {
             }
         }
         Ok(worst)
+    }
+
+    /// The primary's clock now: the last heartbeat plus the time since it was written.
+    fn primary_now(&self) -> i64 {
+        self.last.map_or(0, |(beat, at)| {
+            beat.saturating_add(at.elapsed().as_micros().min(i64::MAX as u128) as i64)
+        })
     }
 
     /// A new heartbeat is written at most this often: a tenth of `max_lag` is all the
@@ -233,14 +258,13 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_is_behind_by_the_age_of_the_newest_heartbeat_it_has() {
-        let ms = Duration::from_millis;
-        // It has the newest heartbeat, written 30 ms ago: at most 30 ms behind.
-        assert_eq!(behind(5_000_000, ms(30), Some(5_000_000)), Some(ms(30)));
-        // It stopped at a heartbeat 2 s older than the newest, written 100 ms ago.
-        assert_eq!(behind(5_000_000, ms(100), Some(3_000_000)), Some(ms(2100)));
-        // None of turnout's heartbeats has reached it.
-        assert_eq!(behind(5_000_000, ms(100), None), None);
+    fn a_replica_is_behind_by_at_least_the_age_of_the_first_heartbeat_it_lacks() {
+        let beats: std::collections::VecDeque<i64> = [100, 200, 300].into();
+        assert_eq!(missing(&beats, Some(300)), None, "it has them all");
+        assert_eq!(missing(&beats, Some(200)), Some(300));
+        assert_eq!(missing(&beats, Some(150)), Some(200), "between two beats");
+        assert_eq!(missing(&beats, Some(7)), Some(100), "older than this watch");
+        assert_eq!(missing(&beats, None), Some(100), "no heartbeat at all");
     }
 
     #[test]
@@ -252,7 +276,7 @@ mod tests {
         };
         assert_eq!(
             l.detail(),
-            "replica lag: replica 127.0.0.1:5433 replays 2s 345ms behind the primary, above backfill.throttle.max_lag 500ms; waiting for it to catch up"
+            "replica lag: replica 127.0.0.1:5433 replays at least 2s 345ms behind the primary, above backfill.throttle.max_lag 500ms; waiting for it to catch up"
         );
     }
 }
