@@ -28,3 +28,68 @@
 //! The first heartbeat of a run is given `max_lag` to arrive, so a replica that was already
 //! behind before the run holds the first batch back too. On a healthy replica a batch costs
 //! one read of one row per replica, and a heartbeat write every tenth of `max_lag`.
+
+use crate::error::Result;
+
+/// What a replica answers or why it cannot: the database's own words, which the engine
+/// puts after the replica's name (host:port, never its password) and what to do next.
+pub type ReplicaResult<T> = std::result::Result<T, String>;
+
+#[allow(async_fn_in_trait)]
+pub trait Replicas {
+    /// A session on one replica, kept by the engine for as long as it watches.
+    type Replica: Send;
+
+    /// Whether this database has replicas turnout can watch (SQLite has none).
+    fn has_replicas(&self) -> bool {
+        true
+    }
+
+    /// Writes the migration's heartbeat on this database (the primary), creating its
+    /// table the first time, and returns it: the primary's clock, in microseconds.
+    async fn beat(&self, migration: &str) -> Result<i64>;
+
+    /// Connects to the replica at `url` and makes sure it is one (it replays a primary).
+    async fn connect_replica(&self, url: &str) -> ReplicaResult<Self::Replica>;
+
+    /// The newest heartbeat of `migration` the replica has replayed; `None` while none
+    /// has reached it (not even the heartbeat table).
+    async fn replayed_beat(
+        &self,
+        replica: &mut Self::Replica,
+        migration: &str,
+    ) -> ReplicaResult<Option<i64>>;
+}
+
+/// SQLite is one file with one writer: nothing replicates it, and plan checks refuse
+/// `backfill.throttle.replicas` there before anything asks.
+impl Replicas for super::sqlite::Sqlite {
+    type Replica = ();
+
+    fn has_replicas(&self) -> bool {
+        false
+    }
+
+    async fn beat(&self, _migration: &str) -> Result<i64> {
+        Err(no_replicas())
+    }
+
+    async fn connect_replica(&self, _url: &str) -> ReplicaResult<()> {
+        Err("SQLite has no replicas".into())
+    }
+
+    async fn replayed_beat(
+        &self,
+        _replica: &mut (),
+        _migration: &str,
+    ) -> ReplicaResult<Option<i64>> {
+        Err("SQLite has no replicas".into())
+    }
+}
+
+fn no_replicas() -> crate::error::Error {
+    crate::error::Error::Usage(
+        "backfill.throttle.replicas: SQLite has no replicas (one file, one writer); remove the key"
+            .into(),
+    )
+}
