@@ -5,6 +5,7 @@
 
 pub mod mysql;
 pub mod postgres;
+pub mod replicas;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::schema::{Migration, TableShape};
+pub use replicas::Replicas;
 
 /// One row of `turnout_state`, as the database stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,7 +249,7 @@ pub struct PhaseSql {
 /// missing. `save` is the state row to persist once the step's effect is durable; where
 /// the database allows it, in the same transaction as the step itself.
 #[allow(async_fn_in_trait)]
-pub trait Backend {
+pub trait Backend: Replicas {
     /// `postgres`, `mysql` or `sqlite`.
     fn dialect(&self) -> &'static str;
 

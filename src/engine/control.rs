@@ -3,8 +3,9 @@
 //! under a reserved name, so the checkpoint the running turnout saves after every batch
 //! never overwrites them), and read by the running turnout before every batch, every
 //! verify attempt and every step. Also the one place that decides why the migration
-//! waits (paused, or throttled by the plan's throttle query) and records it in the state
-//! for `status`. No SQL here: only the [`Backend`]'s state rows.
+//! waits (paused, throttled by the plan's throttle query, or held back by a replica's
+//! lag) and records it in the state for `status`. No SQL here: only the [`Backend`]'s
+//! state rows and its answers about replicas.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,9 +14,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::replicas::Watch;
 use super::state::State;
 use super::{Phase, Session};
-use crate::db::{Backend, StateRow, VerifyReport, VerifyRequest};
+use crate::db::{Backend, Replicas, StateRow, VerifyReport, VerifyRequest};
 use crate::error::{Error, Result};
 use crate::plan::{Backfill, BatchSize, Plan};
 use crate::schema::Migration;
@@ -134,14 +136,41 @@ impl InForce {
 /// Why the running turnout is waiting, as it recorded in the state for `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
-    /// `paused` or `throttled`.
+    /// `paused`, `throttled` or `replica lag`.
     pub reason: String,
     pub since: DateTime<Utc>,
     /// In words, for a person.
     pub detail: String,
+    /// With `replica lag`: the replica furthest behind, as `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// With `replica lag`: how far behind it is, in milliseconds; absent while none of
+    /// turnout's heartbeats has reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
-/// What a wait is for: the throttle query holds back only the backfill's batches.
+/// A reason to wait, before it is recorded.
+struct Why {
+    reason: &'static str,
+    detail: String,
+    replica: Option<String>,
+    lag_ms: Option<u64>,
+}
+
+impl Why {
+    fn new(reason: &'static str, detail: String) -> Why {
+        Why {
+            reason,
+            detail,
+            replica: None,
+            lag_ms: None,
+        }
+    }
+}
+
+/// What a wait is for: the throttle query holds back only the backfill's batches, the
+/// replicas' lag the batches and verify's chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     Batch,
@@ -272,10 +301,11 @@ async fn why_wait<B: Backend>(
     s: &Session<'_>,
     c: &Control,
     gate: Gate,
-) -> Result<Option<(String, String)>> {
+    watch: Option<&mut Watch<<B as Replicas>::Replica>>,
+) -> Result<Option<Why>> {
     if let Some(p) = &c.paused {
-        return Ok(Some((
-            "paused".into(),
+        return Ok(Some(Why::new(
+            "paused",
             format!(
                 "paused by {} at {}; waiting for `turnout unpause {}`",
                 p.by,
@@ -286,33 +316,64 @@ async fn why_wait<B: Backend>(
     }
     if gate == Gate::Batch
         && let Some(t) = &s.plan.file.backfill.throttle
+        && let (Some(query), Some(max)) = (&t.query, t.max)
     {
-        let value = b.throttle_value(&t.query).await?;
-        if value > t.max {
-            return Ok(Some((
-                "throttled".into(),
-                format!(
-                    "throttled: backfill.throttle.query reads {value}, above its max {}",
-                    t.max
-                ),
+        let value = b.throttle_value(query).await?;
+        if value > max {
+            return Ok(Some(Why::new(
+                "throttled",
+                format!("throttled: backfill.throttle.query reads {value}, above its max {max}"),
             )));
+        }
+    }
+    if gate != Gate::Step
+        && let Some(watch) = watch
+    {
+        let what = if gate == Gate::Batch {
+            "backfill"
+        } else {
+            "verify"
+        };
+        if let Some(l) = watch.lagging(b, s.plan, what).await? {
+            return Ok(Some(Why {
+                reason: "replica lag",
+                detail: l.detail(),
+                replica: Some(l.replica.clone()),
+                lag_ms: l.lag.map(|d| d.as_millis() as u64),
+            }));
         }
     }
     Ok(None)
 }
 
-/// Waits while the migration is paused (or, before a batch, throttled), saving in the
-/// state why it waits so `status` can show it, and holding no transaction meanwhile.
-/// Returns the control in force once it may go on (or once cancelled: the caller checks).
+/// Waits while the migration is paused (or, before a batch, throttled; before a batch or
+/// a verify, held back by a replica's lag), saving in the state why it waits so `status`
+/// can show it, and holding no transaction meanwhile. Returns the control in force once
+/// it may go on (or once cancelled: the caller checks). A replica that cannot be watched
+/// ends the wait with its error, recorded in the state's events.
 pub async fn hold<B: Backend>(
     b: &B,
     s: &Session<'_>,
     st: &mut State,
     gate: Gate,
+    mut watch: Option<&mut Watch<<B as Replicas>::Replica>>,
 ) -> Result<Control> {
     loop {
         let c = read(b, &st.name).await?;
-        let Some((reason, detail)) = why_wait(b, s, &c, gate).await? else {
+        let why = match why_wait(b, s, &c, gate, watch.as_deref_mut()).await {
+            Ok(why) => why,
+            Err(e) => {
+                // The state says the run stopped, and why, rather than that it waits; the
+                // error itself is what the operator reads, even if this save fails too.
+                st.waiting = None;
+                st.event(format!("stopped: {e}"));
+                if let Err(save) = b.save_state(&st.to_row()).await {
+                    warn!("could not record why the run stopped: {save}");
+                }
+                return Err(e);
+            }
+        };
+        let Some(why) = why else {
             if let Some(w) = st.waiting.take() {
                 let waited = (Utc::now() - w.since).num_milliseconds().max(0) as u64;
                 let waited = humantime::format_duration(Duration::from_millis(waited));
@@ -325,16 +386,30 @@ pub async fn hold<B: Backend>(
             }
             return Ok(c);
         };
-        if st.waiting.as_ref().map(|w| &w.reason) != Some(&reason) {
+        let reason = why.reason;
+        let was = st.waiting.clone();
+        let was = was.as_ref();
+        if was.map(|w| w.reason.as_str()) != Some(reason) {
             if reason == "paused" {
-                st.event(detail.clone());
+                st.event(why.detail.clone());
             }
-            info!(%reason, "{detail}");
-            s.observer.waiting(Some(&detail));
+            info!(%reason, replica = why.replica.as_deref(), lag_ms = why.lag_ms, "{}", why.detail);
+        } else if was.map(|w| &w.detail) != Some(&why.detail) {
+            // The same wait with a new figure (a replica's lag): `status` shows the latest.
+            tracing::debug!(%reason, "{}", why.detail);
+        }
+        if was.map(|w| &w.detail) != Some(&why.detail) {
+            s.observer.waiting(Some(&why.detail));
+            let since = match was {
+                Some(w) if w.reason == reason => w.since,
+                _ => Utc::now(),
+            };
             st.waiting = Some(Waiting {
-                reason: reason.clone(),
-                since: Utc::now(),
-                detail,
+                reason: reason.to_string(),
+                since,
+                detail: why.detail,
+                replica: why.replica,
+                lag_ms: why.lag_ms,
             });
             b.save_state(&st.to_row()).await?;
         }
@@ -351,14 +426,18 @@ pub async fn hold<B: Backend>(
     }
 }
 
-/// Runs `work` while watching the control record: `paused` is set once an operator
-/// pauses, and `work` (verify) is expected to stop at its next chunk when it sees it.
+/// Runs `work` while watching the control record and the replicas: `paused` is set once
+/// an operator pauses, `lagging` once a replica falls behind (or cannot be asked), and
+/// `work` (verify) is expected to stop at its next chunk when it sees either.
 async fn watching<B: Backend, T>(
     b: &B,
-    migration: &str,
+    s: &Session<'_>,
     paused: &AtomicBool,
+    lagging: &AtomicBool,
+    mut replicas: Option<&mut Watch<<B as Replicas>::Replica>>,
     work: impl Future<Output = T>,
 ) -> T {
+    let migration = &s.plan.file.name;
     let watch = async {
         loop {
             tokio::time::sleep(POLL).await;
@@ -370,6 +449,21 @@ async fn watching<B: Backend, T>(
                 Ok(_) => {}
                 Err(e) => warn!("could not read the control record: {e}"),
             }
+            if let Some(r) = replicas.as_deref_mut() {
+                match r.lagging(b, s.plan, "verify").await {
+                    Ok(None) => {}
+                    Ok(Some(l)) => {
+                        info!(replica = %l.replica, "{}; verify stops at its next chunk", l.detail());
+                        lagging.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    // Said again, and recorded, by the wait that follows.
+                    Err(_) => {
+                        lagging.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
         }
     };
     tokio::pin!(work);
@@ -379,10 +473,10 @@ async fn watching<B: Backend, T>(
     }
 }
 
-/// Verify's comparison, stopped at its next chunk when an operator pauses: it reads one
-/// snapshot, and holding that open through a pause would hold the table and the
-/// database's cleanup back, so it is let go, and taken again from the first chunk once
-/// unpaused.
+/// Verify's comparison, stopped at its next chunk when an operator pauses or a replica
+/// falls behind: it reads one snapshot, and holding that open through a wait would hold
+/// the table and the database's cleanup back, so it is let go, and taken again from the
+/// first chunk once the wait is over.
 pub(super) async fn verify<B: Backend>(
     b: &B,
     s: &Session<'_>,
@@ -391,24 +485,36 @@ pub(super) async fn verify<B: Backend>(
     req: &VerifyRequest,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport> {
+    let mut replicas = Watch::of(s.plan);
     loop {
-        hold(b, s, st, Gate::Verify).await?;
+        hold(b, s, st, Gate::Verify, replicas.as_mut()).await?;
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
-        let paused = AtomicBool::new(false);
-        let stop = || s.cancel.is_cancelled() || paused.load(Ordering::Relaxed);
-        let report = watching(b, &st.name, &paused, b.verify(m, req, progress, &stop)).await?;
+        let (paused, lagging) = (AtomicBool::new(false), AtomicBool::new(false));
+        let stop = || {
+            s.cancel.is_cancelled()
+                || paused.load(Ordering::Relaxed)
+                || lagging.load(Ordering::Relaxed)
+        };
+        let compare = b.verify(m, req, progress, &stop);
+        let report = watching(b, s, &paused, &lagging, replicas.as_mut(), compare).await?;
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
-        if !paused.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            info!(
+                rows = report.rows,
+                "verify paused; it compares again from the first chunk once unpaused"
+            );
+        } else if lagging.load(Ordering::Relaxed) {
+            info!(
+                rows = report.rows,
+                "verify stopped for replica lag; it compares again from the first chunk once the replicas catch up"
+            );
+        } else {
             return Ok(report);
         }
-        info!(
-            rows = report.rows,
-            "verify paused; it compares again from the first chunk once unpaused"
-        );
     }
 }
 

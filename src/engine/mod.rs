@@ -8,6 +8,7 @@ pub mod blockers;
 pub mod control;
 pub mod diff;
 pub mod dir;
+pub mod replicas;
 pub mod state;
 
 use std::time::{Duration, Instant};
@@ -93,7 +94,7 @@ pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Resul
                 return Ok(st);
             }
             // A paused migration takes no step, whichever phase it is in.
-            control::hold(b, s, &mut st, Gate::Step).await?;
+            control::hold(b, s, &mut st, Gate::Step, None).await?;
             if s.cancel.is_cancelled() {
                 return Err(s.interrupted(st.phase));
             }
@@ -210,6 +211,10 @@ pub async fn derive_all<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<Migration>
                 b.dialect()
             )],
         ));
+    }
+    let replica_problems = replicas::refusals(b, &plan.file);
+    if !replica_problems.is_empty() {
+        refusals.push((plan.file.table_names(), replica_problems));
     }
     if refusals.is_empty() {
         let problems = b.preflight_together(&ms).await?;
@@ -456,11 +461,13 @@ async fn backfill_table<B: Backend>(
     let mut mode = None;
     let started = Instant::now();
     let copied_before = st.backfill_of(i).rows_copied;
+    let mut watch = replicas::Watch::of(s.plan);
     loop {
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
-        let force = InForce::new(cfg, &control::hold(b, s, &mut st, Gate::Batch).await?);
+        let held = control::hold(b, s, &mut st, Gate::Batch, watch.as_mut()).await?;
+        let force = InForce::new(cfg, &held);
         if s.cancel.is_cancelled() {
             return Err(s.interrupted(st.phase));
         }
@@ -896,6 +903,8 @@ async fn note_blocked<B: Backend>(
                 .filter(|w| w.reason == "blocked")
                 .map_or_else(chrono::Utc::now, |w| w.since),
             detail,
+            replica: None,
+            lag_ms: None,
         });
     }
     b.save_state(&st.to_row()).await

@@ -76,7 +76,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan> {
         .into_iter()
         .map(|(key, message)| PlanProblem {
             file: file.to_string(),
-            location: locate(text, &key),
+            location: locate_or_parent(text, &key),
             key,
             message,
         })
@@ -90,6 +90,18 @@ pub fn parse(text: &str, file: &str) -> Result<Plan> {
         path: file.to_string(),
         hash,
     })
+}
+
+/// Where `key` sits, or for a key the plan leaves out (a missing `max_lag`), the
+/// nearest enclosing key it should be written under.
+fn locate_or_parent(text: &str, key: &str) -> Option<crate::error::PlanLocation> {
+    let mut key = key;
+    loop {
+        if let Some(at) = locate(text, key) {
+            return Some(at);
+        }
+        key = &key[..key.rfind('.')?];
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -261,15 +273,7 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
         );
     }
     if let Some(t) = &p.backfill.throttle {
-        if t.query.trim().is_empty() {
-            bad(
-                "backfill.throttle.query",
-                "expected a SQL query returning one number; found an empty string".into(),
-            );
-        }
-        if !t.max.is_finite() {
-            bad("backfill.throttle.max", "expected a finite number".into());
-        }
+        validate_throttle(t, &mut bad);
     }
     if !(p.verify.sample_rate > 0.0 && p.verify.sample_rate <= 1.0) {
         bad(
@@ -309,6 +313,85 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
         );
     }
     out
+}
+
+/// A throttle is a query with its `max`, replicas with their `max_lag`, or both.
+fn validate_throttle(t: &Throttle, bad: &mut impl FnMut(&str, String)) {
+    if t.query.is_none() && t.max.is_none() && t.replicas.is_empty() && t.max_lag.is_none() {
+        bad(
+            "backfill.throttle",
+            "expected `query` with `max`, or `replicas` with `max_lag` (or both); found neither"
+                .into(),
+        );
+        return;
+    }
+    match (&t.query, t.max) {
+        (Some(q), _) if q.trim().is_empty() => bad(
+            "backfill.throttle.query",
+            "expected a SQL query returning one number; found an empty string".into(),
+        ),
+        (Some(_), None) => bad(
+            "backfill.throttle.max",
+            "expected the number above which the throttle query holds the backfill back; found none"
+                .into(),
+        ),
+        (None, Some(_)) => bad(
+            "backfill.throttle.query",
+            "expected the SQL query whose value `max` bounds; found none".into(),
+        ),
+        _ => {}
+    }
+    if let Some(max) = t.max
+        && !max.is_finite()
+    {
+        bad("backfill.throttle.max", "expected a finite number".into());
+    }
+    for (i, url) in t.replicas.iter().enumerate() {
+        if let Err(why) = replica_url(url) {
+            bad(&format!("backfill.throttle.replicas[{i}]"), why);
+        }
+    }
+    match t.max_lag {
+        None if !t.replicas.is_empty() => bad(
+            "backfill.throttle.max_lag",
+            "expected the replay lag above which the backfill waits for its replicas, a duration such as 500ms or 2s; found none".into(),
+        ),
+        Some(_) if t.replicas.is_empty() => bad(
+            "backfill.throttle.max_lag",
+            "bounds the lag of `replicas`, and none is listed; list the replicas' URLs or remove max_lag".into(),
+        ),
+        Some(d) => check_duration(
+            bad,
+            "backfill.throttle.max_lag",
+            d,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        ),
+        None => {}
+    }
+}
+
+/// Why a replica's URL cannot be used; its password (if any) is never repeated.
+fn replica_url(url: &str) -> std::result::Result<(), String> {
+    let shown = crate::db::redact(url);
+    let parsed = url::Url::parse(url).map_err(|e| {
+        format!("expected a database URL such as postgres://user@host:5432/db; {shown:?}: {e}")
+    })?;
+    if !matches!(
+        parsed.scheme(),
+        "postgres" | "postgresql" | "mysql" | "mariadb"
+    ) {
+        return Err(format!(
+            "expected a postgres:// or mysql:// URL of a replica; found the scheme {:?}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "expected a URL naming the replica's host; found {shown:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// The checks of one table's entry; `at` prefixes its keys (`tables[1].`, or nothing in
@@ -705,6 +788,56 @@ mod tests {
         assert!(at.iter().all(|&i| i != usize::MAX), "{text}");
         assert!(!text.contains("\"tables\""), "{text}");
         assert!(plan.canonical().contains("\"add_column\""));
+    }
+
+    /// A migration in flight with a throttle query keeps its hash now that the throttle
+    /// has optional replica keys: the hash below is the one turnout gave this plan before.
+    #[test]
+    fn a_throttle_query_plan_keeps_its_hash_with_the_replica_keys_absent() {
+        let text = "version: 1\nname: h\ntable: t\nchanges:\n  - add_column: {name: c, type: INTEGER}\nbackfill:\n  throttle: {query: \"SELECT 0\", max: 10}\n";
+        let plan = parse(text, "p.yaml").expect("valid");
+        assert_eq!(
+            plan.hash,
+            "ff4596b30d441600bd77c7c3c859216b5c1091096f8f79199a19f46c7a879d17"
+        );
+        assert!(
+            !plan.canonical().contains("replicas"),
+            "{}",
+            plan.canonical()
+        );
+        assert!(
+            !plan.canonical().contains("max_lag"),
+            "{}",
+            plan.canonical()
+        );
+    }
+
+    #[test]
+    fn replicas_need_a_max_lag_and_a_database_url_without_repeating_its_password() {
+        let with = |throttle: &str| format!("{GOOD}backfill:\n  throttle:\n{throttle}");
+        let p = problem(&with("    replicas: [\"postgres://u:pw@r:5433/app\"]\n"));
+        assert_eq!(p.key, "backfill.throttle.max_lag", "{p}");
+        // Missing, so located at the key it belongs under.
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(10), "{p}");
+        let p = problem(&with(
+            "    replicas: [\"postgres://u:pw@r:5433/app\"]\n    max_lag: 0ms\n",
+        ));
+        assert_eq!(p.key, "backfill.throttle.max_lag", "{p}");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(12), "{p}");
+        let p = problem(&with(
+            "    replicas: [\"ftp://u:pw@r/app\"]\n    max_lag: 1s\n",
+        ));
+        assert_eq!(p.key, "backfill.throttle.replicas[0]", "{p}");
+        assert!(!p.to_string().contains("pw"), "{p}");
+        let ok = parse(
+            &with("    replicas: [\"postgres://u:pw@r:5433/app\", \"postgres://r2/app\"]\n    max_lag: 250ms\n"),
+            "p.yaml",
+        )
+        .expect("valid");
+        let t = ok.file.backfill.throttle.expect("throttle");
+        assert_eq!(t.replicas.len(), 2);
+        assert_eq!(t.max_lag, Some(Duration::from_millis(250)));
+        assert_eq!((t.query, t.max), (None, None));
     }
 
     #[test]

@@ -261,12 +261,24 @@ impl Default for Backfill {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// What holds the backfill (and verify) back: a query's value above `max`, or a replica
+/// whose replay lags more than `max_lag`. Either pair, or both.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Throttle {
     /// SQL returning one number; backfill waits while it is above `max`.
-    pub query: String,
-    pub max: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// URLs of the primary's replicas (same scheme as the primary's): backfill and
+    /// verify wait while any replays more than `max_lag` behind. Absent from the
+    /// canonical plan when empty, so older plans keep their hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "human_opt")]
+    #[schemars(with = "Option<String>")]
+    pub max_lag: Option<Duration>,
 }
 
 /// What a dual-write trigger does when the plan's expression fails for a row the

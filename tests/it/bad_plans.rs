@@ -189,6 +189,41 @@ pub fn corpus() -> Vec<(&'static str, String, &'static str)> {
             "cutover.lock_timeout",
         ),
         (
+            "a replica URL that is not one",
+            tail("backfill:\n  throttle:\n    replicas: [\"not a url\"]\n    max_lag: 1s\n"),
+            "bad.yaml:8:5: backfill.throttle.replicas[0]: expected a database URL",
+        ),
+        (
+            "a replica of another kind of database",
+            tail("backfill:\n  throttle:\n    replicas: [\"http://u:hunter2@h/x\"]\n    max_lag: 1s\n"),
+            "bad.yaml:8:5: backfill.throttle.replicas[0]: expected a postgres:// or mysql:// URL",
+        ),
+        (
+            "replicas without a max_lag",
+            tail("backfill:\n  throttle:\n    replicas: [\"postgres://u@replica:5433/app\"]\n"),
+            "bad.yaml:7:3: backfill.throttle.max_lag: expected the replay lag",
+        ),
+        (
+            "a max_lag of zero",
+            tail("backfill:\n  throttle:\n    replicas: [\"postgres://u@replica:5433/app\"]\n    max_lag: 0s\n"),
+            "bad.yaml:9:5: backfill.throttle.max_lag: expected a duration between 10ms and 1h",
+        ),
+        (
+            "a max_lag without replicas",
+            tail("backfill:\n  throttle: {query: SELECT 0, max: 1, max_lag: 1s}\n"),
+            "bad.yaml:7:39: backfill.throttle.max_lag: bounds the lag of `replicas`",
+        ),
+        (
+            "a throttle of nothing",
+            tail("backfill:\n  throttle: {}\n"),
+            "bad.yaml:7:3: backfill.throttle: expected `query` with `max`, or `replicas` with `max_lag`",
+        ),
+        (
+            "a throttle query without its max",
+            tail("backfill:\n  throttle: {query: SELECT 1}\n"),
+            "bad.yaml:7:3: backfill.throttle.max: expected the number above which",
+        ),
+        (
             "blockers ended after no time at all",
             tail("cutover:\n  kill_blockers_after: 0s\n"),
             "cutover.kill_blockers_after",

@@ -98,6 +98,23 @@ impl TestDb {
         }
     }
 
+    /// A database on a server the test started itself (tests/it/replicas.rs): it goes
+    /// with that server, so it is never dropped from the shared ones.
+    pub async fn on_own_server(kind: Kind, url: &str) -> TestDb {
+        let pool = match kind {
+            Kind::Postgres => Pool::Postgres(PgPool::connect(url).await.expect("connect")),
+            Kind::MySql => Pool::MySql(MySqlPool::connect(url).await.expect("connect")),
+            Kind::Sqlite => panic!("SQLite has no server of its own"),
+        };
+        TestDb {
+            kind,
+            url: url.to_string(),
+            pool,
+            name: String::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
     pub async fn drop(self) {
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,

@@ -21,6 +21,7 @@ mod postgres_carry;
 mod postgres_real_schema;
 mod postgres_shape;
 mod random_plans;
+mod replicas;
 mod scenarios;
 mod security;
 mod sqlite_real_schema;

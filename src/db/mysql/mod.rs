@@ -39,6 +39,7 @@ mod furniture;
 mod key_types;
 mod own_triggers;
 mod prepare;
+mod replicas;
 mod sql;
 mod state;
 mod verify;

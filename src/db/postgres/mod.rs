@@ -24,6 +24,7 @@ mod children;
 mod cutover;
 mod errors;
 mod prepare;
+mod replicas;
 mod rls;
 mod shape;
 mod sql;

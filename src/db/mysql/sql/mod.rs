@@ -10,6 +10,7 @@ mod blockers;
 mod cutover;
 pub(in crate::db::mysql) mod foreign_keys;
 pub(in crate::db::mysql) mod own_triggers;
+pub(super) mod replicas;
 pub(in crate::db::mysql) mod shadow;
 mod triggers;
 mod verify;

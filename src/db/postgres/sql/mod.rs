@@ -19,6 +19,7 @@ mod cutover;
 mod furniture;
 mod keys;
 mod matviews;
+pub(super) mod replicas;
 mod rls;
 pub(super) mod shadow;
 mod shape;
