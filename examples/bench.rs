@@ -256,12 +256,13 @@ fn shape(kind: Kind, rows: u64) -> Shape {
     }
 }
 
-/// One application write: when it started (since the epoch), how long it took, whether it failed.
-#[derive(Clone, Copy)]
+/// One application write: when it started (since the epoch), how long it took, and the
+/// database's error when it failed.
+#[derive(Clone)]
 struct Sample {
     at: Duration,
     took: Duration,
-    failed: bool,
+    error: Option<String>,
 }
 
 type Samples = Arc<Mutex<Vec<Sample>>>;
@@ -300,11 +301,11 @@ fn start_writer(
                 _ => format!("DELETE FROM orders WHERE id = {id}"),
             };
             let t = Instant::now();
-            let failed = pool.exec(&sql).await.is_err();
+            let error = pool.exec(&sql).await.err().map(|e| e.to_string());
             samples.lock().await.push(Sample {
                 at: t - epoch,
                 took: t.elapsed(),
-                failed,
+                error,
             });
         }
     })
@@ -315,7 +316,7 @@ fn window(samples: &[Sample], from: Duration, to: Duration) -> Vec<Sample> {
     samples
         .iter()
         .filter(|s| s.at + s.took >= from && s.at <= to)
-        .copied()
+        .cloned()
         .collect()
 }
 
@@ -326,8 +327,15 @@ fn longest_ms(samples: &[Sample]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn failures(samples: &[Sample]) -> usize {
-    samples.iter().filter(|s| s.failed).count()
+/// How many writes failed, and the first failures' errors.
+fn failures(samples: &[Sample]) -> String {
+    let errors: Vec<&str> = samples.iter().filter_map(|s| s.error.as_deref()).collect();
+    let first: Vec<&str> = errors.iter().take(3).copied().collect();
+    if first.is_empty() {
+        "0".to_string()
+    } else {
+        format!("{} ({})", errors.len(), first.join("; "))
+    }
 }
 
 /// Runs the turnout binary under /usr/bin/time; returns (seconds, peak RSS in MiB).

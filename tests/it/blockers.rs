@@ -3,12 +3,11 @@
 //! turnout), names it while it waits, gives up with exit 3 naming it when it never ends,
 //! and ends it when the plan says `kill_blockers_after`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
+use crate::harness::{Kind, TestDb, Writer, finish, ok, spawn, status_json as status, stderr};
 use crate::scenarios::{SEED_ROWS, compare_with_mirror, plan, seed};
 
 /// A transaction of another application that has read the table and stays open: it holds
@@ -85,25 +84,6 @@ async fn seed_with_a_row_nobody_writes(db: &TestDb) {
     }
 }
 
-fn spawn(db: &TestDb, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG")
-        .env_remove("TURNOUT_FAULT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turnout")
-}
-
-async fn status(db: &TestDb, plan: &str) -> serde_json::Value {
-    let out = db.turnout(&["status", plan, "--json"], None);
-    ok(&out, "status");
-    let all: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("status is JSON");
-    all[0].clone()
-}
-
 fn with_cutover(kind: Kind, name: &str, cutover: &str) -> String {
     let p = plan(kind, name, 500);
     let at = p.find("cutover:").expect("the plan has a cutover section");
@@ -144,7 +124,7 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
     // (One younger than that is the missed-blocker case, bounded by the capped request.)
     tokio::time::sleep(Duration::from_millis(300)).await;
     writer.reset_longest();
-    let child = spawn(&db, &["run", plan, "--yes"]);
+    let child = spawn(&db, &["run", plan, "--yes"], &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let st = loop {
         let st = status(&db, plan).await;
@@ -171,10 +151,7 @@ pub async fn a_blocker_holds_no_write_back_and_is_named_while_it_lasts(kind: Kin
         "the blocker was ended although the plan does not say so"
     );
 
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("wait");
+    let out = finish(child).await;
     ok(&out, "the run that waited for the blocker");
     let at_the_swap = writer.longest();
     let failed = writer.failures.load(std::sync::atomic::Ordering::Relaxed);

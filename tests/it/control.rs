@@ -2,59 +2,14 @@
 //! separate commands against a turnout that is backfilling or verifying under the
 //! concurrent writer; and a migration killed while paused stays paused after `resume`.
 
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
+use crate::harness::{
+    Kind, TestDb, Writer, finish, ok, plain, spawn, status_json as status, stderr, stdout,
+};
 use crate::scenarios::{SEED_ROWS, compare_with_mirror, plan, seed};
-
-fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnout"));
-    cmd.args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG")
-        .env_remove("TURNOUT_FAULT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn turnout")
-}
-
-/// Log text without its colour codes.
-fn plain(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for e in chars.by_ref() {
-                if e.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-async fn finish(child: Child) -> Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("wait")
-}
-
-async fn status(db: &TestDb, plan: &str) -> serde_json::Value {
-    let out = db.turnout(&["status", plan, "--json"], None);
-    ok(&out, "status");
-    let all: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("status is JSON");
-    all[0].clone()
-}
 
 /// Polls `status` until `what` holds, for at most `secs` seconds.
 async fn until(

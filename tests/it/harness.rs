@@ -458,3 +458,54 @@ pub fn ok(out: &Output, what: &str) {
         stderr(out)
     );
 }
+
+/// Starts the turnout binary against `db` without waiting for it (output piped), with no
+/// fault and no log filter of the caller's, and `env` set.
+pub fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
+    cmd.args(args)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .env_remove("TURNOUT_FAULT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn turnout")
+}
+
+/// Waits for a spawned turnout without blocking the runtime.
+pub async fn finish(child: std::process::Child) -> Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait")
+}
+
+/// The plan's migration as `turnout status --json` shows it.
+pub async fn status_json(db: &TestDb, plan: &str) -> serde_json::Value {
+    let out = db.turnout(&["status", plan, "--json"], None);
+    ok(&out, "status");
+    let all: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).expect("status --json is JSON");
+    all[0].clone()
+}
+
+/// Log text without its colour codes.
+pub fn plain(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

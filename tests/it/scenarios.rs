@@ -2,7 +2,7 @@
 //! `scenarios!` macro in main.rs: a migration under a concurrent writer, SIGKILL and
 //! resume, rollback from every phase, a second turnout refused, an edited plan refused.
 
-use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
+use crate::harness::{Kind, TestDb, Writer, ok, status_json, stderr, stdout};
 
 pub const SEED_ROWS: i64 = 2000;
 
@@ -170,14 +170,6 @@ async fn turnout_tables(db: &TestDb) -> Vec<String> {
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
         .collect()
-}
-
-async fn status_json(db: &TestDb, plan: &str) -> serde_json::Value {
-    let out = db.turnout(&["status", plan, "--json"], None);
-    ok(&out, "status");
-    let all: serde_json::Value =
-        serde_json::from_str(&stdout(&out)).expect("status --json is JSON");
-    all[0].clone()
 }
 
 pub async fn full_migration_under_concurrent_writes(kind: Kind) {

@@ -35,11 +35,7 @@ impl Postgres {
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
         let gens: Vec<Gen<'_>> = ms.iter().map(|m| self.gen_for(m)).collect();
-        let tables = ms
-            .iter()
-            .map(|m| m.table.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let tables = table_list(ms);
         let ctx = |e| Error::db(format!("cutover of {tables}"), e);
         let mut tx = self.pool.begin().await.map_err(ctx)?;
         let mut swapped = Vec::new();
@@ -163,11 +159,7 @@ impl Postgres {
     /// each table's references are read where the later table's rollback left them.
     pub(super) async fn roll_back(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
         let gens: Vec<Gen<'_>> = ms.iter().rev().map(|m| self.gen_for(m)).collect();
-        let tables = ms
-            .iter()
-            .map(|m| m.table.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let tables = table_list(ms);
         let ctx = |e| Error::db(format!("rollback of {tables}"), e);
         let mut attempt = 0;
         loop {
@@ -556,6 +548,14 @@ impl Postgres {
             triggers,
         })
     }
+}
+
+/// The plan's tables as messages name them.
+fn table_list(ms: &[Migration]) -> String {
+    ms.iter()
+        .map(|m| m.table.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every privilege others hold on a relation and its columns (the owner's excepted).
