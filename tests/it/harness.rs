@@ -387,8 +387,12 @@ impl Writer {
                     // A failed transaction changed neither table: that is fine for the mirror,
                     // but counted, since an application write should rarely fail.
                     Err(e) => {
-                        if failures2.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("writer: {stmts:?} failed: {e}");
+                        let k = failures2.fetch_add(1, Ordering::Relaxed);
+                        if k < 3 || k % 50 == 0 {
+                            let t = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default();
+                            eprintln!("writer@{:.3}: #{k} {stmts:?} failed: {e}", t.as_secs_f64());
                         }
                     }
                 }

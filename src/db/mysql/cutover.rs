@@ -137,15 +137,16 @@ impl MySql {
         let outcome = async {
             // Reverse triggers, inert until the gate turns: each CREATE TRIGGER needs a
             // brief metadata lock on the shadow, bounded like the swap.
-            for (name, sql) in n.reverse.iter().zip(g.reverse_triggers()) {
-                if !cat.has_trigger(name) {
-                    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-                        Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
-                        r => {
-                            r.map_err(sql_err("cutover: creating a reverse trigger"))?;
-                        }
-                    }
-                }
+            let missing: Vec<String> = n
+                .reverse
+                .iter()
+                .zip(g.reverse_triggers())
+                .filter(|(name, _)| !cat.has_trigger(name))
+                .map(|(_, sql)| sql)
+                .collect();
+            let context = "cutover: creating the reverse triggers";
+            if !self.trigger_ddl_once(&mut conn, &n.q(&n.shadow), &missing, context).await? {
+                return Ok(CutoverOutcome::LockTimeout);
             }
             // The table's own triggers, silent until the gate turns (own_triggers.rs).
             if !self.copy_own_triggers_to_shadow(&mut conn, &g).await? {
@@ -250,14 +251,11 @@ impl MySql {
         let n = &g.n;
         let mut conn = self.conn().await?;
         // Reverse triggers first: after that nothing writes the old table.
-        for sql in g
-            .drop_triggers(&n.reverse)
-            .into_iter()
-            .chain(g.drop_triggers(&n.forward))
-        {
-            self.ddl_retry(&mut conn, &sql, "cleanup: dropping a trigger")
-                .await?;
-        }
+        let context = "cleanup: dropping the triggers";
+        self.drop_turnout_triggers(&mut conn, &g, &n.reverse, context)
+            .await?;
+        self.drop_turnout_triggers(&mut conn, &g, &n.forward, context)
+            .await?;
         crate::fault::point("cleanup.inside");
         // Normally nothing to do: only an interrupted rollback leaves a child on the old
         // table, and dropping it would then fail.
@@ -337,14 +335,11 @@ impl MySql {
         .await?;
         // Forward triggers first, so application writes stop touching the shadow before
         // it is dropped (a trigger writing a missing table would fail the write).
-        for sql in g.drop_triggers(&n.forward) {
-            self.ddl_retry(&mut conn, &sql, "rollback: dropping a trigger")
-                .await?;
-        }
-        for sql in g.drop_triggers(&n.reverse) {
-            self.ddl_retry(&mut conn, &sql, "rollback: dropping a trigger")
-                .await?;
-        }
+        let context = "rollback: dropping the triggers";
+        self.drop_turnout_triggers(&mut conn, &g, &n.forward, context)
+            .await?;
+        self.drop_turnout_triggers(&mut conn, &g, &n.reverse, context)
+            .await?;
         crate::fault::point("rollback.inside");
         self.ddl_retry(
             &mut conn,
@@ -359,6 +354,30 @@ impl MySql {
         Self::save_on(&mut conn, save)
             .await
             .map_err(sql_err("rollback: saving the state"))
+    }
+
+    /// Drops those of turnout's `names` the catalog shows, wherever they are, each under
+    /// its table's lock (see [`MySql::trigger_ddl`]); repeated after a crash, it drops
+    /// what is left.
+    async fn drop_turnout_triggers(
+        &self,
+        conn: &mut MySqlConnection,
+        g: &Gen<'_>,
+        names: &[String],
+        context: &str,
+    ) -> Result<()> {
+        let cat = self.catalog(conn, g).await?;
+        let mut by_table: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (name, table) in &cat.triggers {
+            if names.contains(name) {
+                by_table.entry(table).or_default().push(name.clone());
+            }
+        }
+        for (table, names) in by_table {
+            self.trigger_ddl(conn, &g.n.q(table), &g.drop_triggers(&names), context)
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn recorded_failures(&self, m: &Migration) -> Result<Vec<String>> {

@@ -40,12 +40,11 @@
 //! MySQL 8 has no `CREATE OR REPLACE TRIGGER`, so there the table's triggers stay
 //! refused (catalog.rs).
 
-use sqlx::AssertSqlSafe;
 use sqlx::mysql::MySqlConnection;
 
 use crate::error::Result;
 
-use super::errors::{is_lock_timeout, sql_err};
+use super::errors::sql_err;
 use super::sql::own_triggers::{Copy, OwnTrigger};
 use super::sql::{Bound, Gen, lit};
 use super::{MySql, SQL_MODE};
@@ -162,7 +161,7 @@ impl MySql {
     async fn own_ddl(
         &self,
         conn: &mut MySqlConnection,
-        sql: &str,
+        (sql, table): (&str, &str),
         t: &OwnTrigger,
         context: &str,
     ) -> Result<()> {
@@ -172,7 +171,9 @@ impl MySql {
             context,
         )
         .await?;
-        let r = self.ddl_retry(conn, sql, context).await;
+        let r = self
+            .trigger_ddl(conn, table, &[sql.to_string()], context)
+            .await;
         self.exec(
             conn,
             &format!("SET SESSION sql_mode = '{SQL_MODE}'"),
@@ -219,8 +220,14 @@ impl MySql {
         }
         for t in self.saved_own_triggers(conn, g).await? {
             let sql = g.gated_trigger(&t, &t.name, &g.n.table, Copy::Live);
-            self.own_ddl(conn, &sql, &t, "dual-write: gating the table's trigger")
-                .await?;
+            let on = g.n.q(&g.n.table);
+            self.own_ddl(
+                conn,
+                (&sql, &on),
+                &t,
+                "dual-write: gating the table's trigger",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -251,18 +258,17 @@ impl MySql {
                 context,
             )
             .await?;
-            let r = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await;
+            let r = self
+                .trigger_ddl_once(conn, &g.n.q(&g.n.shadow), &[sql], context)
+                .await;
             self.exec(
                 conn,
                 &format!("SET SESSION sql_mode = '{SQL_MODE}'"),
                 context,
             )
             .await?;
-            match r {
-                Err(e) if is_lock_timeout(&e) => return Ok(false),
-                r => {
-                    r.map_err(sql_err(context))?;
-                }
+            if !r? {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -303,27 +309,31 @@ impl MySql {
         let n = &g.n;
         let cat = Self::schema_triggers(conn, &n.schema.clone().unwrap_or_default()).await?;
         let on = |name: &str, table: &str| cat.iter().any(|(a, b)| a == name && b == table);
-        for t in saved.iter().filter(|t| on(&t.name, names.from)) {
-            self.ddl_retry(
-                conn,
-                &g.drop_triggers(std::slice::from_ref(&t.name))[0],
-                names.context,
-            )
-            .await?;
-        }
+        let off: Vec<String> = saved
+            .iter()
+            .filter(|t| on(&t.name, names.from))
+            .map(|t| t.name.clone())
+            .collect();
+        self.trigger_ddl(
+            conn,
+            &n.q(names.from),
+            &g.drop_triggers(&off),
+            names.context,
+        )
+        .await?;
+        let live = n.q(&n.table);
         for t in saved.iter().filter(|t| !on(&t.name, &n.table)) {
             let sql = g.gated_trigger(t, &t.name, &n.table, names.copy);
-            self.own_ddl(conn, &sql, t, names.context).await?;
+            self.own_ddl(conn, (&sql, &live), t, names.context).await?;
         }
         self.turn_own_flag(conn, g, names.flag).await?;
         let temps: Vec<String> = saved
             .iter()
             .map(|t| g.own_trigger_temp_name(names.temps, t.ord))
+            .filter(|name| on(name, &n.table))
             .collect();
-        for sql in g.drop_triggers(&temps) {
-            self.ddl_retry(conn, &sql, names.context).await?;
-        }
-        Ok(())
+        self.trigger_ddl(conn, &live, &g.drop_triggers(&temps), names.context)
+            .await
     }
 
     /// Each trigger exactly as it was, in order, on `table`: the gate and the flag
@@ -335,7 +345,8 @@ impl MySql {
     ) -> Result<()> {
         for t in self.saved_own_triggers(conn, g).await? {
             let sql = g.original_trigger(&t, &g.n.table);
-            self.own_ddl(conn, &sql, &t, "restoring the table's trigger")
+            let on = g.n.q(&g.n.table);
+            self.own_ddl(conn, (&sql, &on), &t, "restoring the table's trigger")
                 .await?;
         }
         Ok(())
@@ -359,8 +370,14 @@ impl MySql {
             .filter(|t| !cat.iter().any(|(a, b)| *a == t.name && *b == n.old))
         {
             let sql = g.gated_trigger(t, &g.own_trigger_temp_name('o', t.ord), &n.old, Copy::Back);
-            self.own_ddl(conn, &sql, t, "rollback: copying the table's triggers back")
-                .await?;
+            let on = n.q(&n.old);
+            self.own_ddl(
+                conn,
+                (&sql, &on),
+                t,
+                "rollback: copying the table's triggers back",
+            )
+            .await?;
         }
         Ok(())
     }

@@ -89,12 +89,20 @@ impl MySql {
         if self.mariadb {
             self.gate_own_triggers(&mut conn, &g).await?;
         }
-        for (name, sql) in g.n.forward.iter().zip(g.forward_triggers()) {
-            if !cat.has_trigger(name) {
-                self.ddl_retry(&mut conn, &sql, "dual-write: creating a trigger")
-                    .await?;
-            }
-        }
+        let missing: Vec<String> =
+            g.n.forward
+                .iter()
+                .zip(g.forward_triggers())
+                .filter(|(name, _)| !cat.has_trigger(name))
+                .map(|(_, sql)| sql)
+                .collect();
+        self.trigger_ddl(
+            &mut conn,
+            &g.n.q(&g.n.table),
+            &missing,
+            "dual-write: creating the triggers",
+        )
+        .await?;
         Self::save_on(&mut conn, save)
             .await
             .map_err(sql_err("dual-write: saving the state"))
