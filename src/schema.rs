@@ -110,6 +110,15 @@ pub struct Migration {
     /// The plan's new definitions for dependent views (PostgreSQL).
     #[serde(default)]
     pub views: Vec<crate::plan::ViewDefinition>,
+    /// The table's place in the plan's `tables` (0 for a plan of one table): where a
+    /// database names its objects after the migration, the tables after the first add
+    /// their own name, and the first keeps the names a plan of one table always had.
+    #[serde(default)]
+    pub nth: usize,
+    /// The plan's other tables, swapped with this one at the same cutover (empty for a
+    /// plan of one table).
+    #[serde(default)]
+    pub together: Vec<String>,
 }
 
 impl Migration {
@@ -401,6 +410,13 @@ impl Migration {
             key,
             on_error: p.dual_write.on_error,
             views: t.views.clone(),
+            nth: n,
+            together: specs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != n)
+                .map(|(_, t)| t.table.clone())
+                .collect(),
         })
     }
 

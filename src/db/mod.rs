@@ -336,6 +336,14 @@ pub trait Backend: Replicas {
         false
     }
 
+    /// [`Backend::preflight`] of `m` as one table of `plan` (every table of it, `m` too):
+    /// where a foreign key between two of them can be carried only because both ends
+    /// change together, the database judges it here.
+    async fn preflight_in_plan(&self, m: &Migration, plan: &[Migration]) -> Result<Vec<String>> {
+        let _ = plan;
+        self.preflight(m).await
+    }
+
     /// What stops the plan's tables together (each passed [`Backend::preflight`]): a
     /// foreign key between two of them whose column types would no longer match.
     async fn preflight_together(&self, ms: &[Migration]) -> Result<Vec<String>> {

@@ -197,10 +197,18 @@ pub async fn derive_all<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<Migration>
     let mut ms = Vec::new();
     let mut refusals: Vec<(String, Vec<String>)> = Vec::new();
     for n in 0..count {
-        match derive_table(b, plan, n).await {
+        match derive_shape(b, plan, n).await {
             Ok(m) => ms.push(m),
             Err(Error::Refused { table, problems }) => refusals.push((table, problems)),
             Err(e) => return Err(e),
+        }
+    }
+    // Each table against the others: a foreign key between two of them may be carried
+    // only because both ends change together.
+    for m in &ms {
+        let problems = b.preflight_in_plan(m, &ms).await?;
+        if !problems.is_empty() {
+            refusals.push((shown(&m.schema, &m.table), problems));
         }
     }
     if count > 1 && !b.swaps_several_at_once() {
@@ -244,6 +252,27 @@ pub async fn derive_all<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<Migration>
 
 /// Derives and preflights the plan's `n`th table.
 async fn derive_table<B: Backend>(b: &B, plan: &Plan, n: usize) -> Result<Migration> {
+    let m = derive_shape(b, plan, n).await?;
+    let problems = b.preflight(&m).await?;
+    if !problems.is_empty() {
+        return Err(Error::Refused {
+            table: shown(&m.schema, &m.table),
+            problems,
+        });
+    }
+    Ok(m)
+}
+
+fn shown(schema: &Option<String>, table: &str) -> String {
+    match schema {
+        Some(s) => format!("{s}.{table}"),
+        None => table.to_string(),
+    }
+}
+
+/// The plan's `n`th table as the live table's shape and the plan's changes make it,
+/// not yet judged by the database.
+async fn derive_shape<B: Backend>(b: &B, plan: &Plan, n: usize) -> Result<Migration> {
     let specs = plan.file.specs();
     let Some(t) = specs.get(n) else {
         return Err(Error::State(format!(
@@ -256,10 +285,7 @@ async fn derive_table<B: Backend>(b: &B, plan: &Plan, n: usize) -> Result<Migrat
         Some(s) => Some(s.clone()),
         None => b.default_schema().await?,
     };
-    let shown = match &schema {
-        Some(s) => format!("{s}.{}", t.table),
-        None => t.table.clone(),
-    };
+    let shown = shown(&schema, &t.table);
     let key = if plan.file.tables.is_empty() {
         "table".to_string()
     } else {
@@ -284,10 +310,6 @@ async fn derive_table<B: Backend>(b: &B, plan: &Plan, n: usize) -> Result<Migrat
     }
     let mut m = Migration::derive_table(plan, n, &shape).map_err(refused)?;
     m.schema = schema;
-    let problems = b.preflight(&m).await?;
-    if !problems.is_empty() {
-        return Err(refused(problems));
-    }
     Ok(m)
 }
 

@@ -183,7 +183,11 @@ impl MySql {
         }))
     }
 
-    pub(super) async fn find_problems(&self, m: &Migration) -> Result<Vec<String>> {
+    pub(super) async fn find_problems(
+        &self,
+        m: &Migration,
+        plan: &[Migration],
+    ) -> Result<Vec<String>> {
         let g = self.sql(m);
         let n = &g.n;
         let mut problems = Vec::new();
@@ -258,7 +262,7 @@ impl MySql {
             }
         }
         problems.extend(generated_problems(m, self.mariadb));
-        problems.extend(self.furniture_problems(&mut conn, m, &schema).await?);
+        problems.extend(self.furniture_problems(&mut conn, m, plan, &schema).await?);
         if !problems.is_empty() {
             return Ok(problems);
         }

@@ -18,7 +18,7 @@ use crate::schema::{Generated, Migration};
 
 use super::MySql;
 use super::errors::{is_lock_timeout, sql_err};
-use super::sql::{Bound, Gen};
+use super::sql::{Bound, Gen, quote};
 
 /// What the catalog shows of one migration (used to reconcile after a crash).
 #[derive(Debug, Default)]
@@ -88,45 +88,55 @@ impl MySql {
         Ok(c)
     }
 
+    /// Cutover of every table of the plan (one, for a plan of one table) in one
+    /// `RENAME TABLE`: all are swapped or none.
     pub(super) async fn swap_tables(
         &self,
-        m: &Migration,
+        ms: &[Migration],
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        let g = self.sql(m);
-        let n = &g.n;
+        let gs: Vec<Gen<'_>> = ms.iter().map(|m| self.sql(m)).collect();
         let mut conn = self.conn().await?;
-        let cat = self.catalog(&mut conn, &g).await?;
-        if cat.old && cat.table && cat.gate.as_deref() == Some("r") {
-            // Swapped already (a crash after the RENAME): the foreign keys' names and the
-            // state may be missing.
-            self.name_new_foreign_keys(&mut conn, &g).await?;
-            self.rename_own_triggers(&mut conn, &g).await?;
+        let mut cats = Vec::new();
+        for g in &gs {
+            cats.push(self.catalog(&mut conn, g).await?);
+        }
+        let swapped = |c: &Catalog| c.old && c.table && c.gate.as_deref() == Some("r");
+        if cats.iter().all(swapped) {
+            // Swapped already (a crash after the RENAME): the foreign keys' names, the
+            // triggers' names and the state may be missing.
+            for g in &gs {
+                self.name_new_foreign_keys(&mut conn, g).await?;
+                self.rename_own_triggers(&mut conn, g).await?;
+            }
             Self::save_on(&mut conn, save)
                 .await
                 .map_err(sql_err("cutover: saving the state"))?;
             return Ok(CutoverOutcome::Swapped);
         }
-        if !(cat.table && cat.shadow && cat.gate.as_deref() == Some("f")) {
-            return Err(Error::State(format!(
-                "cutover needs {}, {} and the forward gate; the catalog shows table={} shadow={} gate={:?}",
-                n.table, n.shadow, cat.table, cat.shadow, cat.gate
-            )));
-        }
-        for name in n.forward.iter() {
-            if !cat.has_trigger(name) {
+        for (g, cat) in gs.iter().zip(&cats) {
+            let n = &g.n;
+            if !(cat.table && cat.shadow && cat.gate.as_deref() == Some("f")) {
                 return Err(Error::State(format!(
-                    "the dual-write trigger {name} is missing; run rollback and start again"
+                    "cutover needs {}, {} and the forward gate; the catalog shows table={} shadow={} gate={:?}",
+                    n.table, n.shadow, cat.table, cat.shadow, cat.gate
                 )));
             }
+            for name in n.forward.iter() {
+                if !cat.has_trigger(name) {
+                    return Err(Error::State(format!(
+                        "the dual-write trigger {name} is missing; run rollback and start again"
+                    )));
+                }
+            }
+            self.exec(
+                &mut conn,
+                &format!("ANALYZE TABLE {}", n.q(&n.shadow)),
+                "cutover: analyzing the shadow",
+            )
+            .await?;
         }
-        self.exec(
-            &mut conn,
-            &format!("ANALYZE TABLE {}", n.q(&n.shadow)),
-            "cutover: analyzing the shadow",
-        )
-        .await?;
         let secs = lock_timeout.as_secs().max(1);
         self.exec(
             &mut conn,
@@ -135,73 +145,27 @@ impl MySql {
         )
         .await?;
         let outcome = async {
-            // Reverse triggers, inert until the gate turns: each CREATE TRIGGER needs a
-            // brief metadata lock on the shadow, bounded like the swap.
-            let missing: Vec<String> = n
-                .reverse
-                .iter()
-                .zip(g.reverse_triggers())
-                .filter(|(name, _)| !cat.has_trigger(name))
-                .map(|(_, sql)| sql)
-                .collect();
-            let context = "cutover: creating the reverse triggers";
-            if !self.trigger_ddl_once(&mut conn, &n.q(&n.shadow), &missing, context).await? {
-                return Ok(CutoverOutcome::LockTimeout);
-            }
-            // The table's own triggers, silent until the gate turns (own_triggers.rs).
-            if !self.copy_own_triggers_to_shadow(&mut conn, &g).await? {
-                return Ok(CutoverOutcome::LockTimeout);
-            }
-            // New ids continue above every id the live table ever handed out, not only
-            // above the ones still present (InnoDB keeps the larger of this and max+1).
-            if m.before.columns.iter().any(|c| matches!(c.generated, Some(Generated::AutoIncrement))) {
-                if !self.mariadb {
-                    let _ = sqlx::raw_sql("SET SESSION information_schema_stats_expiry = 0").execute(&mut *conn).await;
+            for ((m, g), cat) in ms.iter().zip(&gs).zip(&cats) {
+                if !self.ready_to_swap(&mut conn, m, g, cat).await? {
+                    return Ok(CutoverOutcome::LockTimeout);
                 }
-                let r = Self::rows(&mut conn, &Bound {
-                    sql: "SELECT CAST(AUTO_INCREMENT AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
-                    binds: vec![n.schema.clone().unwrap_or_default(), n.table.clone()],
-                })
-                .await
-                .map_err(sql_err("cutover: reading AUTO_INCREMENT"))?;
-                let next = r.into_iter().find(|r| r[1].as_deref() == Some(n.table.as_str())).and_then(|r| r[0].clone());
-                if let Some(next) = next.and_then(|s| s.parse::<u64>().ok()) {
-                    let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {next}", n.q(&n.shadow));
-                    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-                        Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
-                        r => {
-                            r.map_err(sql_err("cutover: carrying AUTO_INCREMENT over"))?;
-                        }
-                    }
-                }
-            }
-            // A self-reference of the shadow points at the shadow from here on (the copy
-            // is complete), so each table references itself through the swap.
-            if !self.point_shadow_at_itself(&mut conn, &g, false).await? {
-                return Ok(CutoverOutcome::LockTimeout);
-            }
-            // The children reference the shadow from here on, so the swap carries their
-            // references to the new table (foreign_keys.rs says why every moment is right).
-            if !self
-                .repoint_children(&mut conn, &g, &[n.table.as_str()], &n.shadow, false)
-                .await?
-            {
-                return Ok(CutoverOutcome::LockTimeout);
             }
             crate::fault::point("mysql.cutover.before_swap");
-            let Some(mut sentry) = self.sentry(&g, secs, lock_timeout).await? else {
+            let Some(mut sentry) = self.sentry(&gs, secs, lock_timeout).await? else {
                 return Ok(CutoverOutcome::LockTimeout);
             };
             let swapper: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(sql_err("cutover: naming the swapping session"))?;
-            if self.readers_left(&mut sentry, &g, swapper).await? {
-                let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
-                let _ = sentry.close().await;
-                return Ok(CutoverOutcome::LockTimeout);
+            for g in &gs {
+                if self.readers_left(&mut sentry, g, swapper).await? {
+                    let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
+                    let _ = sentry.close().await;
+                    return Ok(CutoverOutcome::LockTimeout);
+                }
             }
-            let swap = g.swap();
+            let swap = Gen::swap_all(&gs);
             let over = std::sync::atomic::AtomicBool::new(false);
             // The RENAME itself is bounded by lock_wait_timeout only: MariaDB 10.11 cut
             // short by max_statement_time mid-RENAME leaves the tables' trigger files empty
@@ -223,8 +187,10 @@ impl MySql {
             }
             crate::fault::point("mysql.cutover.after_swap");
             crate::fault::point("cutover.inside");
-            self.name_new_foreign_keys(&mut conn, &g).await?;
-            self.rename_own_triggers(&mut conn, &g).await?;
+            for g in &gs {
+                self.name_new_foreign_keys(&mut conn, g).await?;
+                self.rename_own_triggers(&mut conn, g).await?;
+            }
             Ok(CutoverOutcome::Swapped)
         }
         .await;
@@ -239,6 +205,82 @@ impl MySql {
                 .map_err(sql_err("cutover: saving the state"))?;
         }
         outcome
+    }
+
+    /// Everything one table needs before the swap, each step bounded like the swap:
+    /// false when a lock was not granted in time.
+    async fn ready_to_swap(
+        &self,
+        conn: &mut MySqlConnection,
+        m: &Migration,
+        g: &Gen<'_>,
+        cat: &Catalog,
+    ) -> Result<bool> {
+        let n = &g.n;
+        // Reverse triggers, inert until the gate turns.
+        let missing: Vec<String> = n
+            .reverse
+            .iter()
+            .zip(g.reverse_triggers())
+            .filter(|(name, _)| !cat.has_trigger(name))
+            .map(|(_, sql)| sql)
+            .collect();
+        let context = "cutover: creating the reverse triggers";
+        if !self
+            .trigger_ddl_once(conn, &n.q(&n.shadow), &missing, context)
+            .await?
+        {
+            return Ok(false);
+        }
+        // The table's own triggers, silent until the gate turns (own_triggers.rs).
+        if !self.copy_own_triggers_to_shadow(conn, g).await? {
+            return Ok(false);
+        }
+        // New ids continue above every id the live table ever handed out, not only
+        // above the ones still present (InnoDB keeps the larger of this and max+1).
+        if m.before
+            .columns
+            .iter()
+            .any(|c| matches!(c.generated, Some(Generated::AutoIncrement)))
+        {
+            if !self.mariadb {
+                let _ = sqlx::raw_sql("SET SESSION information_schema_stats_expiry = 0")
+                    .execute(&mut *conn)
+                    .await;
+            }
+            let r = Self::rows(conn, &Bound {
+                sql: "SELECT CAST(AUTO_INCREMENT AS CHAR), CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
+                binds: vec![n.schema.clone().unwrap_or_default(), n.table.clone()],
+            })
+            .await
+            .map_err(sql_err("cutover: reading AUTO_INCREMENT"))?;
+            let next = r
+                .into_iter()
+                .find(|r| r[1].as_deref() == Some(n.table.as_str()))
+                .and_then(|r| r[0].clone());
+            if let Some(next) = next.and_then(|s| s.parse::<u64>().ok()) {
+                let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {next}", n.q(&n.shadow));
+                match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                    Err(e) if is_lock_timeout(&e) => return Ok(false),
+                    r => {
+                        r.map_err(sql_err("cutover: carrying AUTO_INCREMENT over"))?;
+                    }
+                }
+            }
+        }
+        // A self-reference of the shadow points at the shadow from here on (the copy
+        // is complete), so each table references itself through the swap; likewise a
+        // reference to another table of the plan points at that table's shadow.
+        if !self.point_shadow_at_itself(conn, g, false).await? {
+            return Ok(false);
+        }
+        if !self.point_shadow_at_plan_parents(conn, g).await? {
+            return Ok(false);
+        }
+        // The children reference the shadow from here on, so the swap carries their
+        // references to the new table (foreign_keys.rs says why every moment is right).
+        self.repoint_children(conn, g, &[n.table.as_str()], &n.shadow, false)
+            .await
     }
 
     pub(super) async fn clean_up_after_cutover(
@@ -272,12 +314,8 @@ impl MySql {
         self.rename_own_triggers(&mut conn, &g).await?;
         self.restore_own_triggers(&mut conn, &g).await?;
         if !keep_old {
-            self.ddl_retry(
-                &mut conn,
-                &format!("DROP TABLE IF EXISTS {}", n.q(&n.old)),
-                "cleanup: dropping the old table",
-            )
-            .await?;
+            self.drop_plan_table(&mut conn, &g, &n.old, "cleanup: dropping the old table")
+                .await?;
         }
         self.ddl_retry(&mut conn, &g.drop_gates(), "cleanup: dropping the gate")
             .await?;
@@ -286,12 +324,18 @@ impl MySql {
             .map_err(sql_err("cleanup: saving the state"))
     }
 
-    pub(super) async fn roll_back_migration(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        let g = self.sql(m);
-        let n = &g.n;
+    /// Rollback of every table of the plan (one, for a plan of one table): after cutover
+    /// one `RENAME TABLE` swaps them all back, then each is put back as before prepare.
+    pub(super) async fn roll_back_tables(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        let gs: Vec<Gen<'_>> = ms.iter().map(|m| self.sql(m)).collect();
         let mut conn = self.conn().await?;
-        let cat = self.catalog(&mut conn, &g).await?;
-        if cat.old {
+        let mut back = Vec::new();
+        for g in &gs {
+            let n = &g.n;
+            let cat = self.catalog(&mut conn, g).await?;
+            if !cat.old {
+                continue;
+            }
             if cat.gate.as_deref() != Some("r") {
                 return Err(Error::State(format!(
                     "{} exists but the migration's gate is gone: cleanup has started, so the old table may be behind; rollback is refused",
@@ -306,28 +350,51 @@ impl MySql {
                     )));
                 }
             }
-            self.own_triggers_before_swap_back(&mut conn, &g).await?;
-            // Children follow the old table through the swap back.
-            self.repoint_children(&mut conn, &g, &[n.table.as_str()], &n.old, true)
-                .await?;
-            // The mirror image of cutover: the old table takes the name back and the gate
-            // turns to forward in the same atomic statement, so no write falls between.
+            back.push(g);
+        }
+        if !back.is_empty() {
+            for g in &back {
+                let n = &g.n;
+                self.own_triggers_before_swap_back(&mut conn, g).await?;
+                // Children follow the old table through the swap back.
+                self.repoint_children(&mut conn, g, &[n.table.as_str()], &n.old, true)
+                    .await?;
+            }
+            // The mirror image of cutover: the old tables take the names back and the
+            // gates turn to forward in the same atomic statement, so no write falls between.
             self.ddl_retry(
                 &mut conn,
-                &g.swap_back(),
+                &Gen::swap_back_all(&back),
                 "rollback: swapping the tables back",
             )
             .await?;
             crate::fault::point("mysql.rollback.after_swap_back");
         }
+        // Every table's triggers before any shadow: a forward trigger writes the shadows
+        // of the plan's tables that reference its table.
+        for g in &gs {
+            self.stop_dual_write(&mut conn, g).await?;
+        }
+        for g in &gs {
+            self.drop_shadow(&mut conn, g).await?;
+        }
+        Self::save_on(&mut conn, save)
+            .await
+            .map_err(sql_err("rollback: saving the state"))
+    }
+
+    /// One table of a rollback, its old table live again (or never swapped): no trigger
+    /// of turnout's left on it, no child referencing the shadow.
+    async fn stop_dual_write(&self, conn: &mut MySqlConnection, g: &Gen<'_>) -> Result<()> {
+        let n = &g.n;
         // Before the gate goes: every copy reads it.
-        self.own_triggers_after_swap_back(&mut conn, &g).await?;
+        self.own_triggers_after_swap_back(conn, g).await?;
         // While the forward triggers still keep the shadow exact: a child that a failed
         // cutover left on the shadow (or an interrupted rollback on the old table) goes
         // back to the live table.
         self.repoint_children(
-            &mut conn,
-            &g,
+            conn,
+            g,
             &[n.shadow.as_str(), n.old.as_str()],
             &n.table,
             true,
@@ -336,24 +403,70 @@ impl MySql {
         // Forward triggers first, so application writes stop touching the shadow before
         // it is dropped (a trigger writing a missing table would fail the write).
         let context = "rollback: dropping the triggers";
-        self.drop_turnout_triggers(&mut conn, &g, &n.forward, context)
+        self.drop_turnout_triggers(conn, g, &n.forward, context)
             .await?;
-        self.drop_turnout_triggers(&mut conn, &g, &n.reverse, context)
+        self.drop_turnout_triggers(conn, g, &n.reverse, context)
             .await?;
         crate::fault::point("rollback.inside");
-        self.ddl_retry(
-            &mut conn,
-            &format!("DROP TABLE IF EXISTS {}", n.q(&n.shadow)),
-            "rollback: dropping the shadow",
-        )
-        .await?;
-        // The shadow's constraints are gone with it: the names are free again.
-        self.restore_old_foreign_keys(&mut conn, &g).await?;
-        self.ddl_retry(&mut conn, &g.drop_gates(), "rollback: dropping the gate")
+        Ok(())
+    }
+
+    /// The last of one table's rollback: its shadow and gate go, and the constraints the
+    /// shadow held free their names.
+    async fn drop_shadow(&self, conn: &mut MySqlConnection, g: &Gen<'_>) -> Result<()> {
+        let n = &g.n;
+        self.drop_plan_table(conn, g, &n.shadow, "rollback: dropping the shadow")
             .await?;
-        Self::save_on(&mut conn, save)
+        // The shadow's constraints are gone with it: the names are free again.
+        self.restore_old_foreign_keys(conn, g).await?;
+        self.ddl_retry(conn, &g.drop_gates(), "rollback: dropping the gate")
             .await
-            .map_err(sql_err("rollback: saving the state"))
+    }
+
+    /// Drops `name` (a shadow or an old table), which only the same kind of table of
+    /// the plan's other tables may still reference, as the tables they stand for do: those
+    /// constraints go first, since the other table may still be written until its own
+    /// turn (by the forward or reverse triggers) and a constraint to a missing table would
+    /// fail every write. Any other reference is a child the swap steps left behind, and
+    /// the drop is refused rather than leave it dangling.
+    async fn drop_plan_table(
+        &self,
+        conn: &mut MySqlConnection,
+        g: &Gen<'_>,
+        name: &str,
+        context: &str,
+    ) -> Result<()> {
+        let schema = g.n.schema.clone().unwrap_or_default();
+        let kin: Vec<String> = g
+            .m
+            .together
+            .iter()
+            .flat_map(|t| [crate::schema::shadow_name(t), crate::schema::old_name(t)])
+            .collect();
+        let fks = Self::foreign_keys(conn, &schema).await?;
+        if let Some(fk) = fks
+            .iter()
+            .find(|fk| fk.ref_table == name && fk.table != name && !kin.contains(&fk.table))
+        {
+            return Err(Error::State(format!(
+                "{context}: {name} is still referenced by foreign key {} of {}; run the command again to re-point it first",
+                fk.name, fk.table
+            )));
+        }
+        for fk in fks.iter().filter(|fk| fk.ref_table == name && kin.contains(&fk.table)) {
+            let sql = format!(
+                "ALTER TABLE {} DROP FOREIGN KEY {}, ALGORITHM=INPLACE",
+                g.n.q(&fk.table),
+                quote(&fk.name)
+            );
+            self.ddl_retry(conn, &sql, context).await?;
+        }
+        self.ddl_retry(
+            conn,
+            &format!("DROP TABLE IF EXISTS {}", g.n.q(name)),
+            context,
+        )
+        .await
     }
 
     /// Drops those of turnout's `names` the catalog shows, wherever they are, each under
@@ -402,10 +515,13 @@ impl MySql {
     /// MariaDB 10.11). None: the lock was not granted within `secs`.
     async fn sentry(
         &self,
-        g: &Gen<'_>,
+        gs: &[Gen<'_>],
         secs: u64,
         wait: Duration,
     ) -> Result<Option<MySqlConnection>> {
+        let Some(g) = gs.first() else {
+            return Ok(None);
+        };
         let mut sentry = self.conn().await?.detach();
         self.exec(
             &mut sentry,
@@ -413,7 +529,11 @@ impl MySql {
             "cutover",
         )
         .await?;
-        let lock = format!("LOCK TABLES {} READ", g.n.q(&g.n.table));
+        let tables: Vec<String> = gs
+            .iter()
+            .map(|g| format!("{} READ", g.n.q(&g.n.table)))
+            .collect();
+        let lock = format!("LOCK TABLES {}", tables.join(", "));
         match Self::bounded(&mut sentry, &g.statement_bound(wait), &lock).await {
             Ok(_) => Ok(Some(sentry)),
             Err(e) if is_lock_timeout(&e) => {

@@ -78,7 +78,7 @@ use crate::error::Result;
 use super::MySql;
 use super::errors::{is_lock_timeout, sql_err};
 use super::sql::foreign_keys::{
-    CHILD_PREFIX, ForeignKey, OLD_PREFIX, SHADOW_PREFIX, original, replace,
+    CHILD_PREFIX, ForeignKey, OLD_PREFIX, SHADOW_PREFIX, add, original, replace,
 };
 use super::sql::{Bound, Gen, quote};
 
@@ -135,6 +135,63 @@ impl MySql {
             .into_iter()
             .filter(|fk| fk.table == g.n.table)
             .collect())
+    }
+
+    /// The foreign keys from the plan's other tables to this one: the forward triggers
+    /// carry their cascades to those tables' shadows until cutover.
+    pub(super) async fn plan_children(
+        &self,
+        conn: &mut MySqlConnection,
+        g: &Gen<'_>,
+    ) -> Result<Vec<ForeignKey>> {
+        let schema = g.n.schema.clone().unwrap_or_default();
+        Ok(Self::foreign_keys(conn, &schema)
+            .await?
+            .into_iter()
+            .filter(|fk| fk.ref_table == g.n.table && g.m.together.contains(&fk.table))
+            .collect())
+    }
+
+    /// Just before the swap, every table's copy done and the forward triggers keeping
+    /// each shadow exact: the shadow takes its foreign keys to the plan's other tables,
+    /// referencing their shadows, so that the swap carries each to the new parent (and
+    /// the old tables keep theirs to each other). `false`: the lock was not granted.
+    pub(super) async fn point_shadow_at_plan_parents(
+        &self,
+        conn: &mut MySqlConnection,
+        g: &Gen<'_>,
+    ) -> Result<bool> {
+        let n = &g.n;
+        let schema = n.schema.clone().unwrap_or_default();
+        let fks = Self::foreign_keys(conn, &schema).await?;
+        let context = "cutover: giving the shadow its foreign keys to the plan's tables";
+        for fk in fks.iter().filter(|fk| {
+            fk.table == n.table && fk.ref_table != n.table && g.m.together.contains(&fk.ref_table)
+        }) {
+            let name = format!("{SHADOW_PREFIX}{}", fk.original());
+            if fks.iter().any(|f| f.table == n.shadow && f.name == name) {
+                continue;
+            }
+            let sql = add(
+                &n.q(&n.shadow),
+                fk,
+                &name,
+                &n.q(&crate::schema::shadow_name(&fk.ref_table)),
+            );
+            self.exec(conn, "SET SESSION foreign_key_checks = 0", context)
+                .await?;
+            let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await;
+            self.exec(conn, "SET SESSION foreign_key_checks = 1", context)
+                .await?;
+            match r {
+                Ok(_) => {}
+                Err(e) if is_lock_timeout(&e) => return Ok(false),
+                Err(e) => return Err(crate::error::Error::db(context.to_string(), e)),
+            }
+        }
+        Ok(true)
     }
 
     /// Just before the swap, once the backfill is complete and the forward triggers keep
@@ -252,10 +309,18 @@ impl MySql {
     ) -> Result<bool> {
         let n = &g.n;
         let schema = n.schema.clone().unwrap_or_default();
-        let ours = [n.table.as_str(), n.shadow.as_str(), n.old.as_str()];
+        // The plan's tables keep their references to each other through the swap.
+        let mut ours = vec![n.table.clone(), n.shadow.clone(), n.old.clone()];
+        for t in &g.m.together {
+            ours.extend([
+                t.clone(),
+                crate::schema::shadow_name(t),
+                crate::schema::old_name(t),
+            ]);
+        }
         let fks = Self::foreign_keys(conn, &schema).await?;
         let children = fks.iter().filter(|fk| {
-            !ours.contains(&fk.table.as_str())
+            !ours.contains(&fk.table)
                 && (from.contains(&fk.ref_table.as_str())
                     || (fk.name.starts_with(CHILD_PREFIX) && fk.ref_table == to))
         });
@@ -380,6 +445,7 @@ impl MySql {
         &self,
         conn: &mut MySqlConnection,
         m: &crate::schema::Migration,
+        plan: &[crate::schema::Migration],
         schema: &str,
     ) -> Result<Vec<String>> {
         let t = m.table.as_str();
@@ -425,8 +491,36 @@ impl MySql {
                 ));
             }
             if fk.table == t {
-                for col in &fk.columns {
+                let parent = plan
+                    .iter()
+                    .find(|p| p.table == fk.ref_table && fk.ref_table != t);
+                for (col, ref_col) in fk.columns.iter().zip(&fk.ref_columns) {
+                    let widened = m.after.column(col).map(|c| c.sql_type.as_str());
+                    if let (Some(p), Some(what)) = (parent, changed(col)) {
+                        // Both ends in the plan: carried at the swap when the types agree.
+                        let theirs = p.after.column(ref_col).map(|c| c.sql_type.as_str());
+                        match (what, widened, theirs) {
+                            ("changes the type of", Some(a), Some(b))
+                                if super::furniture::same_integer(a, b) => {}
+                            ("changes the type of", Some(a), Some(b)) => problems.push(format!(
+                                "foreign key {} of {t}: the plan makes {t}.{col} {a} and {}.{ref_col} {b}, and MySQL/MariaDB require exactly the same integer type on both; give both the same type",
+                                fk.name, fk.ref_table
+                            )),
+                            _ => problems.push(format!(
+                                "foreign key {} of {t} uses column {col}, which the plan {what}: a foreign key between two tables of the plan is carried when its columns only widen together; keep the column's name and values",
+                                fk.name
+                            )),
+                        }
+                        continue;
+                    }
                     if let Some(what) = changed(col) {
+                        if what == "changes the type of" {
+                            problems.push(format!(
+                                "foreign key {} of {t} uses column {col}, which the plan changes the type of: MySQL/MariaDB require it to have exactly the type of {}.{ref_col}; change both in one plan (add `- table: {}` to the plan's tables with {ref_col} changed to the same type), or keep the column as it is",
+                                fk.name, fk.ref_table, fk.ref_table
+                            ));
+                            continue;
+                        }
                         problems.push(format!(
                             "foreign key {} of {t} uses column {col}, which the plan {what}: the new table could not carry the constraint; keep the column as it is, or drop the constraint first",
                             fk.name

@@ -41,12 +41,13 @@ impl MySql {
         &self,
         conn: &mut MySqlConnection,
         m: &Migration,
+        plan: &[Migration],
         schema: &str,
     ) -> Result<Vec<String>> {
         let t = m.table.as_str();
         let mut problems = Vec::new();
-        problems.extend(self.key_change_problems(conn, m, schema).await?);
-        problems.extend(self.foreign_key_problems(conn, m, schema).await?);
+        problems.extend(self.key_change_problems(conn, m, plan, schema).await?);
+        problems.extend(self.foreign_key_problems(conn, m, plan, schema).await?);
         let q = |sql: &str, binds: Vec<String>| Bound {
             sql: sql.into(),
             binds,
@@ -276,6 +277,7 @@ impl MySql {
         &self,
         conn: &mut MySqlConnection,
         m: &Migration,
+        plan: &[Migration],
         schema: &str,
     ) -> Result<Vec<String>> {
         let t = m.table.as_str();
@@ -325,15 +327,35 @@ impl MySql {
                 .iter()
                 .filter(|r| r[3].as_deref() == Some(t) && r[4].as_deref() == Some(old.as_str()))
             {
-                problems.push(format!(
-                    "column {}.{} references {t}.{old} (foreign key {}) and MySQL/MariaDB require it to have exactly the key's integer type: it must change to {} too, in the same step, which turnout cannot do yet (multi-table plans come later)",
+                let (child, col, fk) = (
                     r[0].as_deref().unwrap_or("?"),
                     r[1].as_deref().unwrap_or("?"),
                     r[2].as_deref().unwrap_or("?"),
-                    c.to
-                ));
+                );
+                if child == t {
+                    continue;
+                }
+                let in_plan = plan.iter().find(|p| p.table == child);
+                let new_type = in_plan.and_then(|p| p.after.column(col)).map(|c| c.sql_type.as_str());
+                match new_type {
+                    Some(ty) if same_integer(ty, &c.to) => {}
+                    Some(ty) => problems.push(format!(
+                        "column {child}.{col} references {t}.{old} (foreign key {fk}): the plan makes the key {} and the column {ty}, and MySQL/MariaDB require exactly the same integer type on both; give both the same type",
+                        c.to
+                    )),
+                    None => problems.push(format!(
+                        "column {child}.{col} references {t}.{old} (foreign key {fk}) and MySQL/MariaDB require it to have exactly the key's integer type: it must change to {} too, in the same cutover; add to the plan's tables `- table: {child}` with `changes: [{{alter_column: {{name: {col}, type: {}}}}}]`",
+                        c.to, c.to
+                    )),
+                }
             }
         }
         Ok(problems)
     }
+}
+
+/// Whether two column types are the same integer type (size and signedness), as a
+/// foreign key between them requires.
+pub(super) fn same_integer(a: &str, b: &str) -> bool {
+    matches!(parse(a), KeyType::Int { .. }) && parse(a) == parse(b)
 }

@@ -368,7 +368,11 @@ impl Backend for MySql {
     }
 
     async fn preflight(&self, m: &Migration) -> Result<Vec<String>> {
-        self.find_problems(m).await
+        self.find_problems(m, std::slice::from_ref(m)).await
+    }
+
+    async fn preflight_in_plan(&self, m: &Migration, plan: &[Migration]) -> Result<Vec<String>> {
+        self.find_problems(m, plan).await
     }
 
     fn preview(&self, m: &Migration) -> Vec<PhaseSql> {
@@ -418,7 +422,8 @@ impl Backend for MySql {
         lock_timeout: Duration,
         save: &StateRow,
     ) -> Result<CutoverOutcome> {
-        self.swap_tables(m, lock_timeout, save).await
+        self.swap_tables(std::slice::from_ref(m), lock_timeout, save)
+            .await
     }
 
     async fn cleanup(&self, m: &Migration, keep_old: bool, save: &StateRow) -> Result<()> {
@@ -426,7 +431,24 @@ impl Backend for MySql {
     }
 
     async fn rollback(&self, m: &Migration, save: &StateRow) -> Result<()> {
-        self.roll_back_migration(m, save).await
+        self.roll_back_tables(std::slice::from_ref(m), save).await
+    }
+
+    fn swaps_several_at_once(&self) -> bool {
+        true
+    }
+
+    async fn cutover_all(
+        &self,
+        ms: &[Migration],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        self.swap_tables(ms, lock_timeout, save).await
+    }
+
+    async fn rollback_all(&self, ms: &[Migration], save: &StateRow) -> Result<()> {
+        self.roll_back_tables(ms, save).await
     }
 
     async fn trigger_failures(&self, m: &Migration) -> Result<Vec<String>> {

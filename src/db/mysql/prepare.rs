@@ -53,8 +53,16 @@ impl MySql {
             })?;
         let mut conn = self.conn().await?;
         let opts = self.table_options(&mut conn, &schema, &m.table).await?;
+        // A foreign key to another table of the plan is added at cutover, between the
+        // shadows (cutover.rs); until then its index is all the shadow carries of it.
+        let (plan_parents, foreign_keys) = self
+            .outgoing_foreign_keys(&mut conn, &g)
+            .await?
+            .into_iter()
+            .partition(|fk| fk.ref_table != m.table && m.together.contains(&fk.ref_table));
         let extras = Extras {
-            foreign_keys: self.outgoing_foreign_keys(&mut conn, &g).await?,
+            foreign_keys,
+            plan_parents,
             checks: self.carried_checks(&mut conn, m, &schema).await?,
         };
         self.exec(
@@ -89,10 +97,11 @@ impl MySql {
         if self.mariadb {
             self.gate_own_triggers(&mut conn, &g).await?;
         }
+        let children = self.plan_children(&mut conn, &g).await?;
         let missing: Vec<String> =
             g.n.forward
                 .iter()
-                .zip(g.forward_triggers())
+                .zip(g.forward_triggers_with(&children))
                 .filter(|(name, _)| !cat.has_trigger(name))
                 .map(|(_, sql)| sql)
                 .collect();

@@ -6,9 +6,25 @@ use super::Gen;
 impl<'a> Gen<'a> {
     /// The one atomic statement of cutover: names and gate move together.
     pub fn swap(&self) -> String {
+        format!("RENAME TABLE {}", self.swap_pairs())
+    }
+
+    /// The one atomic statement of a plan's cutover: every table's names and gate.
+    pub fn swap_all(gs: &[Gen<'_>]) -> String {
+        let pairs: Vec<String> = gs.iter().map(Gen::swap_pairs).collect();
+        format!("RENAME TABLE {}", pairs.join(", "))
+    }
+
+    /// The inverse of [`Gen::swap_all`].
+    pub fn swap_back_all(gs: &[&Gen<'_>]) -> String {
+        let pairs: Vec<String> = gs.iter().map(|g| g.swap_back_pairs()).collect();
+        format!("RENAME TABLE {}", pairs.join(", "))
+    }
+
+    fn swap_pairs(&self) -> String {
         let n = &self.n;
         format!(
-            "RENAME TABLE {} TO {}, {} TO {}, {} TO {}, {} TO {}",
+            "{} TO {}, {} TO {}, {} TO {}, {} TO {}",
             n.q(&n.table),
             n.q(&n.old),
             n.q(&n.shadow),
@@ -39,9 +55,13 @@ impl<'a> Gen<'a> {
 
     /// The inverse of [`Gen::swap`], for rollback after cutover.
     pub fn swap_back(&self) -> String {
+        format!("RENAME TABLE {}", self.swap_back_pairs())
+    }
+
+    fn swap_back_pairs(&self) -> String {
         let n = &self.n;
         format!(
-            "RENAME TABLE {} TO {}, {} TO {}, {} TO {}, {} TO {}",
+            "{} TO {}, {} TO {}, {} TO {}, {} TO {}",
             n.q(&n.table),
             n.q(&n.shadow),
             n.q(&n.old),

@@ -85,6 +85,16 @@ pub fn replace(table: &str, drop: &str, fk: &ForeignKey, name: &str, parent: &st
     )
 }
 
+/// Adds `fk` to `table` (quoted) under `name`, referencing `parent`: with
+/// `foreign_key_checks = 0` INPLACE and without checking a row (the caller adds it
+/// between tables that hold the same keys).
+pub fn add(table: &str, fk: &ForeignKey, name: &str, parent: &str) -> String {
+    format!(
+        "ALTER TABLE {table} ADD {}, ALGORITHM=INPLACE",
+        constraint(fk, name, parent)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

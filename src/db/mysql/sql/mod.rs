@@ -215,7 +215,11 @@ pub struct Names {
 
 impl Names {
     pub fn new(m: &Migration, schema: Option<&str>, home: Option<&str>) -> Names {
-        let s = stem(&m.name);
+        let s = if m.nth == 0 {
+            stem(&m.name)
+        } else {
+            stem(&format!("{} @ {}", m.name, m.table))
+        };
         Names {
             schema: schema.map(str::to_string),
             home: home.map(str::to_string),
@@ -510,6 +514,8 @@ mod tests {
             }],
             on_error: crate::plan::OnError::Reject,
             views: vec![],
+            nth: 0,
+            together: vec![],
         }
     }
 

@@ -20,6 +20,8 @@ pub struct Check {
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
     pub foreign_keys: Vec<ForeignKey>,
+    /// Foreign keys to other tables of the plan: added at cutover, their indexes now.
+    pub plan_parents: Vec<ForeignKey>,
     pub checks: Vec<Check>,
 }
 
@@ -128,6 +130,7 @@ impl<'a> Gen<'a> {
                 || extras
                     .foreign_keys
                     .iter()
+                    .chain(&extras.plan_parents)
                     .any(|fk| Self::serves(&i.columns, fk))
         };
         for idx in a.indexes.iter().filter(|i| early(i)) {
@@ -253,6 +256,7 @@ mod tests {
                 on_update: "CASCADE".into(),
                 on_delete: "SET NULL".into(),
             }],
+            plan_parents: vec![],
             checks: vec![
                 Check {
                     name: "label".into(),
@@ -352,6 +356,7 @@ mod tests {
                 on_update: "RESTRICT".into(),
                 on_delete: "SET NULL".into(),
             }],
+            plan_parents: vec![],
             checks: vec![],
         };
         let copy = g.batch_insert(None, &["9".into()]).sql;

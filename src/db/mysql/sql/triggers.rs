@@ -2,7 +2,9 @@
 //! reverse (new → old, installed on the shadow before cutover, active while it says
 //! `r`), and the gate tables they read.
 
-use crate::schema::Column;
+use crate::schema::{Column, shadow_name};
+
+use super::foreign_keys::ForeignKey;
 
 use super::super::errors::DATA_ERRORS;
 use super::{Gen, lit, quote};
@@ -143,6 +145,56 @@ impl<'a> Gen<'a> {
 
     /// Live → shadow, active while the gate says `f`.
     pub fn forward_triggers(&self) -> Vec<String> {
+        self.forward_triggers_with(&[])
+    }
+
+    /// What InnoDB does to a child table of the same plan when a row of this table goes
+    /// (`on_delete`) or its referenced columns change: done to the child's shadow too.
+    /// InnoDB's cascades fire no triggers, so the child's own forward triggers never see
+    /// them, and the child's shadow cannot reference this table's shadow before cutover
+    /// (a child row written before its parent is copied would be refused) nor this table
+    /// (the column types differ). Cutover gives the child's shadow the constraint itself,
+    /// after which these statements find nothing left to do.
+    fn plan_cascades(&self, children: &[ForeignKey], on_delete: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for fk in children {
+            let child = self.n.q(&shadow_name(&fk.table));
+            let pairs = || fk.columns.iter().zip(&fk.ref_columns);
+            let matched = pairs()
+                .map(|(c, r)| format!("{} = OLD.{}", quote(c), quote(r)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let set = |row: Option<&str>| {
+                pairs()
+                    .map(|(c, r)| match row {
+                        Some(row) => format!("{} = {row}.{}", quote(c), quote(r)),
+                        None => format!("{} = NULL", quote(c)),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let rule = if on_delete { &fk.on_delete } else { &fk.on_update };
+            let stmt = match (rule.as_str(), on_delete) {
+                ("CASCADE", true) => format!("DELETE FROM {child} WHERE {matched}"),
+                ("CASCADE", false) => {
+                    format!("UPDATE {child} SET {} WHERE {matched}", set(Some("NEW")))
+                }
+                ("SET NULL", _) => format!("UPDATE {child} SET {} WHERE {matched}", set(None)),
+                _ => continue,
+            };
+            if on_delete {
+                out.push(stmt);
+            } else {
+                let refs: Vec<&str> = fk.ref_columns.iter().map(String::as_str).collect();
+                out.push(format!("IF {} THEN {stmt}; END IF", Self::key_changed(&refs)));
+            }
+        }
+        out
+    }
+
+    /// [`Gen::forward_triggers`] that also carry InnoDB's cascades into the shadows of
+    /// `children`, the plan's tables that reference this one ([`Gen::plan_cascades`]).
+    pub fn forward_triggers_with(&self, children: &[ForeignKey]) -> Vec<String> {
         let (m, n) = (self.m, &self.n);
         let shadow = n.q(&n.shadow);
         let (old_key, new_key) = (m.old_key(), m.new_key());
@@ -196,7 +248,7 @@ impl<'a> Gen<'a> {
             "forward",
             ("NEW", &old_key),
             &del("NEW"),
-            &[move_key, upsert],
+            &[vec![move_key, upsert], self.plan_cascades(children, false)].concat(),
         );
         let d = self.trigger(
             &n.forward[2],
@@ -206,7 +258,7 @@ impl<'a> Gen<'a> {
             "forward",
             ("OLD", &old_key),
             &del("OLD"),
-            &[del("OLD")],
+            &[vec![del("OLD")], self.plan_cascades(children, true)].concat(),
         );
         vec![i, u, d]
     }

@@ -499,6 +499,8 @@ mod tests {
             }],
             on_error: OnError::Record,
             views: vec![],
+            nth: 0,
+            together: vec![],
         }
     }
 
