@@ -318,7 +318,8 @@ impl Postgres {
                 .execute(&mut *tx)
                 .await
                 .map_err(ctx)?;
-            for (what, stmt) in g.carry(&furniture) {
+            let stmts = g.carry(&furniture);
+            for (what, stmt) in stmts.into_iter().chain(g.carry_unvalidated(&furniture)) {
                 if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&mut *tx).await {
                     problems.push(format!(
                         "table {t:?}: {what} cannot be created on the new shape: {}; drop it before the migration and create it again after, or change the plan",

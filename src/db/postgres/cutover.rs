@@ -119,6 +119,13 @@ impl Postgres {
             .await?;
         let furniture = super::carry::read_before(&mut *tx, g).await?;
         super::carry::prepare(&mut *tx, g, &furniture).await?;
+        let unvalidated = self.unvalidated_checks(&mut *tx, g).await?;
+        let stmts = g.carry_unvalidated(&unvalidated);
+        run_all(
+            &mut *tx,
+            &stmts.into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
+        )
+        .await?;
         run_all(&mut *tx, &g.cutover(&facts)).await?;
         let to_itself: Vec<String> = facts
             .parents

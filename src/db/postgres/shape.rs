@@ -75,6 +75,29 @@ impl Postgres {
         Ok(read(conn, g).await?.furniture)
     }
 
+    /// At cutover, before the renames: the live table's NOT VALID CHECK constraints, with
+    /// the renames their definitions need (only these, to keep the lock short).
+    pub(super) async fn unvalidated_checks(
+        &self,
+        conn: &mut PgConnection,
+        g: &Gen<'_>,
+    ) -> Sql<Furniture> {
+        let mut f = Furniture::default();
+        for r in sqlx::query(CONSTRAINTS_SQL)
+            .bind(g.live())
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let (name, def, kind, validated): (String, String, String, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if kind == "c" && !validated {
+                f.unvalidated_checks.push((name, def));
+            }
+        }
+        f.renamed = renamed(g);
+        Ok(f)
+    }
+
     /// Preflight's refusals for the furniture, and the furniture to compile.
     pub(super) async fn furniture_refusals(
         &self,
@@ -211,14 +234,17 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let columns: Vec<String> = r.get(4);
         if kind == "c" {
-            if !validated {
-                refusals.push(format!("table {t:?}: check constraint {name:?} is NOT VALID, so some rows may break it and the new table (which checks every row) could not take them; run ALTER TABLE … VALIDATE CONSTRAINT (or drop it) first"));
-            }
             used.push(Used {
                 what: format!("check constraint {name:?}"),
                 columns,
             });
-            f.checks.push((name, def));
+            // Some old rows may break it, so the shadow only takes it at cutover, when
+            // every row is copied; `pg_get_constraintdef` ends it with NOT VALID.
+            if validated {
+                f.checks.push((name, def));
+            } else {
+                f.unvalidated_checks.push((name, def));
+            }
         } else {
             used.push(Used {
                 what: format!("exclusion constraint {name:?}"),
@@ -307,17 +333,20 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
     .fetch_all(&mut *conn)
     .await?;
     // Every rename, old → new: the furniture names the old columns (`sql/shape.rs`).
-    f.renamed =
-        g.m.forward
-            .iter()
-            .filter_map(|mp| match &mp.source {
-                Source::Column(old) if *old != mp.target => Some((old.clone(), mp.target.clone())),
-                _ => None,
-            })
-            .collect();
+    f.renamed = renamed(g);
     Ok(Read {
         furniture: f,
         used,
         refusals,
     })
+}
+
+fn renamed(g: &Gen<'_>) -> Vec<(String, String)> {
+    g.m.forward
+        .iter()
+        .filter_map(|mp| match &mp.source {
+            Source::Column(old) if *old != mp.target => Some((old.clone(), mp.target.clone())),
+            _ => None,
+        })
+        .collect()
 }

@@ -79,6 +79,9 @@ impl KeyPart {
 pub(in crate::db::postgres) struct Furniture {
     /// CHECK constraints: (name, `pg_get_constraintdef`).
     pub(in crate::db::postgres) checks: Vec<(String, String)>,
+    /// NOT VALID CHECK constraints, added NOT VALID at cutover (`carry_unvalidated`):
+    /// the backfill copies rows that may break them.
+    pub(in crate::db::postgres) unvalidated_checks: Vec<(String, String)>,
     /// EXCLUDE constraints: (name, `pg_get_constraintdef`).
     pub(in crate::db::postgres) excludes: Vec<(String, String)>,
     pub(in crate::db::postgres) indexes: Vec<IndexParts>,
@@ -204,6 +207,19 @@ impl<'a> Gen<'a> {
             out.push(step("the renamed columns", rename(tmp, cur)));
         }
         out
+    }
+
+    /// Cutover, before the renames: the NOT VALID CHECK constraints go onto the full
+    /// shadow NOT VALID, as the user left them (checked for every later write, no scan).
+    pub(in crate::db::postgres) fn carry_unvalidated(
+        &self,
+        f: &Furniture,
+    ) -> Vec<(String, String)> {
+        self.carry(&Furniture {
+            checks: f.unvalidated_checks.clone(),
+            renamed: f.renamed.clone(),
+            ..Furniture::default()
+        })
     }
 
     fn create_carried_index(&self, idx: &IndexParts) -> String {

@@ -1,0 +1,164 @@
+//! PostgreSQL carries the furniture preflight used to refuse: a NOT VALID CHECK constraint
+//! (still NOT VALID on the new table, and still enforced for new writes). Each is migrated
+//! to done and rolled back from `cut_over` under the concurrent writer; the catalog shows
+//! the furniture as before, and the table equals the writer's mirror.
+
+use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
+use crate::scenarios::SEED_ROWS;
+
+/// `items` (serial key) and the writer's `mirror`, seeded alike; `extra` runs before the
+/// seed rows (for what must exist when they are written).
+async fn seed(db: &TestDb, columns: &str, extra: &str) {
+    db.exec(&format!(
+        "CREATE TABLE items (id serial PRIMARY KEY, qty integer NOT NULL, tag integer, name text{columns});\n\
+         CREATE TABLE mirror (id integer PRIMARY KEY, qty integer NOT NULL, tag integer, name text)"
+    ))
+    .await;
+    if !extra.is_empty() {
+        db.exec(extra).await;
+    }
+    for table in ["items", "mirror"] {
+        db.exec(&format!(
+            "INSERT INTO {table} (id, qty, tag, name) SELECT i, i * 3 % 1000, NULLIF(i % 7, 0), 'item ' || i \
+             FROM generate_series(1, {SEED_ROWS}) AS i"
+        ))
+        .await;
+    }
+    db.exec(&format!("SELECT setval('items_id_seq', {SEED_ROWS})"))
+        .await;
+}
+
+/// `items`'s constraints and indexes as the catalog states them.
+async fn constraints(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    let mut out = db
+        .rows(
+            "SELECT conname::text, contype::text, pg_get_constraintdef(oid), convalidated::text, \
+             condeferrable::text, condeferred::text FROM pg_constraint WHERE conrelid = 'items'::regclass ORDER BY 1",
+        )
+        .await;
+    out.extend(
+        db.rows("SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'items' ORDER BY 1")
+            .await,
+    );
+    out
+}
+
+async fn same_as_mirror(db: &TestDb) {
+    let q = |t: &str| format!("SELECT id::text, qty::text, tag::text FROM {t} ORDER BY id");
+    let (live, mirror) = (db.rows(&q("items")).await, db.rows(&q("mirror")).await);
+    assert!(!mirror.is_empty());
+    assert!(
+        live == mirror,
+        "items ({} rows) differs from the writer's mirror ({} rows)",
+        live.len(),
+        mirror.len()
+    );
+}
+
+fn plan(name: &str, changes: &str) -> String {
+    format!(
+        "version: 1\nname: {name}\ntable: items\nchanges:\n{changes}backfill:\n  batch_size: 300\n\
+         cutover:\n  lock_timeout: 2s\n  attempts: 10\n  retry_delay: 50ms\n"
+    )
+}
+
+/// Widens a column no furniture of these tests uses.
+const WIDEN_TAG: &str = "  - alter_column: {name: tag, type: bigint}\n";
+
+/// Checks, then runs `plan` to done (or to `cut_over` and rolls back) under the concurrent
+/// writer, verifying on the way; `at_cutover` runs between cutover and the rollback.
+async fn migrate(db: &TestDb, plan: &str, rollback: bool, seed: u64) {
+    ok(&db.turnout(&["check", plan], None), "check");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, seed);
+    writer.wait_for(10).await;
+    ok(
+        &db.turnout(&["run", plan, "--until", "verified", "--yes"], None),
+        "run to verified",
+    );
+    ok(&db.turnout(&["verify", plan], None), "verify");
+    let until = if rollback { "cut_over" } else { "done" };
+    ok(
+        &db.turnout(&["run", plan, "--until", until, "--yes"], None),
+        until,
+    );
+    writer.wait_for(20).await;
+    if rollback {
+        ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
+        writer.wait_for(10).await;
+    }
+    assert!(writer.stop().await.is_empty());
+    same_as_mirror(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_not_valid_checks_stay_not_valid_to_done_and_back() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db, "", "").await;
+        // Rows that break the constraints, which the user has not validated: the writer
+        // never writes `name`, and a renamed column's check follows it.
+        db.exec(
+            "UPDATE items SET name = 'bad' WHERE id % 50 = 0;\n\
+             ALTER TABLE items ADD CONSTRAINT items_name_ok CHECK (name <> 'bad') NOT VALID;\n\
+             ALTER TABLE items ADD CONSTRAINT items_qty_ok CHECK (qty >= 0) NOT VALID;\n\
+             ALTER TABLE items ADD CONSTRAINT items_tag_ok CHECK (tag IS NULL OR tag < 100)",
+        )
+        .await;
+        let before = constraints(&db).await;
+        assert!(
+            before
+                .iter()
+                .any(|r| r[0].as_deref() == Some("items_name_ok")
+                    && r[3].as_deref() == Some("false"))
+        );
+        let name = format!("items-not-valid-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, WIDEN_TAG));
+        let p = p.to_str().expect("utf-8 path");
+        migrate(&db, p, rollback, 71).await;
+        assert_eq!(constraints(&db).await, before, "rollback {rollback}");
+        let bad = db
+            .one("SELECT count(*)::text FROM items WHERE name = 'bad'")
+            .await;
+        assert_ne!(bad, "0", "the rows breaking the check are gone");
+        // Still enforced for every new write, whichever table has the name.
+        let refused = db
+            .exec_err("INSERT INTO items (id, qty, name) VALUES (1999999901, 1, 'bad')")
+            .await;
+        assert!(refused.contains("items_name_ok"), "{refused}");
+        let tag = db
+            .one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'tag'")
+            .await;
+        assert_eq!(tag, if rollback { "integer" } else { "bigint" });
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_not_valid_check_follows_a_renamed_column() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db, "", "").await;
+    db.exec(
+        "UPDATE items SET name = 'bad' WHERE id % 50 = 0;\n\
+         ALTER TABLE items ADD CONSTRAINT items_name_ok CHECK (name <> 'bad') NOT VALID",
+    )
+    .await;
+    let p = db.plan_file(
+        "plan.yaml",
+        &plan(
+            "items-not-valid-rename",
+            "  - rename_column: {from: name, to: label}\n",
+        ),
+    );
+    let p = p.to_str().expect("utf-8 path");
+    let out = db.turnout(&["run", p, "--yes"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        db.rows("SELECT pg_get_constraintdef(oid), convalidated::text FROM pg_constraint WHERE conrelid = 'items'::regclass AND conname = 'items_name_ok'")
+            .await,
+        vec![vec![
+            Some("CHECK ((label <> 'bad'::text)) NOT VALID".to_string()),
+            Some("false".to_string())
+        ]]
+    );
+    db.drop().await;
+}
