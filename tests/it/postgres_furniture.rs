@@ -162,3 +162,67 @@ async fn postgres_not_valid_check_follows_a_renamed_column() {
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deferrable_unique_constraints_keep_their_deferral_to_done_and_back() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(
+            &db,
+            ",\n CONSTRAINT items_name_key UNIQUE (name) DEFERRABLE INITIALLY DEFERRED,\n \
+             CONSTRAINT items_id_qty_key UNIQUE (id, qty) DEFERRABLE INITIALLY IMMEDIATE",
+            "",
+        )
+        .await;
+        let before = constraints(&db).await;
+        assert_eq!(
+            before
+                .iter()
+                .filter(|r| r.len() > 4 && r[4].as_deref() == Some("true"))
+                .count(),
+            2,
+            "{before:?}"
+        );
+        let name = format!("items-deferrable-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, WIDEN_TAG));
+        let p = p.to_str().expect("utf-8 path");
+        migrate(&db, p, rollback, 73).await;
+        assert_eq!(constraints(&db).await, before, "rollback {rollback}");
+        // Deferred: two rows may swap names within a transaction, but not keep one name.
+        db.exec(
+            "INSERT INTO items (id, qty, name) VALUES (1999999901, 1, 'x1'), (1999999902, 1, 'x2')",
+        )
+        .await;
+        let swap = |to: &str, id: i64| {
+            (
+                format!("UPDATE items SET name = '{to}' WHERE id = {id}"),
+                vec![],
+            )
+        };
+        db.pool
+            .transaction(&[swap("x2", 1999999901), swap("x1", 1999999902)])
+            .await
+            .expect("a deferred swap of names");
+        let refused = db
+            .exec_err("UPDATE items SET name = 'x1' WHERE id = 1999999901")
+            .await;
+        assert!(refused.contains("items_name_key"), "{refused}");
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deferrable_primary_key_is_refused_by_name() {
+    let db = TestDb::new(Kind::Postgres).await;
+    db.exec("CREATE TABLE items (id integer, qty integer NOT NULL, tag integer, name text, CONSTRAINT items_pk PRIMARY KEY (id) DEFERRABLE)")
+        .await;
+    let p = db.plan_file("plan.yaml", &plan("items-deferrable-pk", WIDEN_TAG));
+    let out = db.turnout(&["check", p.to_str().expect("utf-8 path")], None);
+    assert!(!out.status.success(), "a deferrable key was accepted");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("primary key \"items_pk\" is DEFERRABLE"),
+        "{said}"
+    );
+    db.drop().await;
+}

@@ -23,7 +23,8 @@
 //! table will not have). Materialized views that read the table are replaced at cleanup
 //! (`views.rs`, `sql/matviews.rs`; refused: one using a column the plan drops or renames,
 //! one read by a view or materialized view, one reading a view the cutover re-creates).
-//! Refused outright: the table's own rules, publication membership.
+//! Refused outright: the table's own rules, publication membership, a DEFERRABLE primary
+//! key (the triggers' and the backfill's `ON CONFLICT` needs it as arbiter).
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -170,7 +171,11 @@ impl Postgres {
         }
         // What TableShape cannot carry to the new table, found in the catalog.
         let live = g.live();
-        let checks: [(&str, &str); 5] = [
+        let checks: [(&str, &str); 6] = [
+            (
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p' AND condeferrable",
+                "table {t}: its primary key {x} is DEFERRABLE, and turnout's triggers and backfill write with INSERT … ON CONFLICT on the primary key, which PostgreSQL cannot do over a deferrable one; make the key NOT DEFERRABLE for the migration (drop it and add it again), or change the table with ALTER TABLE",
+            ),
             (
                 "SELECT coalesce(string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text), 'none yet') \
               FROM pg_class c LEFT JOIN pg_inherits i ON i.inhparent = c.oid WHERE c.oid = to_regclass($1) AND c.relkind = 'p' GROUP BY c.oid",
