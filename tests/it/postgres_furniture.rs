@@ -226,3 +226,89 @@ async fn postgres_deferrable_primary_key_is_refused_by_name() {
     );
     db.drop().await;
 }
+
+/// Every publication's tables with their column lists and row filters.
+async fn publications(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT p.pubname::text, r.prrelid::regclass::text, (r.prattrs IS NOT NULL)::text, pt.attnames::text, pt.rowfilter \
+         FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
+         JOIN pg_publication_tables pt ON pt.pubname = p.pubname AND pt.tablename = c.relname AND pt.schemaname = 'public' \
+         ORDER BY 1, 2",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_publications_follow_the_table_to_done_and_back() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db, "", "").await;
+        db.exec(
+            "CREATE PUBLICATION items_feed FOR TABLE items, mirror;\n\
+             CREATE PUBLICATION items_part FOR TABLE items (id, qty, tag) WHERE (qty > 100);\n\
+             CREATE PUBLICATION items_none",
+        )
+        .await;
+        let before = publications(&db).await;
+        assert_eq!(before.len(), 3, "{before:?}");
+        let name = format!("items-publications-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, WIDEN_TAG));
+        let p = p.to_str().expect("utf-8 path");
+        migrate(&db, p, rollback, 79).await;
+        // The name `items` is the new table (or the old one again): the same rows, and the
+        // OID-keyed membership is the table's that has the name.
+        assert_eq!(publications(&db).await, before, "rollback {rollback}");
+        let members = db
+            .one("SELECT count(*)::text FROM pg_publication_rel WHERE prrelid = 'items'::regclass")
+            .await;
+        assert_eq!(members, "2");
+        let strays = db
+            .one("SELECT count(*)::text FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid WHERE c.relname NOT IN ('items', 'mirror')")
+            .await;
+        assert_eq!(strays, "0", "a publication still lists turnout's tables");
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_publication_lists_follow_a_rename_and_filters_on_changed_columns_are_refused() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db, "", "").await;
+    db.exec("CREATE PUBLICATION items_named FOR TABLE items (id, name)")
+        .await;
+    let p = db.plan_file(
+        "plan.yaml",
+        &plan(
+            "items-publication-rename",
+            "  - rename_column: {from: name, to: label}\n",
+        ),
+    );
+    let out = db.turnout(&["run", p.to_str().expect("utf-8 path"), "--yes"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        db.one("SELECT attnames::text FROM pg_publication_tables WHERE pubname = 'items_named'")
+            .await,
+        "{id,label}"
+    );
+    db.exec("CREATE PUBLICATION items_filtered FOR TABLE items WHERE (tag > 2)")
+        .await;
+    let p = db.plan_file(
+        "plan2.yaml",
+        &plan(
+            "items-publication-refused",
+            "  - rename_column: {from: tag, to: kind}\n  - drop_column: {name: label}\n",
+        ),
+    );
+    let out = db.turnout(&["check", p.to_str().expect("utf-8 path")], None);
+    assert!(!out.status.success(), "the plan was accepted");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("the row filter of publication \"items_filtered\" uses column \"tag\""),
+        "{said}"
+    );
+    assert!(
+        said.contains("publication \"items_named\" publishes column \"label\""),
+        "{said}"
+    );
+    db.drop().await;
+}

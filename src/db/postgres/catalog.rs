@@ -23,7 +23,9 @@
 //! table will not have). Materialized views that read the table are replaced at cleanup
 //! (`views.rs`, `sql/matviews.rs`; refused: one using a column the plan drops or renames,
 //! one read by a view or materialized view, one reading a view the cutover re-creates).
-//! Refused outright: the table's own rules, publication membership, a DEFERRABLE primary
+//! Publication membership moves to the new table at cutover (`publications.rs`; refused:
+//! a column list or row filter using a column the plan changes).
+//! Refused outright: the table's own rules, a DEFERRABLE primary
 //! key (the triggers' and the backfill's `ON CONFLICT` needs it as arbiter).
 
 use sqlx::Row;

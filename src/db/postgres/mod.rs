@@ -24,6 +24,7 @@ mod children;
 mod cutover;
 mod errors;
 mod prepare;
+mod publications;
 mod replicas;
 mod rls;
 mod shape;
