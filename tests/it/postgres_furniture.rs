@@ -312,3 +312,121 @@ async fn postgres_publication_lists_follow_a_rename_and_filters_on_changed_colum
     );
     db.drop().await;
 }
+
+/// `items`'s columns: name, type (but `tag`'s, which the plan widens), generated kind,
+/// expression or default.
+async fn columns(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT a.attname::text, CASE WHEN a.attname <> 'tag' THEN format_type(a.atttypid, a.atttypmod) END, \
+         a.attgenerated::text, a.attnotnull::text, pg_get_expr(d.adbin, d.adrelid) \
+         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+         WHERE a.attrelid = 'items'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .await
+}
+
+const GENERATED: &str = ",\n qty2 integer NOT NULL GENERATED ALWAYS AS (qty * 2) STORED,\n \
+     tag_k integer GENERATED ALWAYS AS (tag * 1000) STORED,\n \
+     label text GENERATED ALWAYS AS (upper(name) || '/' || qty) STORED";
+
+/// Every row's generated values are what their expressions compute now.
+async fn generated_are_computed(db: &TestDb) {
+    let wrong = db
+        .one("SELECT count(*)::text FROM items WHERE qty2 <> qty * 2 OR tag_k IS DISTINCT FROM tag * 1000 \
+              OR label IS DISTINCT FROM upper(name) || '/' || qty")
+        .await;
+    assert_eq!(
+        wrong, "0",
+        "generated columns differ from their expressions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_generated_columns_are_recomputed_to_done_and_back() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db, GENERATED, "").await;
+        db.exec("CREATE INDEX items_qty2_idx ON items (qty2)").await;
+        let before = (columns(&db).await, constraints(&db).await);
+        assert_eq!(
+            before
+                .0
+                .iter()
+                .filter(|c| c[2].as_deref() == Some("s"))
+                .count(),
+            3
+        );
+        let name = format!("items-generated-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, WIDEN_TAG));
+        let p = p.to_str().expect("utf-8 path");
+        migrate(&db, p, rollback, 83).await;
+        assert_eq!(
+            (columns(&db).await, constraints(&db).await),
+            before,
+            "rollback {rollback}"
+        );
+        generated_are_computed(&db).await;
+        // The table's later writes are computed too.
+        db.exec("UPDATE items SET qty = qty + 1, tag = 3 WHERE id % 10 = 0")
+            .await;
+        generated_are_computed(&db).await;
+        let tag = db
+            .one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'tag'")
+            .await;
+        assert_eq!(tag, if rollback { "integer" } else { "bigint" });
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_generated_columns_a_plan_would_break_are_refused_by_name() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db, GENERATED, "").await;
+    let check = |file: &str, changes: &str| {
+        let p = db.plan_file(file, &plan("items-generated-refused", changes));
+        let out = db.turnout(&["check", p.to_str().expect("utf-8 path")], None);
+        assert!(!out.status.success(), "{changes} was accepted");
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    let said = check(
+        "a.yaml",
+        "  - rename_column: {from: qty, to: amount}\n  - drop_column: {name: name}\n",
+    );
+    for (column, used) in [("qty2", "qty"), ("label", "qty"), ("label", "name")] {
+        assert!(
+            said.contains(&format!(
+                "generated column \"{column}\" is computed from column \"{used}\""
+            )),
+            "{column}/{used}: {said}"
+        );
+    }
+    let said = check("b.yaml", "  - alter_column: {name: qty2, type: bigint}\n");
+    assert!(
+        said.contains("column \"qty2\" is a generated column") && said.contains("cannot alter it"),
+        "{said}"
+    );
+    // Dropping the generated column itself, or renaming it, is fine.
+    let p = db.plan_file(
+        "c.yaml",
+        &plan(
+            "items-generated-ok",
+            "  - drop_column: {name: label}\n  - rename_column: {from: qty2, to: twice}\n",
+        ),
+    );
+    let out = db.turnout(&["run", p.to_str().expect("utf-8 path"), "--yes"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        db.rows(
+            "SELECT attgenerated::text, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a \
+                 JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                 WHERE a.attrelid = 'items'::regclass AND a.attname = 'twice'"
+        )
+        .await,
+        vec![vec![Some("s".to_string()), Some("(qty * 2)".to_string())]]
+    );
+    let wrong = db
+        .one("SELECT count(*)::text FROM items WHERE twice <> qty * 2")
+        .await;
+    assert_eq!(wrong, "0");
+    db.drop().await;
+}

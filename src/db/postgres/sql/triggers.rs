@@ -12,7 +12,8 @@ pub(in crate::db::postgres) struct Direction<'a> {
     label: &'static str,
     source: String,
     target: String,
-    mapped: &'a [Mapped],
+    /// The mappings written: none into a generated column of the target (see `written`).
+    mapped: Vec<Mapped>,
     source_key: Vec<&'a str>,
     target_key: Vec<&'a str>,
     source_columns: Vec<&'a str>,
@@ -46,7 +47,7 @@ impl<'a> Gen<'a> {
             label: "forward",
             source: self.live(),
             target: self.shadow(),
-            mapped: &self.m.forward,
+            mapped: self.forward_written(),
             source_key: self.old_key(),
             target_key: self.new_key(),
             source_columns: self.old_cols(),
@@ -65,7 +66,7 @@ impl<'a> Gen<'a> {
             label: "reverse",
             source: self.live(),
             target: self.old(),
-            mapped: &self.m.reverse,
+            mapped: self.reverse_written(),
             source_key: self.new_key(),
             target_key: self.old_key(),
             source_columns: self.new_cols(),
@@ -125,7 +126,7 @@ impl<'a> Gen<'a> {
         };
         format!(
             "{} ON CONFLICT ({}) {action}",
-            self.insert_select(&d.target, d.mapped, d.overriding, rows),
+            self.insert_select(&d.target, &d.mapped, d.overriding, rows),
             list(&d.target_key)
         )
     }
