@@ -430,3 +430,94 @@ async fn postgres_generated_columns_a_plan_would_break_are_refused_by_name() {
     assert_eq!(wrong, "0");
     db.drop().await;
 }
+
+/// The rules on `items`, and whether any other table of the schema has one.
+async fn rules(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    let mut out = db
+        .rows("SELECT rulename::text, pg_get_ruledef(oid), ev_enabled::text FROM pg_rewrite WHERE ev_class = 'items'::regclass ORDER BY 1")
+        .await;
+    out.extend(
+        db.rows(
+            "SELECT c.relname::text, r.rulename::text FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
+             WHERE c.relname NOT IN ('items', 'mirror') AND c.relkind = 'r' ORDER BY 1, 2",
+        )
+        .await,
+    );
+    out
+}
+
+/// The same rules on `items` and on the writer's `mirror`: an INSTEAD NOTHING for some
+/// deletes, and a log of every insert.
+const RULES: &str = "CREATE TABLE items_log (id bigint, qty integer);\n\
+     CREATE TABLE mirror_log (id bigint, qty integer);\n\
+     CREATE RULE items_keep_big AS ON DELETE TO items WHERE old.qty > 900 DO INSTEAD NOTHING;\n\
+     CREATE RULE mirror_keep_big AS ON DELETE TO mirror WHERE old.qty > 900 DO INSTEAD NOTHING;\n\
+     CREATE RULE items_logged AS ON INSERT TO items DO ALSO INSERT INTO items_log (id, qty) VALUES (new.id, new.qty);\n\
+     CREATE RULE mirror_logged AS ON INSERT TO mirror DO ALSO INSERT INTO mirror_log (id, qty) VALUES (new.id, new.qty)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rules_move_with_the_table_to_done_and_back() {
+    for rollback in [false, true] {
+        let db = TestDb::new(Kind::Postgres).await;
+        seed(&db, "", "").await;
+        db.exec(RULES).await;
+        let before = rules(&db).await;
+        assert_eq!(before.len(), 2, "{before:?}");
+        let name = format!("items-rules-{rollback}");
+        let p = db.plan_file("plan.yaml", &plan(&name, WIDEN_TAG));
+        let p = p.to_str().expect("utf-8 path");
+        migrate(&db, p, rollback, 89).await;
+        assert_eq!(rules(&db).await, before, "rollback {rollback}");
+        // Every insert of the application logged once, none of turnout's copies.
+        let log = |t: &str| format!("SELECT id::text, qty::text FROM {t} ORDER BY id, qty");
+        let (items_log, mirror_log) = (
+            db.rows(&log("items_log")).await,
+            db.rows(&log("mirror_log")).await,
+        );
+        assert!(!mirror_log.is_empty());
+        assert!(
+            items_log == mirror_log,
+            "items_log has {} rows, mirror_log {}",
+            items_log.len(),
+            mirror_log.len()
+        );
+        // The rules act on the table that has the name.
+        let big = db
+            .one("SELECT min(id)::text FROM items WHERE qty > 900")
+            .await;
+        db.exec(&format!("DELETE FROM items WHERE id = {big}"))
+            .await;
+        assert_eq!(
+            db.one(&format!(
+                "SELECT count(*)::text FROM items WHERE id = {big}"
+            ))
+            .await,
+            "1"
+        );
+        db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rules_on_a_changed_column_are_refused_by_name() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db, "", "").await;
+    db.exec(RULES).await;
+    let p = db.plan_file(
+        "plan.yaml",
+        &plan(
+            "items-rules-refused",
+            "  - rename_column: {from: qty, to: amount}\n",
+        ),
+    );
+    let out = db.turnout(&["check", p.to_str().expect("utf-8 path")], None);
+    assert!(!out.status.success(), "the plan was accepted");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    for rule in ["items_keep_big", "items_logged"] {
+        assert!(
+            said.contains(&format!("rule \"{rule}\" uses column \"qty\"")),
+            "{rule}: {said}"
+        );
+    }
+    db.drop().await;
+}

@@ -1,6 +1,6 @@
 //! What hangs off the table and must follow it at cutover (views: `views.rs`; row-level
 //! security: `rls.rs`; owner, comments, storage parameters: `sql/furniture.rs`;
-//! publication membership: `publications.rs`):
+//! publication membership: `publications.rs`; rules: `rules.rs`):
 //! read before the renames, carried after them in the cutover transaction. Each carrier
 //! also returns the statements that undo it, which the same transaction writes to
 //! `turnout_rollback`; a rollback after cutover runs them first, in its own transaction
@@ -12,7 +12,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::sql::{
-    Gen, Membership, RowSecurity, TableAttributes, View, forget_undo as forget, undo_key,
+    Gen, Membership, RowSecurity, Rule, TableAttributes, View, forget_undo as forget, undo_key,
     undo_rows, undo_table,
 };
 use super::views;
@@ -24,6 +24,7 @@ pub(super) struct Before {
     row_security: RowSecurity,
     furniture: TableAttributes,
     publications: Vec<Membership>,
+    rules: Vec<Rule>,
 }
 
 pub(super) async fn read_before(
@@ -36,6 +37,7 @@ pub(super) async fn read_before(
         row_security: super::rls::read(conn, &g.live()).await?,
         furniture: read_furniture(conn, &g.live()).await?,
         publications: super::publications::read(conn, &g.live()).await?,
+        rules: super::rules::read(conn, &g.live()).await?,
     })
 }
 
@@ -98,6 +100,7 @@ pub(super) async fn carry(
     let (publications, back) = g.carry_publications(&before.publications);
     super::run_all(conn, &publications).await?;
     undo.extend(back);
+    undo.extend(super::rules::carry(conn, g, &before.rules).await?);
     sqlx::raw_sql(super::sql(forget(home, g.m)))
         .execute(&mut *conn)
         .await?;
@@ -136,7 +139,8 @@ pub(super) async fn take_undo(
 }
 
 /// What preflight refuses of the table's furniture: a replica identity index the new
-/// table will not have, and a publication's column list or row filter it cannot follow.
+/// table will not have, a publication's column list or row filter it cannot follow, and
+/// rules it cannot carry.
 pub(super) async fn problems(
     conn: &mut PgConnection,
     g: &Gen<'_>,
@@ -152,5 +156,6 @@ pub(super) async fn problems(
         }
     }
     out.extend(super::publications::problems(conn, g).await?);
+    out.extend(super::rules::problems(conn, g).await?);
     Ok(out)
 }

@@ -27,7 +27,8 @@
 //! one read by a view or materialized view, one reading a view the cutover re-creates).
 //! Publication membership moves to the new table at cutover (`publications.rs`; refused:
 //! a column list or row filter using a column the plan changes).
-//! Refused outright: the table's own rules, a DEFERRABLE primary
+//! The table's own rules move to the new table at cutover (`rules.rs`; refused: one using
+//! a column the plan changes, a disabled one). Refused outright: a DEFERRABLE primary
 //! key (the triggers' and the backfill's `ON CONFLICT` needs it as arbiter).
 
 use sqlx::Row;

@@ -27,6 +27,7 @@ mod prepare;
 mod publications;
 mod replicas;
 mod rls;
+mod rules;
 mod shape;
 mod sql;
 mod state;

@@ -22,6 +22,7 @@ mod matviews;
 mod publications;
 pub(super) mod replicas;
 mod rls;
+mod rules;
 pub(super) mod shadow;
 mod shape;
 mod triggers;
@@ -36,6 +37,7 @@ pub(super) use keys::{KeyType, refusal as key_type_refusal};
 pub(super) use matviews::MatviewIndex;
 pub(super) use publications::Membership;
 pub(super) use rls::{Policy, RowSecurity};
+pub(super) use rules::Rule;
 pub(super) use shape::{Furniture, IndexParts, KeyPart};
 pub(super) use views::View;
 
