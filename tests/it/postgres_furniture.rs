@@ -66,8 +66,13 @@ fn plan(name: &str, changes: &str) -> String {
 const WIDEN_TAG: &str = "  - alter_column: {name: tag, type: bigint}\n";
 
 /// Checks, then runs `plan` to done (or to `cut_over` and rolls back) under the concurrent
-/// writer, verifying on the way; `at_cutover` runs between cutover and the rollback.
+/// writer, verifying on the way.
 async fn migrate(db: &TestDb, plan: &str, rollback: bool, seed: u64) {
+    migrate_probed(db, plan, rollback, seed, "").await
+}
+
+/// `migrate`, with `probe` run during dual-write (before verify) and after the cutover.
+async fn migrate_probed(db: &TestDb, plan: &str, rollback: bool, seed: u64, probe: &str) {
     ok(&db.turnout(&["check", plan], None), "check");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, seed);
     writer.wait_for(10).await;
@@ -75,6 +80,9 @@ async fn migrate(db: &TestDb, plan: &str, rollback: bool, seed: u64) {
         &db.turnout(&["run", plan, "--until", "verified", "--yes"], None),
         "run to verified",
     );
+    if !probe.is_empty() {
+        db.exec(probe).await;
+    }
     ok(&db.turnout(&["verify", plan], None), "verify");
     let until = if rollback { "cut_over" } else { "done" };
     ok(
@@ -82,6 +90,9 @@ async fn migrate(db: &TestDb, plan: &str, rollback: bool, seed: u64) {
         until,
     );
     writer.wait_for(20).await;
+    if !probe.is_empty() {
+        db.exec(probe).await;
+    }
     if rollback {
         ok(&db.turnout(&["rollback", plan, "--yes"], None), "rollback");
         writer.wait_for(10).await;
@@ -169,9 +180,14 @@ async fn postgres_deferrable_unique_constraints_keep_their_deferral_to_done_and_
         let db = TestDb::new(Kind::Postgres).await;
         seed(
             &db,
-            ",\n CONSTRAINT items_name_key UNIQUE (name) DEFERRABLE INITIALLY DEFERRED,\n \
-             CONSTRAINT items_id_qty_key UNIQUE (id, qty) DEFERRABLE INITIALLY IMMEDIATE",
+            ", rank integer,\n CONSTRAINT items_name_key UNIQUE (name) DEFERRABLE INITIALLY DEFERRED,\n \
+             CONSTRAINT items_rank_key UNIQUE (rank) DEFERRABLE INITIALLY IMMEDIATE",
             "",
+        )
+        .await;
+        db.exec(
+            "INSERT INTO items (id, qty, rank) VALUES (1999999911, 1, 1), (1999999912, 1, 2);\n\
+                 INSERT INTO mirror (id, qty) VALUES (1999999911, 1), (1999999912, 1)",
         )
         .await;
         let before = constraints(&db).await;
@@ -186,8 +202,19 @@ async fn postgres_deferrable_unique_constraints_keep_their_deferral_to_done_and_
         let name = format!("items-deferrable-{rollback}");
         let p = db.plan_file("plan.yaml", &plan(&name, WIDEN_TAG));
         let p = p.to_str().expect("utf-8 path");
-        migrate(&db, p, rollback, 73).await;
+        // Each statement passes through a duplicate rank in one order or the other, which
+        // the constraint allows until the statement's end, on the table and its copy alike.
+        let shift = "UPDATE items SET rank = rank + 1 WHERE id IN (1999999911, 1999999912);\n\
+                     UPDATE items SET rank = rank - 1 WHERE id IN (1999999911, 1999999912)";
+        migrate_probed(&db, p, rollback, 73, shift).await;
         assert_eq!(constraints(&db).await, before, "rollback {rollback}");
+        assert_eq!(
+            db.rows(
+                "SELECT rank::text FROM items WHERE id IN (1999999911, 1999999912) ORDER BY id"
+            )
+            .await,
+            vec![vec![Some("1".to_string())], vec![Some("2".to_string())]]
+        );
         // Deferred: two rows may swap names within a transaction, but not keep one name.
         db.exec(
             "INSERT INTO items (id, qty, name) VALUES (1999999901, 1, 'x1'), (1999999902, 1, 'x2')",

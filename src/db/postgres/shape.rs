@@ -217,6 +217,21 @@ impl Postgres {
     }
 }
 
+/// The DEFERRABLE INITIALLY IMMEDIATE unique constraints of `relation`, by name (see
+/// `Gen::deferring` for why the triggers defer them on their target).
+pub(super) async fn deferrable_immediate(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> Sql<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'u' \
+         AND condeferrable AND NOT condeferred ORDER BY 1",
+    )
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
     let live = g.live();
     let mut f = Furniture::default();

@@ -377,6 +377,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             .collect(),
         sequences: Vec::new(),
         retyped: Vec::new(),
+        deferrable_immediate: Vec::new(),
         children: Vec::new(),
         parents: Vec::new(),
         triggers: Vec::new(),

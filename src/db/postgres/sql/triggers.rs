@@ -19,6 +19,12 @@ pub(in crate::db::postgres) struct Direction<'a> {
     source_columns: Vec<&'a str>,
     /// The target has `GENERATED ALWAYS` identity columns that must take our values.
     overriding: bool,
+    /// The target's DEFERRABLE INITIALLY IMMEDIATE unique constraints (qualified): the
+    /// source checks its own at the end of the application's statement, but the trigger
+    /// writes row by row, each its own statement, so a statement that passes through a
+    /// duplicate (`SET b = b + 1`) would fail on the target. Deferred to the commit for
+    /// the rest of the transaction, where the target's rows equal the source's again.
+    deferred: Vec<String>,
     func: String,
     trunc_func: String,
     trigger: String,
@@ -53,6 +59,7 @@ impl<'a> Gen<'a> {
             source_columns: self.old_cols(),
             // The shadow has no identity while rows are copied (see the module doc of `postgres`).
             overriding: false,
+            deferred: Vec::new(),
             func: self.rel(&self.n.func("fwd")),
             trunc_func: self.rel(&self.n.trunc_func("fwd")),
             trigger: self.n.func("fwd"),
@@ -71,11 +78,25 @@ impl<'a> Gen<'a> {
             target_key: self.old_key(),
             source_columns: self.new_cols(),
             overriding: has_identity_always(&self.m.before),
+            deferred: Vec::new(),
             func: self.rel(&self.n.func("rev")),
             trunc_func: self.rel(&self.n.trunc_func("rev")),
             trigger: self.n.func("rev"),
             trunc_trigger: self.n.trunc_func("rev"),
         }
+    }
+
+    /// `d` with the target's DEFERRABLE INITIALLY IMMEDIATE unique constraints, named as
+    /// the target has them when the trigger is created (the shadow's temporary names
+    /// before cutover, the old table's stepped-aside ones after: see `sql/shape.rs`), so
+    /// each exists: `SET CONSTRAINTS` on a missing one would fail every write.
+    pub(in crate::db::postgres) fn deferring(
+        &self,
+        mut d: Direction<'a>,
+        names: &[String],
+    ) -> Direction<'a> {
+        d.deferred = names.iter().map(|n| self.rel(n)).collect();
+        d
     }
 
     // --- dual-write ----------------------------------------------------------------------
@@ -171,8 +192,13 @@ impl<'a> Gen<'a> {
             )
         };
         let target = &d.target;
+        let defer = if d.deferred.is_empty() {
+            String::new()
+        } else {
+            format!("SET CONSTRAINTS {} DEFERRED;\n  ", d.deferred.join(", "))
+        };
         let apply = format!(
-            "IF TG_OP = 'DELETE' THEN\n    DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
+            "{defer}IF TG_OP = 'DELETE' THEN\n    DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
              IF TG_OP = 'UPDATE' AND {} IS DISTINCT FROM {} THEN\n    DELETE FROM {target} WHERE {};\n  END IF;\n  \
              {};\n  RETURN NULL;",
             matches("OLD"),
@@ -262,6 +288,22 @@ mod tests {
         reject.on_error = OnError::Reject;
         let g = Gen::new(&reject, "public");
         assert!(!g.dual_write(&g.forward())[0].contains("EXCEPTION"));
+    }
+
+    #[test]
+    fn deferrable_immediate_constraints_are_deferred_on_the_target_by_their_current_names() {
+        let m = migration();
+        let g = Gen::new(&m, "public");
+        let (new, old) = (
+            g.carried_new("orders_rank_key"),
+            g.carried_old("orders_rank_key"),
+        );
+        let fwd = g.dual_write(&g.deferring(g.forward(), std::slice::from_ref(&new)));
+        let rev = g.dual_write(&g.deferring(g.reverse(), std::slice::from_ref(&old)));
+        let set = |n: &str| format!("SET CONSTRAINTS \"sales\".\"{n}\" DEFERRED;");
+        assert!(fwd[0].contains(&set(&new)), "{}", fwd[0]);
+        assert!(rev[0].contains(&set(&old)), "{}", rev[0]);
+        assert!(!g.dual_write(&g.forward())[0].contains("SET CONSTRAINTS"));
     }
 
     /// The forward trigger of `on_error: record`, reviewed as a whole: a change to the
