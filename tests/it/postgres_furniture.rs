@@ -145,6 +145,31 @@ async fn postgres_not_valid_checks_stay_not_valid_to_done_and_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_check_added_during_the_migration_reaches_the_new_table_not_valid() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db, "", "").await;
+    let p = db.plan_file("plan.yaml", &plan("items-check-added", WIDEN_TAG));
+    let p = p.to_str().expect("utf-8 path");
+    ok(
+        &db.turnout(&["run", p, "--until", "verified", "--yes"], None),
+        "run to verified",
+    );
+    db.exec("ALTER TABLE items ADD CONSTRAINT items_qty_late CHECK (qty >= 0)")
+        .await;
+    ok(&db.turnout(&["run", p, "--yes"], None), "run to done");
+    // Not lost; NOT VALID, since the new table's rows were copied before it existed.
+    assert_eq!(
+        db.rows("SELECT pg_get_constraintdef(oid), convalidated::text FROM pg_constraint WHERE conrelid = 'items'::regclass AND conname = 'items_qty_late'")
+            .await,
+        vec![vec![
+            Some("CHECK ((qty >= 0)) NOT VALID".to_string()),
+            Some("false".to_string())
+        ]]
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_not_valid_check_follows_a_renamed_column() {
     let db = TestDb::new(Kind::Postgres).await;
     seed(&db, "", "").await;

@@ -76,14 +76,22 @@ impl Postgres {
         Ok(read(conn, g).await?.furniture)
     }
 
-    /// At cutover, before the renames: the live table's NOT VALID CHECK constraints, with
-    /// the renames their definitions need (only these, to keep the lock short).
+    /// At cutover, before the renames: the live table's CHECK constraints the shadow does
+    /// not have (those NOT VALID at prepare, or added since), with the renames their
+    /// definitions need (only these, to keep the lock short). Each is added NOT VALID: the
+    /// shadow holds rows the constraint has never checked.
     pub(super) async fn unvalidated_checks(
         &self,
         conn: &mut PgConnection,
         g: &Gen<'_>,
     ) -> Sql<Furniture> {
         let mut f = Furniture::default();
+        let on_shadow: Vec<String> = sqlx::query_scalar(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'c'",
+        )
+        .bind(g.shadow())
+        .fetch_all(&mut *conn)
+        .await?;
         for r in sqlx::query(CONSTRAINTS_SQL)
             .bind(g.live())
             .fetch_all(&mut *conn)
@@ -91,7 +99,12 @@ impl Postgres {
         {
             let (name, def, kind, validated): (String, String, String, bool) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
-            if kind == "c" && !validated {
+            if kind == "c" && !on_shadow.contains(&name) {
+                let def = if validated {
+                    format!("{def} NOT VALID")
+                } else {
+                    def
+                };
                 f.unvalidated_checks.push((name, def));
             }
         }
