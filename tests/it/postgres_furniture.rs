@@ -1,7 +1,16 @@
-//! PostgreSQL carries the furniture preflight used to refuse: a NOT VALID CHECK constraint
-//! (still NOT VALID on the new table, and still enforced for new writes). Each is migrated
-//! to done and rolled back from `cut_over` under the concurrent writer; the catalog shows
-//! the furniture as before, and the table equals the writer's mirror.
+//! PostgreSQL carries the furniture preflight used to refuse. NOT VALID CHECK constraints
+//! stay NOT VALID on the new table (and still check new writes; one renamed follows its
+//! column; one added mid-migration arrives NOT VALID). DEFERRABLE unique constraints keep
+//! their deferral, and a statement passing through a duplicate of an INITIALLY IMMEDIATE
+//! one works during dual-write and after cutover; a DEFERRABLE primary key is refused.
+//! Publications list the new table with the same column list and row filter, the old one
+//! again after a rollback (a renamed listed column followed; a filter on a changed column
+//! refused). Generated columns are recomputed, never written, and exact (a plan altering
+//! one or its inputs refused). Rules move to the new table and back, act once per write
+//! (an insert log compared with the mirror's), and are refused over a changed column.
+//! Each is migrated to done and rolled back from `cut_over` under the concurrent writer,
+//! the catalog compared before and after, the table equal to the writer's mirror; then all
+//! of them together through kills inside the cutover and the rollback transactions.
 
 use crate::harness::{Kind, TestDb, Writer, ok, stderr, stdout};
 use crate::scenarios::SEED_ROWS;
@@ -572,4 +581,71 @@ async fn postgres_rules_on_a_changed_column_are_refused_by_name() {
         );
     }
     db.drop().await;
+}
+
+/// All of the above on one table, killed inside the cutover transaction and resumed, and
+/// inside a rollback and rolled back again: the furniture is whole at every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_all_this_furniture_survives_kills_in_cutover_and_rollback() {
+    for (point, rollback) in [("cutover.inside", false), ("rollback.inside", true)] {
+        let db = TestDb::new(Kind::Postgres).await;
+        let columns_sql = format!(
+            "{GENERATED}, rank integer,\n CONSTRAINT items_rank_key UNIQUE (rank) DEFERRABLE INITIALLY IMMEDIATE"
+        );
+        seed(&db, &columns_sql, "").await;
+        db.exec(&format!(
+            "UPDATE items SET name = 'bad' WHERE id % 50 = 0;\n\
+             ALTER TABLE items ADD CONSTRAINT items_name_ok CHECK (name <> 'bad') NOT VALID;\n\
+             CREATE PUBLICATION items_part FOR TABLE items (id, qty, tag) WHERE (qty > 100);\n\
+             {RULES}"
+        ))
+        .await;
+        let catalog = || async {
+            (
+                constraints(&db).await,
+                columns(&db).await,
+                publications(&db).await,
+                rules(&db).await,
+            )
+        };
+        let before = catalog().await;
+        let p = db.plan_file(
+            "plan.yaml",
+            &plan(&format!("items-all-kill-{rollback}"), WIDEN_TAG),
+        );
+        let p = p.to_str().expect("utf-8 path");
+        let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 97);
+        writer.wait_for(10).await;
+        let args: Vec<&str> = if rollback {
+            ok(
+                &db.turnout(&["run", p, "--until", "cut_over", "--yes"], None),
+                "cut_over",
+            );
+            vec!["rollback", p, "--yes"]
+        } else {
+            vec!["run", p, "--yes"]
+        };
+        let killed = db.turnout(&args, Some(point));
+        assert!(
+            stderr(&killed).contains("fault injected"),
+            "{point}: {}",
+            stderr(&killed)
+        );
+        assert_eq!(catalog().await, before, "after the kill at {point}");
+        writer.wait_for(10).await;
+        let again = if rollback {
+            args.clone()
+        } else {
+            vec!["resume", p, "--yes"]
+        };
+        ok(&db.turnout(&again, None), &format!("after {point}"));
+        writer.wait_for(10).await;
+        assert!(writer.stop().await.is_empty());
+        same_as_mirror(&db).await;
+        assert_eq!(catalog().await, before, "{point}");
+        generated_are_computed(&db).await;
+        let log = |t: &str| format!("SELECT id::text, qty::text FROM {t} ORDER BY id, qty");
+        assert!(db.rows(&log("items_log")).await == db.rows(&log("mirror_log")).await);
+        db.drop().await;
+    }
 }
