@@ -18,6 +18,7 @@ mod names;
 mod output;
 mod postgres_backfill;
 mod postgres_carry;
+mod postgres_furniture;
 mod postgres_real_schema;
 mod postgres_shape;
 mod random_plans;

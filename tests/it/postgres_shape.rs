@@ -306,10 +306,8 @@ async fn postgres_furniture_that_cannot_be_carried_is_refused_by_check_by_name()
             "{object}: {said}"
         );
     }
-    assert!(
-        said.contains("check constraint \"items_later\" is NOT VALID"),
-        "{said}"
-    );
+    // NOT VALID is carried as it is, and it uses no column the plan changes.
+    assert!(!said.contains("items_later"), "{said}");
     let said = check("  - alter_column: {name: qty, type: text}\n");
     assert!(
         said.contains("check constraint \"items_qty_code\" uses column \"qty\", whose type the plan changes from integer to text"),

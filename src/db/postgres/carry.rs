@@ -1,5 +1,6 @@
 //! What hangs off the table and must follow it at cutover (views: `views.rs`; row-level
-//! security: `rls.rs`; owner, comments, storage parameters: `sql/furniture.rs`):
+//! security: `rls.rs`; owner, comments, storage parameters: `sql/furniture.rs`;
+//! publication membership: `publications.rs`; rules: `rules.rs`):
 //! read before the renames, carried after them in the cutover transaction. Each carrier
 //! also returns the statements that undo it, which the same transaction writes to
 //! `turnout_rollback`; a rollback after cutover runs them first, in its own transaction
@@ -11,7 +12,8 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::sql::{
-    Gen, RowSecurity, TableAttributes, View, forget_undo as forget, undo_key, undo_rows, undo_table,
+    Gen, Membership, RowSecurity, Rule, TableAttributes, View, forget_undo as forget, undo_key,
+    undo_rows, undo_table,
 };
 use super::views;
 
@@ -21,6 +23,8 @@ pub(super) struct Before {
     matviews: Vec<View>,
     row_security: RowSecurity,
     furniture: TableAttributes,
+    publications: Vec<Membership>,
+    rules: Vec<Rule>,
 }
 
 pub(super) async fn read_before(
@@ -32,6 +36,8 @@ pub(super) async fn read_before(
         matviews: views::direct_matviews(conn, &g.live()).await?,
         row_security: super::rls::read(conn, &g.live()).await?,
         furniture: read_furniture(conn, &g.live()).await?,
+        publications: super::publications::read(conn, &g.live()).await?,
+        rules: super::rules::read(conn, &g.live()).await?,
     })
 }
 
@@ -91,6 +97,10 @@ pub(super) async fn carry(
     // The old table keeps its own row security: nothing for a rollback to undo.
     super::run_all(conn, &g.carry_row_security(&before.row_security)).await?;
     super::run_all(conn, &g.carry_furniture(&before.furniture)).await?;
+    let (publications, back) = g.carry_publications(&before.publications);
+    super::run_all(conn, &publications).await?;
+    undo.extend(back);
+    undo.extend(super::rules::carry(conn, g, &before.rules).await?);
     sqlx::raw_sql(super::sql(forget(home, g.m)))
         .execute(&mut *conn)
         .await?;
@@ -129,7 +139,8 @@ pub(super) async fn take_undo(
 }
 
 /// What preflight refuses of the table's furniture: a replica identity index the new
-/// table will not have, and publication membership (not carried yet).
+/// table will not have, a publication's column list or row filter it cannot follow, and
+/// rules it cannot carry.
 pub(super) async fn problems(
     conn: &mut PgConnection,
     g: &Gen<'_>,
@@ -144,15 +155,7 @@ pub(super) async fn problems(
             out.push(format!("table {t:?}: its replica identity is index {idx:?}, which the new table will not have under that name (turnout carries a replica identity index only if it is a plain index the plan keeps); use REPLICA IDENTITY DEFAULT or FULL for the migration"));
         }
     }
-    let publications: Vec<String> = sqlx::query_scalar(
-        "SELECT p.pubname::text FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
-         WHERE r.prrelid = to_regclass($1) ORDER BY 1",
-    )
-    .bind(g.live())
-    .fetch_all(&mut *conn)
-    .await?;
-    for p in publications {
-        out.push(format!("table {t:?}: it is a member of publication {p:?}, which turnout does not carry to the new table yet; remove it from the publication for the migration (ALTER PUBLICATION … DROP TABLE) and add it again after"));
-    }
+    out.extend(super::publications::problems(conn, g).await?);
+    out.extend(super::rules::problems(conn, g).await?);
     Ok(out)
 }

@@ -6,13 +6,15 @@
 //! other index are read and judged by `shape.rs` (refused by name when they use a column
 //! the plan drops, computes or retypes to another kind) and compiled here on the new
 //! shape. Refused by preflight: disabled or constraint triggers, and any trigger when the
-//! plan drops or renames a column; stored generated columns; partitioned tables, tables
+//! plan drops or renames a column; partitioned tables, tables
 //! with inheritance children and partitions or children themselves (each named). Foreign
 //! keys of other tables referencing this one are carried (re-pointed at cutover) unless
 //! they are NOT VALID, on a partitioned child, or reference a column the plan drops or
 //! computes; the table's own foreign keys (to other tables and to itself) likewise go to
 //! the new table.
-//! Primary-key type changes are judged in `sql/keys.rs`.
+//! Primary-key type changes are judged in `sql/keys.rs`. Generated columns are declared
+//! again on the new table and never written (`Gen::forward_written`); refused: a plan that
+//! alters one, or drops, renames or changes a column its expression reads.
 //!
 //! Carried at cutover (`carry.rs`), and refused here only where they cannot be: views over
 //! the table and views over those (refused: one that uses a column the plan drops or
@@ -23,7 +25,11 @@
 //! table will not have). Materialized views that read the table are replaced at cleanup
 //! (`views.rs`, `sql/matviews.rs`; refused: one using a column the plan drops or renames,
 //! one read by a view or materialized view, one reading a view the cutover re-creates).
-//! Refused outright: the table's own rules, publication membership.
+//! Publication membership moves to the new table at cutover (`publications.rs`; refused:
+//! a column list or row filter using a column the plan changes).
+//! The table's own rules move to the new table at cutover (`rules.rs`; refused: one using
+//! a column the plan changes, a disabled one). Refused outright: a DEFERRABLE primary
+//! key (the triggers' and the backfill's `ON CONFLICT` needs it as arbiter).
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -87,6 +93,11 @@ impl Postgres {
                 let generated = match identity.as_str() {
                     "a" => Some(Generated::Identity { always: true }),
                     "d" => Some(Generated::Identity { always: false }),
+                    // `pg_attrdef` holds a generated column's expression, not a default.
+                    _ if !generated_stored.is_empty() => Some(Generated::Computed {
+                        expression: default.clone().unwrap_or_default(),
+                        stored: generated_stored == "s",
+                    }),
                     _ => match (&default, serial) {
                         (Some(d), Some(seq)) if d.starts_with("nextval(") => {
                             Some(Generated::Sequence { sequence: seq })
@@ -98,7 +109,7 @@ impl Postgres {
                     name: r.get(0),
                     sql_type: r.get(1),
                     nullable: !r.get::<bool, _>(2),
-                    // A stored generated column's expression is not a DEFAULT (preflight refuses it).
+                    // A generated column's expression is not a DEFAULT.
                     default: if generated_stored.is_empty() {
                         default
                     } else {
@@ -172,6 +183,10 @@ impl Postgres {
         let live = g.live();
         let checks: [(&str, &str); 5] = [
             (
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p' AND condeferrable",
+                "table {t}: its primary key {x} is DEFERRABLE, and turnout's triggers and backfill write with INSERT … ON CONFLICT on the primary key, which PostgreSQL cannot do over a deferrable one; make the key NOT DEFERRABLE for the migration (drop it and add it again), or change the table with ALTER TABLE",
+            ),
+            (
                 "SELECT coalesce(string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text), 'none yet') \
               FROM pg_class c LEFT JOIN pg_inherits i ON i.inhparent = c.oid WHERE c.oid = to_regclass($1) AND c.relkind = 'p' GROUP BY c.oid",
                 "table {t}: it is a partitioned table (partitions: {x}); turnout migrates plain tables only. Change it with ALTER TABLE on the partitioned table, which reaches every partition, or build a new partitioned table and move the partitions across (DETACH / ATTACH PARTITION)",
@@ -189,10 +204,6 @@ impl Postgres {
                 "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND (tgenabled <> 'O' OR tgconstraint <> 0)",
                 "table {t}: trigger {x} is disabled, replica-only or a constraint trigger, which turnout does not carry; enable it (or drop it) for the migration",
             ),
-            (
-                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
-                "table {t}: column {x} is a generated column; turnout cannot copy into it",
-            ),
         ];
         for (query, message) in checks {
             let found: Vec<String> = sqlx::query_scalar(query)
@@ -208,6 +219,7 @@ impl Postgres {
                 );
             }
         }
+        problems.extend(generated_problems(&mut conn, &g).await.map_err(ctx)?);
         // Views are carried at cutover (see `sql/views.rs`); what cannot be is named here.
         problems.extend(super::views::problems(&mut conn, &g).await.map_err(ctx)?);
         problems.extend(super::rls::problems(&mut conn, &g).await.map_err(ctx)?);
@@ -318,7 +330,8 @@ impl Postgres {
                 .execute(&mut *tx)
                 .await
                 .map_err(ctx)?;
-            for (what, stmt) in g.carry(&furniture) {
+            let stmts = g.carry(&furniture);
+            for (what, stmt) in stmts.into_iter().chain(g.carry_unvalidated(&furniture)) {
                 if let Err(e) = sqlx::raw_sql(sql(stmt)).execute(&mut *tx).await {
                     problems.push(format!(
                         "table {t:?}: {what} cannot be created on the new shape: {}; drop it before the migration and create it again after, or change the plan",
@@ -344,8 +357,8 @@ impl Postgres {
             let new_rows = format!("SELECT {} FROM {} LIMIT 0", list(&g.new_cols()), g.shadow());
             // Before cutover the old table is still `<table>`.
             let overriding = has_identity_always(&m.before);
-            let cases: Vec<(String, String, &str)> = m
-                .forward
+            let (forward, reverse) = (g.forward_written(), g.reverse_written());
+            let cases: Vec<(String, String, &str)> = forward
                 .iter()
                 .map(|mp| {
                     (
@@ -354,7 +367,7 @@ impl Postgres {
                         "the live table",
                     )
                 })
-                .chain(m.reverse.iter().map(|mp| {
+                .chain(reverse.iter().map(|mp| {
                     (
                         format!("column {:?}: the reverse expression", mp.target),
                         probe(&g.live(), overriding, mp, &new_rows),
@@ -392,4 +405,50 @@ impl Postgres {
         tx.rollback().await.map_err(ctx)?;
         Ok(problems)
     }
+}
+
+/// A generated column is declared again on the new table with the live table's expression,
+/// so the plan must leave it as it is and keep every column the expression reads under
+/// its name (a widened one computes the same).
+async fn generated_problems(
+    conn: &mut PgConnection,
+    g: &super::sql::Gen<'_>,
+) -> std::result::Result<Vec<String>, sqlx::Error> {
+    let t = &g.m.table;
+    let mut out = Vec::new();
+    for old in &g.m.before.columns {
+        let Some(Generated::Computed { .. }) = &old.generated else {
+            continue;
+        };
+        let Some(new) = g.new_name_of(&old.name) else {
+            // Dropped: the old table computes it again for a rollback.
+            continue;
+        };
+        let kept = g.m.after.column(&new).is_some_and(|c| {
+            c.generated == old.generated && c.sql_type == old.sql_type && c.nullable == old.nullable
+        });
+        if !kept {
+            out.push(format!("table {t:?}: column {:?} is a generated column, which turnout declares again with its expression; the plan cannot alter it (drop it and add it again after the migration, or leave it as it is)", old.name));
+        }
+    }
+    let uses = sqlx::query(
+        "SELECT a.attname::text, b.attname::text FROM pg_attrdef ad \
+         JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+         JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refobjid = ad.adrelid AND d.refobjsubid > 0 \
+         JOIN pg_attribute b ON b.attrelid = ad.adrelid AND b.attnum = d.refobjsubid \
+         WHERE ad.adrelid = to_regclass($1) AND a.attgenerated <> '' ORDER BY a.attnum, b.attnum",
+    )
+    .bind(g.live())
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in uses {
+        let (column, used): (String, String) = (r.get(0), r.get(1));
+        if column == used || g.new_name_of(&column).is_none() {
+            continue;
+        }
+        if g.new_name_of(&used).as_deref() != Some(used.as_str()) {
+            out.push(format!("table {t:?}: generated column {column:?} is computed from column {used:?}, which the plan drops, renames or changes; turnout declares the column again with the same expression, so keep {used:?} as it is (or drop {column:?} in the plan and add it again after)"));
+        }
+    }
+    Ok(out)
 }

@@ -119,6 +119,13 @@ impl Postgres {
             .await?;
         let furniture = super::carry::read_before(&mut *tx, g).await?;
         super::carry::prepare(&mut *tx, g, &furniture).await?;
+        let unvalidated = self.unvalidated_checks(&mut *tx, g).await?;
+        let stmts = g.carry_unvalidated(&unvalidated);
+        run_all(
+            &mut *tx,
+            &stmts.into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
+        )
+        .await?;
         run_all(&mut *tx, &g.cutover(&facts)).await?;
         let to_itself: Vec<String> = facts
             .parents
@@ -406,6 +413,14 @@ impl Postgres {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
         let grants = table_grants(&mut *conn, g).await?;
+        // The old table's that the shadow carries, by the names the cutover gives them.
+        let carried = super::shape::deferrable_immediate(&mut *conn, &g.shadow()).await?;
+        let deferrable_immediate = super::shape::deferrable_immediate(&mut *conn, &g.live())
+            .await?
+            .into_iter()
+            .filter(|n| carried.contains(&g.carried_new(n)))
+            .map(|n| g.carried_old(&n))
+            .collect();
         Ok(CutoverFacts {
             pk_name,
             identities,
@@ -415,6 +430,7 @@ impl Postgres {
             parents,
             triggers,
             grants,
+            deferrable_immediate,
         })
     }
 

@@ -33,9 +33,19 @@ impl Postgres {
         save: &StateRow,
     ) -> Result<()> {
         let g = self.gen_for(m);
+        let context = format!("dual-write: creating the triggers on {}", m.table);
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::db(context.clone(), e))?;
+        let deferred = super::shape::deferrable_immediate(&mut conn, &g.shadow())
+            .await
+            .map_err(|e| Error::db(context.clone(), e))?;
+        drop(conn);
         self.ddl_txn(
-            &format!("dual-write: creating the triggers on {}", m.table),
-            &g.dual_write(&g.forward()),
+            &context,
+            &g.dual_write(&g.deferring(g.forward(), &deferred)),
             save,
             None,
         )

@@ -22,20 +22,22 @@ type Sql<T> = std::result::Result<T, sqlx::Error>;
 
 const CONSTRAINTS_SQL: &str = "SELECT c.conname::text, pg_get_constraintdef(c.oid), c.contype::text, c.convalidated, \
      ARRAY(SELECT a.attname::text FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
-           WHERE ((d.classid = 'pg_constraint'::regclass AND d.objid = c.oid) OR (d.classid = 'pg_class'::regclass AND d.objid = c.conindid AND c.contype = 'x')) \
+           WHERE ((d.classid = 'pg_constraint'::regclass AND d.objid = c.oid) OR (d.classid = 'pg_class'::regclass AND d.objid = c.conindid AND c.contype IN ('x', 'u'))) \
            AND d.refobjid = c.conrelid AND d.refobjsubid > 0 ORDER BY a.attnum) \
-     FROM pg_constraint c WHERE c.conrelid = to_regclass($1) AND c.contype IN ('c', 'x') ORDER BY c.conname";
+     FROM pg_constraint c WHERE c.conrelid = to_regclass($1) AND (c.contype IN ('c', 'x') OR (c.contype = 'u' AND c.condeferrable)) ORDER BY c.conname";
 
 /// The live table's indexes that `TableShape` does not describe (`$2`: the ones it does),
-/// except those of EXCLUDE constraints, which come with their constraint.
+/// except those of EXCLUDE and DEFERRABLE UNIQUE constraints, which come with their
+/// constraint (a deferrable index can only be made by its constraint).
 const INDEXES_SQL: &str = "SELECT ic.relname::text, i.indisunique, coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false), \
      am.amname::text, i.indnkeyatts::int, pg_get_expr(i.indpred, i.indrelid), coalesce(ic.reloptions, '{}')::text[], \
-     i.indexrelid::bigint, i.indimmediate, \
+     i.indexrelid::bigint, \
      ARRAY(SELECT a.attname::text FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
            WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid AND d.refobjid = i.indrelid AND d.refobjsubid > 0 ORDER BY a.attnum) \
      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
      WHERE i.indrelid = to_regclass($1) AND NOT i.indisprimary AND ic.relname::text <> ALL($2::text[]) \
-     AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conindid = i.indexrelid AND x.conrelid = i.indrelid AND x.contype = 'x') \
+     AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conindid = i.indexrelid AND x.conrelid = i.indrelid \
+                     AND (x.contype = 'x' OR (x.contype = 'u' AND x.condeferrable))) \
      ORDER BY ic.relname";
 
 /// One column or expression of an index, with its collation, operator class (when not the
@@ -66,7 +68,6 @@ struct Used {
 struct Read {
     furniture: Furniture,
     used: Vec<Used>,
-    refusals: Vec<String>,
 }
 
 impl Postgres {
@@ -75,17 +76,50 @@ impl Postgres {
         Ok(read(conn, g).await?.furniture)
     }
 
+    /// At cutover, before the renames: the live table's CHECK constraints the shadow does
+    /// not have (those NOT VALID at prepare, or added since), with the renames their
+    /// definitions need (only these, to keep the lock short). Each is added NOT VALID: the
+    /// shadow holds rows the constraint has never checked.
+    pub(super) async fn unvalidated_checks(
+        &self,
+        conn: &mut PgConnection,
+        g: &Gen<'_>,
+    ) -> Sql<Furniture> {
+        let mut f = Furniture::default();
+        let on_shadow: Vec<String> = sqlx::query_scalar(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'c'",
+        )
+        .bind(g.shadow())
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in sqlx::query(CONSTRAINTS_SQL)
+            .bind(g.live())
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let (name, def, kind, validated): (String, String, String, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if kind == "c" && !on_shadow.contains(&name) {
+                let def = if validated {
+                    format!("{def} NOT VALID")
+                } else {
+                    def
+                };
+                f.unvalidated_checks.push((name, def));
+            }
+        }
+        f.renamed = renamed(g);
+        Ok(f)
+    }
+
     /// Preflight's refusals for the furniture, and the furniture to compile.
     pub(super) async fn furniture_refusals(
         &self,
         conn: &mut PgConnection,
         g: &Gen<'_>,
     ) -> Sql<(Vec<String>, Furniture)> {
-        let Read {
-            furniture,
-            used,
-            mut refusals,
-        } = read(conn, g).await?;
+        let Read { furniture, used } = read(conn, g).await?;
+        let mut refusals = Vec::new();
         let t = &g.m.table;
         for u in &used {
             for c in &u.columns {
@@ -196,12 +230,25 @@ impl Postgres {
     }
 }
 
+/// The DEFERRABLE INITIALLY IMMEDIATE unique constraints of `relation`, by name (see
+/// `Gen::deferring` for why the triggers defer them on their target).
+pub(super) async fn deferrable_immediate(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> Sql<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'u' \
+         AND condeferrable AND NOT condeferred ORDER BY 1",
+    )
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
-    let t = &g.m.table;
     let live = g.live();
     let mut f = Furniture::default();
     let mut used = Vec::new();
-    let mut refusals = Vec::new();
     for r in sqlx::query(CONSTRAINTS_SQL)
         .bind(&live)
         .fetch_all(&mut *conn)
@@ -211,14 +258,23 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let columns: Vec<String> = r.get(4);
         if kind == "c" {
-            if !validated {
-                refusals.push(format!("table {t:?}: check constraint {name:?} is NOT VALID, so some rows may break it and the new table (which checks every row) could not take them; run ALTER TABLE … VALIDATE CONSTRAINT (or drop it) first"));
-            }
             used.push(Used {
                 what: format!("check constraint {name:?}"),
                 columns,
             });
-            f.checks.push((name, def));
+            // Some old rows may break it, so the shadow only takes it at cutover, when
+            // every row is copied; `pg_get_constraintdef` ends it with NOT VALID.
+            if validated {
+                f.checks.push((name, def));
+            } else {
+                f.unvalidated_checks.push((name, def));
+            }
+        } else if kind == "u" {
+            used.push(Used {
+                what: format!("unique constraint {name:?}"),
+                columns,
+            });
+            f.deferrable_uniques.push((name, def));
         } else {
             used.push(Used {
                 what: format!("exclusion constraint {name:?}"),
@@ -237,10 +293,6 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
         let name: String = r.get(0);
         let key_count: i32 = r.get(4);
         let oid: i64 = r.get(7);
-        let immediate: bool = r.get(8);
-        if !immediate {
-            refusals.push(format!("table {t:?}: the unique constraint of index {name:?} is DEFERRABLE, which turnout does not carry; make it NOT DEFERRABLE for the migration (ALTER TABLE … ALTER CONSTRAINT) or drop it and add it again after"));
-        }
         let mut keys = Vec::new();
         let mut include = Vec::new();
         for (k, p) in sqlx::query(KEYS_SQL)
@@ -272,7 +324,7 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
         }
         used.push(Used {
             what: format!("index {name:?}"),
-            columns: r.get(9),
+            columns: r.get(8),
         });
         f.indexes.push(IndexParts {
             name,
@@ -301,23 +353,22 @@ async fn read(conn: &mut PgConnection, g: &Gen<'_>) -> Sql<Read> {
         }
     }
     f.unique_constraints = sqlx::query_scalar(
-        "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'u' ORDER BY 1",
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'u' AND NOT condeferrable ORDER BY 1",
     )
     .bind(&live)
     .fetch_all(&mut *conn)
     .await?;
     // Every rename, old → new: the furniture names the old columns (`sql/shape.rs`).
-    f.renamed =
-        g.m.forward
-            .iter()
-            .filter_map(|mp| match &mp.source {
-                Source::Column(old) if *old != mp.target => Some((old.clone(), mp.target.clone())),
-                _ => None,
-            })
-            .collect();
-    Ok(Read {
-        furniture: f,
-        used,
-        refusals,
-    })
+    f.renamed = renamed(g);
+    Ok(Read { furniture: f, used })
+}
+
+fn renamed(g: &Gen<'_>) -> Vec<(String, String)> {
+    g.m.forward
+        .iter()
+        .filter_map(|mp| match &mp.source {
+            Source::Column(old) if *old != mp.target => Some((old.clone(), mp.target.clone())),
+            _ => None,
+        })
+        .collect()
 }

@@ -30,6 +30,9 @@ pub(in crate::db::postgres) struct CutoverFacts {
     pub(in crate::db::postgres) triggers: Vec<(String, String)>,
     /// The live table's privileges granted to others, for the new table.
     pub(in crate::db::postgres) grants: Vec<Grant>,
+    /// The old table's DEFERRABLE INITIALLY IMMEDIATE unique constraints, by the names the
+    /// cutover gives them, which the reverse trigger defers (see `Gen::deferring`).
+    pub(in crate::db::postgres) deferrable_immediate: Vec<String>,
 }
 
 /// One privilege on the live table (or on one of its columns) held by a role other than
@@ -174,7 +177,7 @@ impl<'a> Gen<'a> {
         // The application's roles keep their rights on the table they now reach; the old
         // table keeps its own grants untouched, which is all a rollback needs.
         out.extend(f.grants.iter().map(|g| g.sql(&self.live())));
-        out.extend(self.dual_write(&self.reverse()));
+        out.extend(self.dual_write(&self.deferring(self.reverse(), &f.deferrable_immediate)));
         out
     }
 
@@ -282,6 +285,7 @@ mod tests {
             children: vec![],
             parents: vec![],
             triggers: vec![],
+            deferrable_immediate: vec![],
             grants: vec![
                 Grant {
                     grantee: Some("app \"ro\"".into()),

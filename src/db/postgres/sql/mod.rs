@@ -19,8 +19,10 @@ mod cutover;
 mod furniture;
 mod keys;
 mod matviews;
+mod publications;
 pub(super) mod replicas;
 mod rls;
+mod rules;
 pub(super) mod shadow;
 mod shape;
 mod triggers;
@@ -33,12 +35,26 @@ pub(super) use cutover::{CutoverFacts, Grant, RollbackFacts};
 pub(super) use furniture::TableAttributes;
 pub(super) use keys::{KeyType, refusal as key_type_refusal};
 pub(super) use matviews::MatviewIndex;
+pub(super) use publications::Membership;
 pub(super) use rls::{Policy, RowSecurity};
+pub(super) use rules::Rule;
 pub(super) use shape::{Furniture, IndexParts, KeyPart};
 pub(super) use views::View;
 
 use crate::db::PhaseSql;
-use crate::schema::{Generated, Migration, TableShape};
+use crate::schema::{Generated, Mapped, Migration, TableShape};
+
+/// `maps` without those into a generated column of `target`.
+fn written(maps: &[Mapped], target: &TableShape) -> Vec<Mapped> {
+    maps.iter()
+        .filter(|mp| {
+            !target
+                .column(&mp.target)
+                .is_some_and(|c| matches!(c.generated, Some(Generated::Computed { .. })))
+        })
+        .cloned()
+        .collect()
+}
 
 /// The one quoting function of this dialect: double quotes, inner quotes doubled.
 pub fn quote(ident: &str) -> String {
@@ -212,6 +228,18 @@ impl<'a> Gen<'a> {
         qualified(&self.home, "turnout_failures")
     }
 
+    /// The forward mappings turnout writes: none into a generated column of the new
+    /// table, which PostgreSQL computes itself (and refuses a value for). Verify still
+    /// compares every mapping, so a recomputed value must equal the live table's.
+    pub(super) fn forward_written(&self) -> Vec<Mapped> {
+        written(&self.m.forward, &self.m.after)
+    }
+
+    /// The reverse mappings turnout writes into the old table, its generated columns left out.
+    pub(super) fn reverse_written(&self) -> Vec<Mapped> {
+        written(&self.m.reverse, &self.m.before)
+    }
+
     pub(super) fn old_cols(&self) -> Vec<&'a str> {
         self.m
             .before
@@ -349,6 +377,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             .collect(),
         sequences: Vec::new(),
         retyped: Vec::new(),
+        deferrable_immediate: Vec::new(),
         children: Vec::new(),
         parents: Vec::new(),
         triggers: Vec::new(),

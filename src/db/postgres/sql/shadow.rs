@@ -8,7 +8,7 @@
 //! rely on the key's, and the others check every row as it arrives, as the live table's do.
 
 use super::{Gen, list, quote};
-use crate::schema::Column;
+use crate::schema::{Column, Generated};
 
 impl<'a> Gen<'a> {
     // --- prepare -------------------------------------------------------------------------
@@ -72,9 +72,15 @@ impl<'a> Gen<'a> {
 /// Whether each of the shadow's indexes is valid, by name (`$1` schema, `$2` table).
 pub(in crate::db::postgres) const SHADOW_INDEX_VALIDITY: &str = "SELECT c.relname::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2";
 
-/// A shadow column: no identity while rows are copied (it is attached at cutover).
+/// A shadow column: no identity while rows are copied (it is attached at cutover). A
+/// generated column is declared with the live table's expression and computes its own
+/// values: nothing turnout writes goes into it (see `written`).
 fn column_def(c: &Column) -> String {
     let mut def = format!("{} {}", quote(&c.name), c.sql_type);
+    if let Some(Generated::Computed { expression, stored }) = &c.generated {
+        let kind = if *stored { "STORED" } else { "VIRTUAL" };
+        def.push_str(&format!(" GENERATED ALWAYS AS ({expression}) {kind}"));
+    }
     if !c.nullable {
         def.push_str(" NOT NULL");
     }
@@ -88,6 +94,38 @@ fn column_def(c: &Column) -> String {
 mod tests {
     use super::super::tests::migration;
     use super::*;
+
+    #[test]
+    fn a_generated_column_is_declared_with_its_expression_and_never_written() {
+        let c = Column {
+            name: "twice".into(),
+            sql_type: "integer".into(),
+            nullable: false,
+            default: None,
+            generated: Some(Generated::Computed {
+                expression: "(qty * 2)".into(),
+                stored: true,
+            }),
+        };
+        assert_eq!(
+            column_def(&c),
+            "\"twice\" integer GENERATED ALWAYS AS ((qty * 2)) STORED NOT NULL"
+        );
+        let mut m = migration();
+        m.after.columns.push(c.clone());
+        m.before.columns.push(c);
+        m.forward.push(crate::schema::Mapped {
+            target: "twice".into(),
+            source: crate::schema::Source::Column("twice".into()),
+            cast: None,
+        });
+        let g = Gen::new(&m, "public");
+        assert!(g.forward_written().iter().all(|mp| mp.target != "twice"));
+        assert!(
+            !g.upsert(&g.forward(), "SELECT 1", true)
+                .contains("\"twice\"")
+        );
+    }
 
     #[test]
     fn the_plain_index_is_built_after_the_copy_concurrently() {

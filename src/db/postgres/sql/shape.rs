@@ -11,7 +11,7 @@
 //! `ALTER TABLE … RENAME COLUMN` would on the live table).
 //!
 //! Names: a CHECK constraint's name is per table, so the shadow's takes the original at
-//! once. Index names (an EXCLUDE constraint's included) are schema-wide: the shadow's carry
+//! once. Index names (an EXCLUDE or DEFERRABLE UNIQUE constraint's included) are schema-wide: the shadow's carry
 //! `<base>_x<hash of the name>` until cutover, when the old table's step aside to
 //! `<base>_y<hash>` and the new ones take the original names; rollback reverses it. The
 //! hash of the original name makes both temporary names computable from the original
@@ -79,8 +79,15 @@ impl KeyPart {
 pub(in crate::db::postgres) struct Furniture {
     /// CHECK constraints: (name, `pg_get_constraintdef`).
     pub(in crate::db::postgres) checks: Vec<(String, String)>,
+    /// NOT VALID CHECK constraints, added NOT VALID at cutover (`carry_unvalidated`):
+    /// the backfill copies rows that may break them.
+    pub(in crate::db::postgres) unvalidated_checks: Vec<(String, String)>,
     /// EXCLUDE constraints: (name, `pg_get_constraintdef`).
     pub(in crate::db::postgres) excludes: Vec<(String, String)>,
+    /// DEFERRABLE UNIQUE constraints: (name, `pg_get_constraintdef`, which keeps the
+    /// deferral). Never an `ON CONFLICT` arbiter: the triggers and the backfill name the
+    /// primary key, which preflight requires NOT DEFERRABLE.
+    pub(in crate::db::postgres) deferrable_uniques: Vec<(String, String)>,
     pub(in crate::db::postgres) indexes: Vec<IndexParts>,
     /// Renamed columns: (old name, new name), taken back for the length of the build.
     pub(in crate::db::postgres) renamed: Vec<(String, String)>,
@@ -107,6 +114,7 @@ impl<'a> Gen<'a> {
     pub(in crate::db::postgres) fn carry(&self, f: &Furniture) -> Vec<(String, String)> {
         if f.checks.is_empty()
             && f.excludes.is_empty()
+            && f.deferrable_uniques.is_empty()
             && f.indexes.is_empty()
             && f.collations.is_empty()
             && f.unique_constraints.is_empty()
@@ -180,6 +188,15 @@ impl<'a> Gen<'a> {
                 format!("ALTER TABLE {shadow} ADD CONSTRAINT {} {def}", quote(name)),
             ));
         }
+        for (name, def) in &f.deferrable_uniques {
+            out.push(step(
+                &format!("unique constraint {name:?}"),
+                format!(
+                    "ALTER TABLE {shadow} ADD CONSTRAINT {} {def}",
+                    quote(&self.carried_new(name))
+                ),
+            ));
+        }
         for (name, def) in &f.excludes {
             out.push(step(
                 &format!("exclusion constraint {name:?}"),
@@ -204,6 +221,19 @@ impl<'a> Gen<'a> {
             out.push(step("the renamed columns", rename(tmp, cur)));
         }
         out
+    }
+
+    /// Cutover, before the renames: the NOT VALID CHECK constraints go onto the full
+    /// shadow NOT VALID, as the user left them (checked for every later write, no scan).
+    pub(in crate::db::postgres) fn carry_unvalidated(
+        &self,
+        f: &Furniture,
+    ) -> Vec<(String, String)> {
+        self.carry(&Furniture {
+            checks: f.unvalidated_checks.clone(),
+            renamed: f.renamed.clone(),
+            ..Furniture::default()
+        })
     }
 
     fn create_carried_index(&self, idx: &IndexParts) -> String {

@@ -12,12 +12,19 @@ pub(in crate::db::postgres) struct Direction<'a> {
     label: &'static str,
     source: String,
     target: String,
-    mapped: &'a [Mapped],
+    /// The mappings written: none into a generated column of the target (see `written`).
+    mapped: Vec<Mapped>,
     source_key: Vec<&'a str>,
     target_key: Vec<&'a str>,
     source_columns: Vec<&'a str>,
     /// The target has `GENERATED ALWAYS` identity columns that must take our values.
     overriding: bool,
+    /// The target's DEFERRABLE INITIALLY IMMEDIATE unique constraints (qualified): the
+    /// source checks its own at the end of the application's statement, but the trigger
+    /// writes row by row, each its own statement, so a statement that passes through a
+    /// duplicate (`SET b = b + 1`) would fail on the target. Deferred to the commit for
+    /// the rest of the transaction, where the target's rows equal the source's again.
+    deferred: Vec<String>,
     func: String,
     trunc_func: String,
     trigger: String,
@@ -46,12 +53,13 @@ impl<'a> Gen<'a> {
             label: "forward",
             source: self.live(),
             target: self.shadow(),
-            mapped: &self.m.forward,
+            mapped: self.forward_written(),
             source_key: self.old_key(),
             target_key: self.new_key(),
             source_columns: self.old_cols(),
             // The shadow has no identity while rows are copied (see the module doc of `postgres`).
             overriding: false,
+            deferred: Vec::new(),
             func: self.rel(&self.n.func("fwd")),
             trunc_func: self.rel(&self.n.trunc_func("fwd")),
             trigger: self.n.func("fwd"),
@@ -65,16 +73,30 @@ impl<'a> Gen<'a> {
             label: "reverse",
             source: self.live(),
             target: self.old(),
-            mapped: &self.m.reverse,
+            mapped: self.reverse_written(),
             source_key: self.new_key(),
             target_key: self.old_key(),
             source_columns: self.new_cols(),
             overriding: has_identity_always(&self.m.before),
+            deferred: Vec::new(),
             func: self.rel(&self.n.func("rev")),
             trunc_func: self.rel(&self.n.trunc_func("rev")),
             trigger: self.n.func("rev"),
             trunc_trigger: self.n.trunc_func("rev"),
         }
+    }
+
+    /// `d` with the target's DEFERRABLE INITIALLY IMMEDIATE unique constraints, named as
+    /// the target has them when the trigger is created (the shadow's temporary names
+    /// before cutover, the old table's stepped-aside ones after: see `sql/shape.rs`), so
+    /// each exists: `SET CONSTRAINTS` on a missing one would fail every write.
+    pub(in crate::db::postgres) fn deferring(
+        &self,
+        mut d: Direction<'a>,
+        names: &[String],
+    ) -> Direction<'a> {
+        d.deferred = names.iter().map(|n| self.rel(n)).collect();
+        d
     }
 
     // --- dual-write ----------------------------------------------------------------------
@@ -125,7 +147,7 @@ impl<'a> Gen<'a> {
         };
         format!(
             "{} ON CONFLICT ({}) {action}",
-            self.insert_select(&d.target, d.mapped, d.overriding, rows),
+            self.insert_select(&d.target, &d.mapped, d.overriding, rows),
             list(&d.target_key)
         )
     }
@@ -170,8 +192,13 @@ impl<'a> Gen<'a> {
             )
         };
         let target = &d.target;
+        let defer = if d.deferred.is_empty() {
+            String::new()
+        } else {
+            format!("SET CONSTRAINTS {} DEFERRED;\n  ", d.deferred.join(", "))
+        };
         let apply = format!(
-            "IF TG_OP = 'DELETE' THEN\n    DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
+            "{defer}IF TG_OP = 'DELETE' THEN\n    DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
              IF TG_OP = 'UPDATE' AND {} IS DISTINCT FROM {} THEN\n    DELETE FROM {target} WHERE {};\n  END IF;\n  \
              {};\n  RETURN NULL;",
             matches("OLD"),
@@ -261,6 +288,22 @@ mod tests {
         reject.on_error = OnError::Reject;
         let g = Gen::new(&reject, "public");
         assert!(!g.dual_write(&g.forward())[0].contains("EXCEPTION"));
+    }
+
+    #[test]
+    fn deferrable_immediate_constraints_are_deferred_on_the_target_by_their_current_names() {
+        let m = migration();
+        let g = Gen::new(&m, "public");
+        let (new, old) = (
+            g.carried_new("orders_rank_key"),
+            g.carried_old("orders_rank_key"),
+        );
+        let fwd = g.dual_write(&g.deferring(g.forward(), std::slice::from_ref(&new)));
+        let rev = g.dual_write(&g.deferring(g.reverse(), std::slice::from_ref(&old)));
+        let set = |n: &str| format!("SET CONSTRAINTS \"sales\".\"{n}\" DEFERRED;");
+        assert!(fwd[0].contains(&set(&new)), "{}", fwd[0]);
+        assert!(rev[0].contains(&set(&old)), "{}", rev[0]);
+        assert!(!g.dual_write(&g.forward())[0].contains("SET CONSTRAINTS"));
     }
 
     /// The forward trigger of `on_error: record`, reviewed as a whole: a change to the
