@@ -1,7 +1,9 @@
 //! MariaDB's backfill: a batch is committed in slices, each with its checkpoint, so a kill
 //! between two slices of a batch resumes after the last slice committed; under the
-//! concurrent writer the copy in slices is exact; and the application's deletes, key
-//! changes, updates and re-inserts of rows in a slice held open end exactly as written.
+//! concurrent writer the copy in slices is exact; the application's deletes, key changes,
+//! updates and re-inserts of rows in a slice held open end exactly as written; and rows an
+//! open application transaction deleted or re-keyed before the slice read them do not
+//! come back (this last one fails if the slice's locking read is taken away).
 
 use std::time::{Duration, Instant};
 
@@ -237,6 +239,76 @@ async fn mysql_writes_to_the_rows_of_a_slice_held_open_end_as_written() {
         ids,
         want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec(),
         "the deleted key is gone, the re-keyed rows moved, the update and re-inserts stayed"
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone() {
+    let db = TestDb::new(Kind::MySql).await;
+    seed(&db).await;
+    let Pool::MySql(my) = db.pool.clone() else {
+        panic!("a MariaDB pool")
+    };
+    let path = db.plan_file("plan.yaml", &plan(Kind::MySql, "items-before", 3000));
+    let plan = path.to_str().expect("utf-8");
+    // Dual-write is on and the copy has not started for 1.5 s: the application's
+    // transaction opens in that gap and commits only after the slice has begun reading.
+    let mut child = spawn(
+        &db,
+        &["run", plan, "--yes"],
+        &[
+            ("TURNOUT_SLICE_ROWS", "3000"),
+            ("TURNOUT_DELAY", "phase.backfill.before:1500"),
+        ],
+    );
+    let triggers = "SELECT CAST(count(*) AS CHAR) FROM information_schema.TRIGGERS \
+                    WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'items'";
+    for _ in 0..1000 {
+        if db.one(triggers).await.parse::<u32>().unwrap_or(0) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut tx = my.begin().await.expect("begin");
+    for table in ["items", "mirror"] {
+        for (sql, args) in [
+            ("DELETE FROM {t} WHERE id = ?", vec![10]),
+            ("UPDATE {t} SET id = ? WHERE id = ?", vec![9000, 20]),
+            ("UPDATE {t} SET qty = ? WHERE id = ?", vec![777, 30]),
+            ("DELETE FROM {t} WHERE id = ?", vec![40]),
+            (
+                "INSERT INTO {t} (id, qty, tag) VALUES (?, ?, ?)",
+                vec![40, 5, 1],
+            ),
+        ] {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.replace("{t}", table)));
+            for a in args {
+                q = q.bind(a);
+            }
+            q.execute(&mut *tx).await.expect("application write");
+        }
+    }
+    // The slice has started by now and waits for these rows, or (without its locking
+    // read) has copied them as they were before this transaction.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        child.try_wait().expect("turnout's status").is_none(),
+        "turnout finished before the application's transaction committed"
+    );
+    tx.commit().await.expect("commit");
+    let out = finish(child).await;
+    ok(&out, "run with the application's transaction open");
+    compare_with_mirror(&db, true).await;
+    let rows = db
+        .rows("SELECT CAST(id AS CHAR), CAST(qty AS CHAR) FROM items WHERE id IN (10, 20, 30, 40, 9000) ORDER BY id")
+        .await;
+    assert_eq!(
+        rows,
+        [["30", "777"], ["40", "5"], ["9000", "60"]]
+            .map(|r| r.map(|v| Some(v.to_string())).to_vec())
+            .to_vec(),
+        "the deleted and re-keyed rows did not come back"
     );
     db.drop().await;
 }
