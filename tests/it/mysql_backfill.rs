@@ -1,5 +1,6 @@
 //! MariaDB's backfill: a batch is committed in slices, each with its checkpoint, so a kill
-//! between two slices of a batch resumes after the last slice committed; under the
+//! between two slices of a batch resumes after the last slice committed (with the slice
+//! size forced, and with the untimed first slice's own size); under the
 //! concurrent writer the copy in slices is exact; the application's deletes, key changes,
 //! updates and re-inserts of rows in a slice held open end exactly as written; and rows an
 //! open application transaction deleted or re-keyed before the slice read them do not
@@ -44,6 +45,28 @@ async fn mysql_a_kill_between_two_slices_of_a_batch_resumes_after_the_last_one()
     compare_with_mirror(&db, true).await;
     let st = status_json(&db, plan).await;
     assert_eq!(st["phase"], "done", "{st}");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_batch_is_sliced_without_any_forced_size() {
+    let db = TestDb::new(Kind::MySql).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(Kind::MySql, "items-steered", 2000));
+    let plan = path.to_str().expect("utf-8");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 41);
+    writer.wait_for(5).await;
+    // Before any slice is timed a slice is 1,000 rows: the first batch of 2,000 has two.
+    let out = db.turnout(&["run", plan, "--yes"], Some("mysql.backfill.slice@1"));
+    assert!(stderr(&out).contains("fault injected"), "{}", stderr(&out));
+    let st = status_json(&db, plan).await;
+    assert_eq!(st["backfill"]["rows_copied"], 1000, "{st}");
+    writer.wait_for(10).await;
+    ok(&db.turnout(&["resume", plan, "--yes"], None), "resume");
+    writer.wait_for(5).await;
+    assert!(writer.stop().await.is_empty());
+    compare_with_mirror(&db, true).await;
+    assert_eq!(status_json(&db, plan).await["phase"], "done");
     db.drop().await;
 }
 

@@ -2,9 +2,9 @@
 //! [`SLICE_TIME`] (20 ms), one transaction per slice committed with its checkpoint, so a
 //! kill loses at most the slice that had not committed and resume copies it again. A
 //! slice that is a deadlock victim is run again; one that fails on a row's data is
-//! narrowed to the row (its rows copied one at a time). After the last batch the
-//! deferred indexes are built, then the row estimate for progress and the plan's
-//! throttle query, which paces the batches.
+//! narrowed to the row (its rows copied one at a time). Also here: the deferred indexes
+//! built after the last batch, the row estimate for progress and the plan's throttle
+//! query, which paces the batches.
 //!
 //! # Why a slice still takes a locking read of the live rows
 //! A slice reads its range of the live table with `LOCK IN SHARE MODE` (REPEATABLE READ,
@@ -21,7 +21,8 @@
 //! - It does not shorten the wait. The trigger of an update to a row of the open slice
 //!   writes that key into the shadow, where the slice's insert holds it locked: held open
 //!   1 s, an update waited 837 ms without the locking read and 865 ms with it (the same
-//!   update outside the slice: 29 ms). Exactly as on PostgreSQL (`db/postgres/backfill.rs`).
+//!   update outside the slice: 29 ms; an ad-hoc run on MariaDB 10.11, 20,000 rows, a
+//!   trigger like the forward ones). Exactly as on PostgreSQL (`db/postgres/backfill.rs`).
 //! - It reopens the race: an application transaction that deleted a row (its trigger's
 //!   delete of the shadow key finding nothing yet) and commits after the slice read the
 //!   row leaves it copied into the shadow for good; measured, the deleted row was there.

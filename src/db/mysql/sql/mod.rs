@@ -420,8 +420,10 @@ impl<'a> Gen<'a> {
                 statements: vec![
                     "START TRANSACTION".into(),
                     last.sql,
-                    "/* the last slice, shorter */".into(),
-                    tail.sql,
+                    format!(
+                        "/* when that finds no row: the table's last, shorter slice */ {}",
+                        tail.sql
+                    ),
                     copy.sql,
                     "REPLACE INTO turnout_state (…) VALUES (…)".into(),
                     "COMMIT".into(),
@@ -610,5 +612,10 @@ mod tests {
             preview[2].phase,
             "backfill (each slice of a batch, about 20 ms)"
         );
+        let slice = &preview[2].statements;
+        assert_eq!(slice.first().map(String::as_str), Some("START TRANSACTION"));
+        assert_eq!(slice.last().map(String::as_str), Some("COMMIT"));
+        assert!(slice[1].ends_with("LOCK IN SHARE MODE"), "{}", slice[1]);
+        assert_eq!(preview[3].phase, "backfill (after the last batch)");
     }
 }
