@@ -146,8 +146,7 @@ impl MySql {
                 fixed => fixed,
             }
             .clamp(1, limit - done.rows);
-            let t0 = Instant::now();
-            let slice = self
+            let (slice, held) = self
                 .copy_slice(m, done.last.as_ref(), want, &|d: &BatchDone| {
                     checkpoint(&BatchDone {
                         rows: done.rows + d.rows,
@@ -156,10 +155,12 @@ impl MySql {
                     })
                 })
                 .await?;
-            // Only a full slice says how long `want` rows take; the tail says nothing.
+            // Only a full slice says how long `want` rows take; the tail says nothing. The
+            // time steered is the rows' lock time, not the commit's flush nor the round
+            // trips around it, which would shrink the slices for no application's sake.
             if slice.rows == want {
                 self.slice_rows
-                    .store(next_slice(want, t0.elapsed()), Ordering::Relaxed);
+                    .store(next_slice(want, held), Ordering::Relaxed);
             }
             crate::fault::point("mysql.backfill.slice");
             done.rows += slice.rows;
@@ -175,14 +176,15 @@ impl MySql {
     /// One slice, run again when the server picks it as a deadlock victim: the shadow's
     /// foreign keys make the copy lock parent rows after the live rows, and a parent
     /// delete cascading into the live table locks them the other way round. The slice
-    /// and its checkpoint were rolled back together, so running it again is safe.
+    /// and its checkpoint were rolled back together, so running it again is safe. Returns
+    /// how long the slice that committed held its rows.
     async fn copy_slice(
         &self,
         m: &Migration,
         after: Option<&Cursor>,
         limit: u64,
         checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
-    ) -> Result<BatchDone> {
+    ) -> Result<(BatchDone, Duration)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -205,7 +207,7 @@ impl MySql {
         after: Option<&Cursor>,
         limit: u64,
         checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
-    ) -> Result<BatchDone> {
+    ) -> Result<(BatchDone, Duration)> {
         let g = self.sql(m);
         let after = after.map(|c| cursor_values(c, m.key.len())).transpose()?;
         let mut conn = self.conn().await?;
@@ -220,6 +222,9 @@ impl MySql {
         .await?;
         self.exec(&mut conn, "START TRANSACTION", "backfill")
             .await?;
+        // From the locking read to the COMMIT: how long the slice holds its rows (the log
+        // flush of the commit comes after InnoDB has released them).
+        let locked_from = Instant::now();
         let result: std::result::Result<BatchDone, BatchFail> = async {
             let parse = |rows: Vec<Vec<Option<String>>>| -> Result<Vec<Vec<String>>> {
                 rows.into_iter()
@@ -273,9 +278,10 @@ impl MySql {
         .await;
         match result {
             Ok(done) => {
+                let held = locked_from.elapsed();
                 self.exec(&mut conn, "COMMIT", "backfill: committing the slice")
                     .await?;
-                Ok(done)
+                Ok((done, held))
             }
             Err(fail) => {
                 // Nothing of the slice may stay: not its rows, not its checkpoint.
