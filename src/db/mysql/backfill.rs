@@ -156,8 +156,8 @@ impl MySql {
                 })
                 .await?;
             // Only a full slice says how long `want` rows take; the tail says nothing. The
-            // time steered is the rows' lock time, not the commit's flush nor the round
-            // trips around it, which would shrink the slices for no application's sake.
+            // time steered leaves out the commit's flush and the round trips around the
+            // slice: counting them would shrink every slice without shortening any wait.
             if slice.rows == want {
                 self.slice_rows
                     .store(next_slice(want, held), Ordering::Relaxed);
@@ -222,8 +222,8 @@ impl MySql {
         .await?;
         self.exec(&mut conn, "START TRANSACTION", "backfill")
             .await?;
-        // From the locking read to the COMMIT: how long the slice holds its rows (the log
-        // flush of the commit comes after InnoDB has released them).
+        // From the locking read to the COMMIT: the part of the slice's lock time that its
+        // size decides; the commit's log flush costs the same at any size.
         let locked_from = Instant::now();
         let result: std::result::Result<BatchDone, BatchFail> = async {
             let parse = |rows: Vec<Vec<Option<String>>>| -> Result<Vec<Vec<String>>> {
