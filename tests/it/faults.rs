@@ -31,6 +31,8 @@ pub const FORWARD: &[&str] = &[
 fn specific(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::MySql => &[
+            "mysql.backfill.slice@2",
+            "mysql.backfill.slice.open@2",
             "mysql.backfill.before_indexes",
             "mysql.backfill.after_indexes",
             "mysql.cutover.before_swap",

@@ -11,6 +11,7 @@ mod examples;
 mod faults;
 mod harness;
 mod multi_table;
+mod mysql_backfill;
 mod mysql_fixture;
 mod mysql_generated;
 mod mysql_real_schema;

@@ -85,6 +85,8 @@ pub struct MySql {
     /// The connection's database: home of `turnout_state` and `turnout_failures`.
     home: Option<String>,
     mariadb: bool,
+    /// Rows per committed slice of a batch, steered toward `backfill::SLICE_TIME`.
+    slice_rows: std::sync::atomic::AtomicU64,
 }
 
 impl MySql {
@@ -131,6 +133,7 @@ impl MySql {
             lock_conn: Mutex::new(None),
             home,
             mariadb,
+            slice_rows: std::sync::atomic::AtomicU64::new(backfill::FIRST_SLICE_ROWS),
         })
     }
 

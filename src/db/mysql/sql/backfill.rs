@@ -1,12 +1,12 @@
-//! Backfill batch SQL: the keys of the next batch in key order (locking reads that
-//! hold the batch's range until it commits) and the INSERT … SELECT that copies a key
-//! range through the forward mapping.
+//! Backfill slice SQL: the keys of the next slice in key order (locking reads that hold
+//! the slice's range until it commits, see `db/mysql/backfill.rs` for why) and the
+//! INSERT … SELECT that copies a key range through the forward mapping.
 
 use super::{Bound, Gen, key_cmp, quote};
 
 impl<'a> Gen<'a> {
-    /// Locks the next batch of live rows (shared, so a concurrent update or delete waits
-    /// for this batch to commit and its trigger then rewrites or deletes the copy).
+    /// Locks the next slice of live rows (shared, so a concurrent update or delete waits
+    /// for this slice to commit and its trigger then rewrites or deletes the copy).
     pub(in crate::db::mysql) fn batch_keys(&self, after: Option<&[String]>, limit: u64) -> Bound {
         self.keys_after(after, &format!("LIMIT {limit} LOCK IN SHARE MODE"))
     }
@@ -29,12 +29,8 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// Copies live rows in `(after, last]` through the forward mapping. A key already in
-    /// the shadow was written by a trigger and is newer: keep it. A clash on another
-    /// unique index is not that, and setting the key to NULL turns it into an error
-    /// instead of a silently skipped row (INSERT IGNORE would also swallow truncation).
     /// The key `limit` rows on, read with a locking read that takes the same next-key
-    /// locks over the batch as reading every key, without shipping them.
+    /// locks over the slice as reading every key, without shipping them.
     pub(in crate::db::mysql) fn batch_last_key(
         &self,
         after: Option<&[String]>,
@@ -49,6 +45,10 @@ impl<'a> Gen<'a> {
         )
     }
 
+    /// Copies live rows in `(after, last]` through the forward mapping. A key already in
+    /// the shadow was written by a trigger and is newer: keep it. A clash on another
+    /// unique index is not that, and setting the key to NULL turns it into an error
+    /// instead of a silently skipped row (INSERT IGNORE would also swallow truncation).
     pub(in crate::db::mysql) fn batch_insert(
         &self,
         after: Option<&[String]>,

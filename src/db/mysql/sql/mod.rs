@@ -368,11 +368,14 @@ impl<'a> Gen<'a> {
     }
 
     pub fn preview(&self, table_options: &str) -> Vec<PhaseSql> {
+        // A slice's size is steered at run time; the preview shows a typical one.
+        const SLICE_ROWS_SHOWN: u64 = 1000;
         let n = &self.n;
         let mut dual = self.create_gates();
         dual.extend(self.forward_triggers());
-        let first = self.batch_keys(None, 1000);
-        let rest = self.batch_keys(Some(&vec!["?".to_string(); self.m.key.len()]), 1000);
+        let cursor = vec!["?".to_string(); self.m.key.len()];
+        let last = self.batch_last_key(Some(&cursor), SLICE_ROWS_SHOWN);
+        let tail = self.batch_keys(Some(&cursor), SLICE_ROWS_SHOWN);
         let copy = self.batch_insert(
             Some(&vec!["?".to_string(); self.m.key.len()]),
             &vec!["?".into(); self.m.key.len()],
@@ -417,19 +420,26 @@ impl<'a> Gen<'a> {
                 statements: dual,
             },
             PhaseSql {
-                phase: "backfill",
+                phase: "backfill (each slice of a batch, about 20 ms)",
                 statements: vec![
                     "START TRANSACTION".into(),
-                    first.sql,
-                    rest.sql,
+                    last.sql,
+                    format!(
+                        "/* when that finds no row: the table's last, shorter slice */ {}",
+                        tail.sql
+                    ),
                     copy.sql,
                     "REPLACE INTO turnout_state (…) VALUES (…)".into(),
                     "COMMIT".into(),
-                ]
-                .into_iter()
-                .chain(self.add_indexes(&[]))
-                .chain([format!("ANALYZE TABLE {}", n.q(&n.shadow))])
-                .collect(),
+                ],
+            },
+            PhaseSql {
+                phase: "backfill (after the last batch)",
+                statements: self
+                    .add_indexes(&[])
+                    .into_iter()
+                    .chain([format!("ANALYZE TABLE {}", n.q(&n.shadow))])
+                    .collect(),
             },
             PhaseSql {
                 phase: "verify",
@@ -602,6 +612,16 @@ mod tests {
             copy.sql
         );
         assert_eq!(copy.binds, ["5", "9", "9"]);
-        assert_eq!(g.preview("ENGINE=InnoDB").len(), 6);
+        let preview = g.preview("ENGINE=InnoDB");
+        assert_eq!(preview.len(), 7);
+        assert_eq!(
+            preview[2].phase,
+            "backfill (each slice of a batch, about 20 ms)"
+        );
+        let slice = &preview[2].statements;
+        assert_eq!(slice.first().map(String::as_str), Some("START TRANSACTION"));
+        assert_eq!(slice.last().map(String::as_str), Some("COMMIT"));
+        assert!(slice[1].ends_with("LOCK IN SHARE MODE"), "{}", slice[1]);
+        assert_eq!(preview[3].phase, "backfill (after the last batch)");
     }
 }
