@@ -822,7 +822,11 @@ mod tests {
     fn strategy_defaults_to_auto_and_only_a_given_one_changes_the_hash() {
         let plain = parse(GOOD, "p.yaml").expect("valid");
         assert_eq!(plain.file.strategy, Strategy::Auto);
-        assert!(!plain.canonical().contains("strategy"), "{}", plain.canonical());
+        assert!(
+            !plain.canonical().contains("strategy"),
+            "{}",
+            plain.canonical()
+        );
         let auto = parse(&format!("{GOOD}strategy: auto\n"), "p.yaml").expect("valid");
         assert_eq!(auto.hash, plain.hash);
         let copy = parse(&format!("{GOOD}strategy: copy\n"), "p.yaml").expect("valid");

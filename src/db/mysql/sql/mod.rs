@@ -405,15 +405,15 @@ impl<'a> Gen<'a> {
         );
         vec![
             PhaseSql {
-                phase: "prepare",
+                phase: "prepare".into(),
                 statements: vec![self.create_shadow(table_options)],
             },
             PhaseSql {
-                phase: "dual-write",
+                phase: "dual-write".into(),
                 statements: dual,
             },
             PhaseSql {
-                phase: "backfill",
+                phase: "backfill".into(),
                 statements: vec![
                     "START TRANSACTION".into(),
                     first.sql,
@@ -428,7 +428,7 @@ impl<'a> Gen<'a> {
                 .collect(),
             },
             PhaseSql {
-                phase: "verify",
+                phase: "verify".into(),
                 statements: vec![
                     "START TRANSACTION WITH CONSISTENT SNAPSHOT".into(),
                     self.checksum(false, &range).sql,
@@ -437,11 +437,11 @@ impl<'a> Gen<'a> {
                 ],
             },
             PhaseSql {
-                phase: "cutover",
+                phase: "cutover".into(),
                 statements: cutover,
             },
             PhaseSql {
-                phase: "cleanup",
+                phase: "cleanup".into(),
                 statements: cleanup,
             },
         ]
