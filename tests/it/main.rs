@@ -10,6 +10,7 @@ mod dirs;
 mod examples;
 mod faults;
 mod harness;
+mod instant;
 mod multi_table;
 mod mysql_fixture;
 mod mysql_generated;
