@@ -394,6 +394,63 @@ pub async fn an_index_build_cut_short_is_rebuilt_on_resume() {
     db.drop().await;
 }
 
+/// A session whose open transaction read the table holds the instant change back as it
+/// holds a cutover: turnout names it in the events and waits, the application's writes
+/// go on meanwhile, and once it ends the change is made.
+pub async fn a_blocker_holds_the_instant_change_back_without_queueing_writes() {
+    use sqlx::Connection;
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db).await;
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .expect("pid");
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM items")
+        .execute(&mut holder)
+        .await
+        .expect("the holder reads the table");
+    let plan = db.plan_file(
+        "plan.yaml",
+        "version: 1\nname: add-held\ntable: items\nchanges:\n  - add_column: {name: amount, type: \"numeric(12,2)\"}\ncutover:\n  attempts: 100\n  retry_delay: 100ms\n",
+    );
+    let plan = plan.to_str().expect("utf-8 path");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", ROWS, 13);
+    writer.wait_for(10).await;
+    writer.reset_longest();
+    let child = spawn(&db, &["run", plan, "--yes"], &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let st = status_json(&db, plan).await;
+    assert_eq!(st["phase"], "planned", "{st}");
+    let events = st["events"].to_string();
+    assert!(
+        events.contains("instant change attempt") && events.contains(&format!("session {pid}")),
+        "{events}"
+    );
+    assert!(
+        writer.longest() < Duration::from_millis(1000),
+        "a write waited {:?} behind the held change",
+        writer.longest()
+    );
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("the holder ends");
+    let out = finish(child).await;
+    ok(&out, "instant run after the blocker");
+    writer.wait_for(10).await;
+    let disagreements = writer.stop().await;
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    same_as_mirror(&db).await;
+    let st = status_json(&db, plan).await;
+    assert_eq!(
+        (st["phase"].as_str(), st["path"].as_str()),
+        (Some("done"), Some("instant")),
+        "{st}"
+    );
+    db.drop().await;
+}
+
 macro_rules! instant_tests {
     ($db:ident, $kind:expr) => {
         mod $db {
@@ -419,6 +476,11 @@ macro_rules! instant_tests {
 
 instant_tests!(postgres, Kind::Postgres);
 instant_tests!(sqlite, Kind::Sqlite);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_blocker_holds_the_instant_change_back_without_queueing_writes() {
+    a_blocker_holds_the_instant_change_back_without_queueing_writes().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_an_index_build_cut_short_is_rebuilt_on_resume() {
