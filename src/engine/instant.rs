@@ -80,7 +80,7 @@ pub fn preview(verdict: &InstantVerdict) -> Vec<PhaseSql> {
             }];
             if !inside.is_empty() {
                 out.push(PhaseSql {
-                    phase: "instant (one transaction bounded by cutover.lock_timeout)".into(),
+                    phase: "instant (bounded by cutover.lock_timeout, retried per cutover.attempts; one transaction where DDL is transactional)".into(),
                     statements: inside.iter().map(|x| x.forward.clone()).collect(),
                 });
             }

@@ -1,7 +1,7 @@
 //! The instant path (`strategy: auto | copy | instant`) on the real databases: each
 //! change the database makes in place is taken in place under the concurrent writer
-//! (proven by the table's storage: PostgreSQL's relfilenode, SQLite's root page and page
-//! count), a change that rewrites takes the copy path, `instant` refuses it, `copy`
+//! (proven by the table's storage: PostgreSQL's relfilenode, InnoDB's table id, SQLite's
+//! root page and page count), a change that rewrites takes the copy path, `instant` refuses it, `copy`
 //! forces the copy, rollback runs the reverse statements (refusing a lossy one without
 //! `--accept-loss`), and an index build cut short on PostgreSQL is rebuilt by resume.
 
@@ -71,7 +71,12 @@ async fn storage(db: &TestDb) -> String {
             db.one("SELECT pg_relation_filenode('items')::text")
                 .await
         }
-        _ => {
+        // InnoDB gives a rebuilt table a new id.
+        Kind::MySql => {
+            db.one("SELECT CAST(TABLE_ID AS CHAR) FROM information_schema.INNODB_SYS_TABLES WHERE NAME = CONCAT(DATABASE(), '/items')")
+                .await
+        }
+        Kind::Sqlite => {
             db.one("SELECT CAST(rootpage AS TEXT) FROM sqlite_master WHERE type = 'table' AND name = 'items'")
                 .await
         }
@@ -81,7 +86,8 @@ async fn storage(db: &TestDb) -> String {
 async fn columns(db: &TestDb) -> Vec<String> {
     let sql = match db.kind {
         Kind::Postgres => "SELECT column_name::text || ' ' || data_type::text || ' ' || coalesce(character_maximum_length::text, '-') || ' ' || is_nullable::text FROM information_schema.columns WHERE table_name = 'items' ORDER BY ordinal_position".to_string(),
-        _ => "SELECT name || ' ' || type || ' ' || CAST(\"notnull\" AS TEXT) FROM pragma_table_info('items') ORDER BY cid".to_string(),
+        Kind::MySql => "SELECT CAST(CONCAT(COLUMN_NAME, ' ', COLUMN_TYPE, ' ', IS_NULLABLE) AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'items' ORDER BY ORDINAL_POSITION".to_string(),
+        Kind::Sqlite => "SELECT name || ' ' || type || ' ' || CAST(\"notnull\" AS TEXT) FROM pragma_table_info('items') ORDER BY cid".to_string(),
     };
     db.rows(&sql)
         .await
@@ -102,12 +108,27 @@ fn instant_plan(kind: Kind, name: &str) -> String {
         Kind::Postgres => {
             "  - alter_column: {name: status, type: varchar(64), nullable: true}\n  - add_column: {name: flag, type: boolean, default: \"false\", nullable: false}\n"
         }
-        _ => "  - add_column: {name: flag, type: INTEGER, default: \"0\", nullable: false}\n",
+        // InnoDB rebuilds for a change of nullability, so this plan keeps it.
+        Kind::MySql => {
+            "  - alter_column: {name: status, type: varchar(60)}\n  - add_column: {name: flag, type: INTEGER, default: \"0\", nullable: false}\n"
+        }
+        Kind::Sqlite => {
+            "  - add_column: {name: flag, type: INTEGER, default: \"0\", nullable: false}\n"
+        }
+    };
+    // MariaDB builds an index with ALGORITHM=INPLACE, which one ALTER cannot share with
+    // INSTANT changes: its index is a plan of its own (index_plan).
+    let index = if kind == Kind::MySql {
+        ""
+    } else {
+        "  - add_index: {name: items_tag_idx, columns: [tag]}\n"
     };
     format!(
-        "version: 1\nname: {name}\ntable: items\nchanges:\n  - add_column: {{name: amount, type: \"numeric(12,2)\"}}\n{widen}  - rename_column: {{from: note, to: comment}}\n  - drop_column: {{name: legacy}}\n  - add_index: {{name: items_tag_idx, columns: [tag]}}\n"
+        "version: 1\nname: {name}\ntable: items\nchanges:\n  - add_column: {{name: amount, type: \"numeric(12,2)\"}}\n{widen}  - rename_column: {{from: note, to: comment}}\n  - drop_column: {{name: legacy}}\n{index}"
     )
 }
+
+const INDEX_PLAN: &str = "version: 1\nname: items-index\ntable: items\nchanges:\n  - add_index: {name: items_tag_idx, columns: [tag]}\n";
 
 pub async fn every_instant_change_is_made_in_place_under_writes(kind: Kind) {
     let db = TestDb::new(kind).await;
@@ -131,6 +152,13 @@ pub async fn every_instant_change_is_made_in_place_under_writes(kind: Kind) {
     writer.wait_for(30).await;
     ok(&db.turnout(&["run", plan, "--yes"], None), "instant run");
     writer.wait_for(30).await;
+    if kind == Kind::MySql {
+        let index = db.plan_file("index.yaml", INDEX_PLAN);
+        let index = index.to_str().expect("utf-8 path");
+        ok(&db.turnout(&["run", index, "--yes"], None), "index run");
+        assert_eq!(status_json(&db, index).await["path"], "instant");
+        writer.wait_for(20).await;
+    }
     let disagreements = writer.stop().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
     same_as_mirror(&db).await;
@@ -151,7 +179,17 @@ pub async fn every_instant_change_is_made_in_place_under_writes(kind: Kind) {
         ["id", "qty", "tag", "status", "comment", "amount", "flag"],
         "{cols:?}"
     );
-    if kind == Kind::Postgres {
+    if kind == Kind::MySql {
+        assert!(
+            cols.contains(&"status varchar(60) NO".to_string()),
+            "{cols:?}"
+        );
+        assert_eq!(
+            db.one("SELECT CAST(COUNT(*) AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'items' AND INDEX_NAME = 'items_tag_idx'")
+                .await,
+            "1"
+        );
+    } else if kind == Kind::Postgres {
         assert!(
             cols.contains(&"status character varying 64 YES".to_string()),
             "{cols:?}"
@@ -208,8 +246,11 @@ pub async fn a_rewrite_copies_under_auto_and_instant_refuses_it(kind: Kind) {
         );
     }
     assert_eq!(
-        db.one("SELECT CAST(count(*) AS TEXT) FROM turnout_state WHERE name = 'qty-instant'")
-            .await,
+        db.one(&format!(
+            "SELECT {} FROM turnout_state WHERE name = 'qty-instant'",
+            db.text("count(*)")
+        ))
+        .await,
         "0",
         "a refused plan left a state row"
     );
@@ -312,8 +353,11 @@ pub async fn rollback_runs_the_reverse_and_refuses_a_lossy_one(kind: Kind) {
     );
     assert_eq!(columns(&db).await.len(), shape.len());
     assert_eq!(
-        db.one("SELECT CAST(count(*) AS TEXT) FROM items WHERE legacy IS NOT NULL")
-            .await,
+        db.one(&format!(
+            "SELECT {} FROM items WHERE legacy IS NOT NULL",
+            db.text("count(*)")
+        ))
+        .await,
         "0",
         "the dropped values cannot be back"
     );
@@ -384,6 +428,50 @@ pub async fn an_index_build_cut_short_is_rebuilt_on_resume() {
         db.one("SELECT i.indisvalid::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'items_tag_idx'")
             .await,
         "true"
+    );
+    let st = status_json(&db, plan).await;
+    assert_eq!(
+        (st["phase"].as_str(), st["path"].as_str()),
+        (Some("done"), Some("instant")),
+        "{st}"
+    );
+    db.drop().await;
+}
+
+/// Killed just after the instant statements ran and before their state row was saved
+/// (inside the transaction on PostgreSQL and SQLite; after the auto-committed ALTER on
+/// MariaDB): `run` again finds where the table stands and finishes, under the writer.
+pub async fn killed_inside_the_instant_change_then_resumed(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let plan = db.plan_file(
+        "plan.yaml",
+        "version: 1\nname: add-killed\ntable: items\nchanges:\n  - add_column: {name: amount, type: \"numeric(12,2)\"}\n  - rename_column: {from: note, to: comment}\n",
+    );
+    let plan = plan.to_str().expect("utf-8 path");
+    let writer = Writer::start(db.pool.clone(), "items", "mirror", ROWS, 17);
+    writer.wait_for(10).await;
+    let killed = db.turnout(&["run", plan, "--yes"], Some("instant.inside"));
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    assert_eq!(status_json(&db, plan).await["phase"], "planned");
+    writer.wait_for(10).await;
+    ok(&db.turnout(&["run", plan, "--yes"], None), "resume");
+    writer.wait_for(10).await;
+    let disagreements = writer.stop().await;
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    same_as_mirror(&db).await;
+    let names: Vec<String> = columns(&db)
+        .await
+        .iter()
+        .map(|c| c.split(' ').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["id", "qty", "tag", "status", "comment", "legacy", "amount"]
     );
     let st = status_json(&db, plan).await;
     assert_eq!(
@@ -467,6 +555,11 @@ macro_rules! instant_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_inside_the_instant_change_then_resumed() {
+                super::killed_inside_the_instant_change_then_resumed($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_runs_the_reverse_and_refuses_a_lossy_one() {
                 super::rollback_runs_the_reverse_and_refuses_a_lossy_one($kind).await;
             }
@@ -476,6 +569,7 @@ macro_rules! instant_tests {
 
 instant_tests!(postgres, Kind::Postgres);
 instant_tests!(sqlite, Kind::Sqlite);
+instant_tests!(mysql, Kind::MySql);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_blocker_holds_the_instant_change_back_without_queueing_writes() {

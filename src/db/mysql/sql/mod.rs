@@ -9,6 +9,7 @@ mod backfill;
 mod blockers;
 mod cutover;
 pub(in crate::db::mysql) mod foreign_keys;
+pub(in crate::db::mysql) mod instant;
 pub(in crate::db::mysql) mod own_triggers;
 pub(super) mod replicas;
 pub(in crate::db::mysql) mod shadow;
