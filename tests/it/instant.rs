@@ -485,7 +485,7 @@ pub async fn killed_inside_the_instant_change_then_resumed(kind: Kind) {
 /// A session whose open transaction read the table holds the instant change back as it
 /// holds a cutover: turnout names it in the events and waits, the application's writes
 /// go on meanwhile, and once it ends the change is made.
-pub async fn a_blocker_holds_the_instant_change_back_without_queueing_writes() {
+pub async fn a_blocker_holds_the_instant_change_back_while_writes_go_on() {
     use sqlx::Connection;
     let db = TestDb::new(Kind::Postgres).await;
     seed(&db).await;
@@ -572,8 +572,8 @@ instant_tests!(sqlite, Kind::Sqlite);
 instant_tests!(mysql, Kind::MySql);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_blocker_holds_the_instant_change_back_without_queueing_writes() {
-    a_blocker_holds_the_instant_change_back_without_queueing_writes().await;
+async fn postgres_a_blocker_holds_the_instant_change_back_while_writes_go_on() {
+    a_blocker_holds_the_instant_change_back_while_writes_go_on().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
