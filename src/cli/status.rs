@@ -59,6 +59,19 @@ pub(super) fn status_text(st: &State, failures: &[String], c: &Control) -> Strin
     } else if !st.more.is_empty() {
         out.push_str(&format!(" (tables {}, swapped together)", st.table_names()));
     }
+    match &st.instant {
+        Some(r) => out.push_str(&format!(
+            "\n  path: instant ({} statements{}, nothing copied)",
+            r.steps.len(),
+            if r.applied || st.phase == Phase::Done {
+                ", applied"
+            } else {
+                ""
+            }
+        )),
+        None if st.migration.is_some() => out.push_str("\n  path: copy"),
+        None => {}
+    }
     if st.backfill.started_at.is_some() && st.more.is_empty() {
         out.push_str(&format!(
             "\n  backfill: {} of ~{} rows in {} batches",
@@ -173,6 +186,12 @@ pub(super) fn status_json(st: &State, failures: &[String], c: &Control) -> serde
         "table": st.migration.as_ref().map(|m| m.table.clone()),
         "tables": tables_json(st),
         "plan_hash": st.plan_hash,
+        "path": match (&st.instant, &st.migration) {
+            (Some(_), _) => Some("instant"),
+            (None, Some(_)) => Some("copy"),
+            (None, None) => None,
+        },
+        "instant": st.instant,
         "backfill": {
             "rows_copied": st.backfill.rows_copied,
             "rows_estimated": st.backfill.estimated_rows,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::plan::Change;
 use crate::schema::{Migration, TableShape};
 pub use replicas::Replicas;
 
@@ -237,10 +238,37 @@ impl Blocker {
     }
 }
 
+/// One statement of the instant path, with the statement that undoes it. Plain data,
+/// stored with the state so a rollback runs what the forward path was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstantStep {
+    /// The plan's change it makes, as the plan names it (`changes[1].rename_column`).
+    pub change: String,
+    pub forward: String,
+    pub reverse: String,
+    /// What running `reverse` cannot give back, in words; `None`: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loses: Option<String>,
+    /// An index built without a transaction (PostgreSQL's `CREATE INDEX CONCURRENTLY`),
+    /// named here so a build cut short can be found and rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_index: Option<String>,
+}
+
+/// Whether the database can make every change of a table without rewriting it and
+/// without blocking writes beyond a brief lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstantVerdict {
+    /// The statements, in plan order.
+    Instant(Vec<InstantStep>),
+    /// Why not, one reason per change that cannot be made instantly, each naming it.
+    Copy(Vec<String>),
+}
+
 /// SQL of each phase, for `turnout plan`.
 #[derive(Debug, Clone)]
 pub struct PhaseSql {
-    pub phase: &'static str,
+    pub phase: String,
     pub statements: Vec<String>,
 }
 
@@ -399,6 +427,43 @@ pub trait Backend: Replicas {
 
     /// Ends a blocker's session (`cutover.kill_blockers_after`).
     async fn end_session(&self, session: &str) -> Result<()>;
+
+    /// Whether `changes` (the plan's, for the table of `m`) can be made instantly here,
+    /// and with what statements. Changes nothing.
+    async fn instant_path(&self, m: &Migration, changes: &[Change]) -> Result<InstantVerdict> {
+        let _ = (m, changes);
+        Ok(InstantVerdict::Copy(vec![format!(
+            "turnout has no instant path on {} yet",
+            self.dialect()
+        )]))
+    }
+
+    /// Runs `statements` (steps without an online index) in one transaction whose locks
+    /// wait at most `lock_timeout`, with the state row `save`.
+    async fn apply_instant(
+        &self,
+        m: &Migration,
+        statements: &[String],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        let _ = (m, statements, lock_timeout, save);
+        Err(Error::State(format!(
+            "turnout has no instant path on {}",
+            self.dialect()
+        )))
+    }
+
+    /// Builds (`undo` false) or drops (`undo` true) a step's online index outside any
+    /// transaction. Safe to repeat: a valid index is kept, one a crash left invalid is
+    /// dropped and built again.
+    async fn online_index(&self, m: &Migration, step: &InstantStep, undo: bool) -> Result<()> {
+        let _ = (m, step, undo);
+        Err(Error::State(format!(
+            "turnout builds no online index on {}",
+            self.dialect()
+        )))
+    }
 }
 
 fn several_unsupported(dialect: &str) -> Error {

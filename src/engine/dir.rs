@@ -273,13 +273,17 @@ pub async fn preview_dir<B: Backend>(
     allow: Allow,
 ) -> Result<Vec<(Checked, Vec<PhaseSql>)>> {
     let (_, checked) = check_dir(b, dir, allow).await?;
-    Ok(checked
-        .into_iter()
-        .map(|c| {
-            let sql = b.preview(&c.migration);
-            (c, sql)
-        })
-        .collect())
+    let mut out = Vec::new();
+    for c in checked {
+        let plan = &dir.plans[c.index].plan;
+        let verdict = super::instant::verdict(b, plan, std::slice::from_ref(&c.migration)).await?;
+        let sql = super::preview_of(b, &verdict, vec![c.migration.clone()])
+            .into_iter()
+            .flat_map(|(_, sql)| sql)
+            .collect();
+        out.push((c, sql));
+    }
+    Ok(out)
 }
 
 /// What the runner tells whoever watches it, between plans.

@@ -8,6 +8,7 @@ pub mod blockers;
 pub mod control;
 pub mod diff;
 pub mod dir;
+pub mod instant;
 pub mod replicas;
 pub mod state;
 
@@ -98,7 +99,23 @@ pub async fn run<B: Backend>(b: &B, s: &Session<'_>, opts: &RunOptions) -> Resul
             if s.cancel.is_cancelled() {
                 return Err(s.interrupted(st.phase));
             }
-            st = step(b, s, st).await?;
+            if st.phase == Phase::Planned
+                && st.instant.is_none()
+                && st.migration.is_none()
+                && !instant::choose(b, s, &mut st).await?
+            {
+                st = step(b, s, st).await?;
+            } else if st.phase == Phase::Planned && st.instant.is_some() {
+                // The instant path has no phase between planned and done to stop at.
+                if opts.until.is_some_and(|u| u < Phase::Done) {
+                    info!("the instant path goes from planned to done in one step; --until stops it before it starts");
+                    return Ok(st);
+                }
+                b.keep_lock(&st.name).await?;
+                st = instant::apply(b, s, st).await?;
+            } else {
+                st = step(b, s, st).await?;
+            }
             if opts.single_step {
                 return Ok(st);
             }
@@ -334,19 +351,41 @@ pub async fn check<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<Migration>> {
             return Ok(st.migrations());
         }
     }
-    derive_all(b, plan).await
+    let ms = derive_all(b, plan).await?;
+    if plan.file.strategy == crate::plan::Strategy::Instant
+        && let crate::db::InstantVerdict::Copy(reasons) = instant::verdict(b, plan, &ms).await?
+    {
+        return Err(instant::refusal(&ms, plan, &reasons));
+    }
+    Ok(ms)
 }
 
-/// `turnout plan`: the SQL of every phase, table after table for a plan of several.
+/// `turnout plan`: which path the plan takes and why, then the SQL of every phase of
+/// that path, table after table for a plan of several.
 pub async fn preview<B: Backend>(b: &B, plan: &Plan) -> Result<Vec<(Migration, Vec<PhaseSql>)>> {
     let ms = check(b, plan).await?;
-    Ok(ms
-        .into_iter()
-        .map(|m| {
-            let sql = b.preview(&m);
+    let verdict = instant::verdict(b, plan, &ms).await?;
+    Ok(preview_of(b, &verdict, ms))
+}
+
+/// The path's account followed, on the copy path, by each table's phases.
+pub fn preview_of<B: Backend>(
+    b: &B,
+    verdict: &crate::db::InstantVerdict,
+    ms: Vec<Migration>,
+) -> Vec<(Migration, Vec<PhaseSql>)> {
+    let path = instant::preview(verdict);
+    let copy = matches!(verdict, crate::db::InstantVerdict::Copy(_));
+    ms.into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut sql = if i == 0 { path.clone() } else { Vec::new() };
+            if copy {
+                sql.extend(b.preview(&m));
+            }
             (m, sql)
         })
-        .collect())
+        .collect()
 }
 
 async fn prepare<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
@@ -759,7 +798,7 @@ async fn all_failures<B: Backend>(b: &B, ms: &[Migration]) -> Result<Vec<String>
 }
 
 /// The swap of every table at once.
-async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<State> {
+async fn cutover<B: Backend>(b: &B, s: &Session<'_>, st: State) -> Result<State> {
     let ms = st.migrations();
     let m = st.migration()?.clone();
     let failures = all_failures(b, &ms).await?;
@@ -785,6 +824,39 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             m.table, m.old
         )
     };
+    let next_of = |st: &State| st.entered(Phase::CutOver, swapped.clone());
+    attempts(b, s, st, &ms, Attempt::Swap, &next_of).await
+}
+
+/// What one attempt under the cutover's lock timeout runs: the swap, or the instant
+/// path's statements on the plan's one table.
+pub(crate) enum Attempt<'a> {
+    Swap,
+    Instant(&'a [String]),
+}
+
+impl Attempt<'_> {
+    fn label(&self) -> &'static str {
+        match self {
+            Attempt::Swap => "cutover",
+            Attempt::Instant(_) => "instant change",
+        }
+    }
+}
+
+/// Runs `what` with the cutover's attempts, retry delay and lock timeout, waiting out
+/// (or ending, with `kill_blockers_after`) the sessions in its way first so its lock
+/// request never queues the application behind them. `next_of` builds the state saved
+/// with a successful attempt.
+pub(crate) async fn attempts<B: Backend>(
+    b: &B,
+    s: &Session<'_>,
+    mut st: State,
+    ms: &[Migration],
+    what: Attempt<'_>,
+    next_of: &(dyn Fn(&State) -> State + Sync),
+) -> Result<State> {
+    let label = what.label();
     let cfg = &s.plan.file.cutover;
     // blockers.rs says why an attempt waits no longer than this, whatever the plan allows.
     let wait = if b.lock_requests_queue() {
@@ -799,9 +871,9 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             return Err(s.interrupted(st.phase));
         }
         b.keep_lock(&st.name).await?;
-        let seen = blockers_of(b, &ms, blockers::GRACE).await?;
+        let seen = blockers_of(b, ms, blockers::GRACE).await?;
         lookout.saw(&seen, Instant::now());
-        // A possible blocker holds the cutover back too (a lock request behind it could
+        // A possible blocker holds the attempt back too (a lock request behind it could
         // hold every write for a second on MariaDB), but only a certain one is ended.
         let mut holding = seen.clone();
         if let Some(after) = cfg.kill_blockers_after {
@@ -813,7 +885,7 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             for x in &due {
                 b.end_session(&x.session).await?;
                 let why = format!(
-                    "ended {}: it had held the cutover back for {} (cutover.kill_blockers_after)",
+                    "ended {}: it had held the {label} back for {} (cutover.kill_blockers_after)",
                     x.describe(),
                     humantime::format_duration(after)
                 );
@@ -827,7 +899,7 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
         }
         if !holding.is_empty() {
             let who = blockers::describe(&holding);
-            note_blocked(b, s, &mut st, attempt, &who).await?;
+            note_blocked(b, s, &mut st, label, attempt, &who).await?;
             in_the_way = holding;
             if attempt < cfg.attempts {
                 let mut rest = cutover_backoff(cfg.retry_delay, attempt);
@@ -840,11 +912,22 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             }
             continue;
         }
-        fault::point("cutover.attempt");
-        let mut next = st.entered(Phase::CutOver, swapped.clone());
+        fault::point(&format!("{}.attempt", label.replace(' ', "-")));
+        let mut next = next_of(&st);
         next.cutover_attempts = st.cutover_attempts + 1;
         next.waiting = None;
-        match b.cutover_all(&ms, wait, &next.to_row()).await? {
+        let outcome = match &what {
+            Attempt::Swap => b.cutover_all(ms, wait, &next.to_row()).await?,
+            Attempt::Instant(statements) => match ms {
+                [m] => b.apply_instant(m, statements, wait, &next.to_row()).await?,
+                _ => {
+                    return Err(Error::State(
+                        "the instant path changes one table at a time".into(),
+                    ));
+                }
+            },
+        };
+        match outcome {
             CutoverOutcome::Swapped => {
                 if st.waiting.is_some() {
                     s.observer.waiting(None);
@@ -853,10 +936,10 @@ async fn cutover<B: Backend>(b: &B, s: &Session<'_>, mut st: State) -> Result<St
             }
             CutoverOutcome::LockTimeout => {
                 // Who was in the way, whatever their age: the request waited `wait` for them.
-                in_the_way = blockers_of(b, &ms, wait).await?;
+                in_the_way = blockers_of(b, ms, wait).await?;
                 st.cutover_attempts += 1;
                 let mut what = format!(
-                    "cutover attempt {attempt}: the lock was not granted within {}",
+                    "{label} attempt {attempt}: the lock was not granted within {}",
                     humantime::format_duration(wait)
                 );
                 if !in_the_way.is_empty() {
@@ -908,14 +991,15 @@ async fn note_blocked<B: Backend>(
     b: &B,
     s: &Session<'_>,
     st: &mut State,
+    label: &str,
     attempt: u32,
     who: &str,
 ) -> Result<()> {
-    let detail = format!("cutover waits for a blocker to finish: {who}");
+    let detail = format!("{label} waits for a blocker to finish: {who}");
     warn!(attempt, "{detail}");
     s.observer.waiting(Some(&detail));
     st.cutover_attempts += 1;
-    st.event(format!("cutover attempt {attempt} not made: {who}"));
+    st.event(format!("{label} attempt {attempt} not made: {who}"));
     if st.waiting.as_ref().map(|w| &w.detail) != Some(&detail) {
         st.waiting = Some(control::Waiting {
             reason: "blocked".into(),
@@ -979,6 +1063,9 @@ pub async fn rollback<B: Backend>(b: &B, s: &Session<'_>, accept_loss: bool) -> 
             return Err(Error::State(format!("migration {:?} has not started; there is nothing to roll back", s.plan.file.name)));
         };
         let st = State::from_row(&row)?;
+        if st.instant.is_some() && st.phase != Phase::RolledBack {
+            return instant::rollback(b, s, st, accept_loss).await;
+        }
         let from = match st.phase {
             Phase::Done => {
                 return Err(Error::State(format!(

@@ -118,6 +118,14 @@ pub struct TableState {
     pub verify: VerifyProgress,
 }
 
+/// The instant path of a migration: the statements chosen for it and whether the
+/// transactional ones have committed (they commit with this record saying so).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstantRecord {
+    pub steps: Vec<crate::db::InstantStep>,
+    pub applied: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub at: DateTime<Utc>,
@@ -150,6 +158,10 @@ pub struct State {
     /// does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<super::control::Waiting>,
+    /// Set when the migration takes the instant path: its statements and how far they
+    /// went. Absent on the copy path, so its rows read as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instant: Option<InstantRecord>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -170,6 +182,7 @@ impl State {
             rollback_from: None,
             events: Vec::new(),
             waiting: None,
+            instant: None,
             created_at: now,
             updated_at: now,
         }

@@ -303,6 +303,12 @@ pub fn validate(p: &PlanFile) -> Vec<(String, String)> {
     if p.cutover.retry_delay > Duration::from_secs(600) {
         bad("cutover.retry_delay", "expected at most 10m".into());
     }
+    if p.strategy == Strategy::Instant && p.tables.len() > 1 {
+        bad(
+            "strategy",
+            "expected `auto` or `copy` for a plan of several tables: the instant path changes one table; write one plan per table to take it".into(),
+        );
+    }
     if let Some(d) = p.cutover.kill_blockers_after {
         check_duration(
             &mut bad,
@@ -810,6 +816,40 @@ mod tests {
             "{}",
             plan.canonical()
         );
+    }
+
+    #[test]
+    fn strategy_defaults_to_auto_and_only_a_given_one_changes_the_hash() {
+        let plain = parse(GOOD, "p.yaml").expect("valid");
+        assert_eq!(plain.file.strategy, Strategy::Auto);
+        assert!(
+            !plain.canonical().contains("strategy"),
+            "{}",
+            plain.canonical()
+        );
+        let auto = parse(&format!("{GOOD}strategy: auto\n"), "p.yaml").expect("valid");
+        assert_eq!(auto.hash, plain.hash);
+        let copy = parse(&format!("{GOOD}strategy: copy\n"), "p.yaml").expect("valid");
+        assert_eq!(copy.file.strategy, Strategy::Copy);
+        assert_ne!(copy.hash, plain.hash);
+    }
+
+    #[test]
+    fn an_unknown_strategy_names_its_line_and_the_choices() {
+        let p = problem(&format!("{GOOD}strategy: fast\n"));
+        assert_eq!(p.key, "strategy", "{p}");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(9), "{p}");
+        for word in ["auto", "copy", "instant"] {
+            assert!(p.message.contains(word), "{p}");
+        }
+    }
+
+    #[test]
+    fn strategy_instant_is_refused_for_several_tables() {
+        let text = "version: 1\nname: m\nstrategy: instant\ntables:\n  - table: a\n    changes: [{rename_column: {from: x, to: y}}]\n  - table: b\n    changes: [{rename_column: {from: x, to: y}}]\n";
+        let p = problem(text);
+        assert_eq!(p.key, "strategy", "{p}");
+        assert_eq!(p.location.as_ref().map(|l| l.line), Some(3), "{p}");
     }
 
     #[test]

@@ -51,6 +51,39 @@ pub struct PlanFile {
     /// and `changes` at the top.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableSpec>,
+    /// `auto` takes the database's instant path when every change allows it, else copies;
+    /// `copy` always copies; `instant` refuses a plan the database cannot make instantly.
+    /// Absent from the canonical plan when `auto`, so older plans keep their hash.
+    #[serde(default, skip_serializing_if = "Strategy::is_auto")]
+    pub strategy: Strategy,
+}
+
+/// How the plan's changes are made: `strategy` in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The instant path when the database can make every change without rewriting the
+    /// table or blocking writes beyond a brief lock; the copy path otherwise.
+    #[default]
+    Auto,
+    /// Always the copy path (shadow table, dual-write, backfill, verify, cutover).
+    Copy,
+    /// Only the instant path: a plan the database cannot make instantly is refused.
+    Instant,
+}
+
+impl Strategy {
+    pub fn is_auto(&self) -> bool {
+        *self == Strategy::Auto
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Copy => "copy",
+            Strategy::Instant => "instant",
+        }
+    }
 }
 
 /// One table of a plan: its name, its changes and the new views over it. A single-table

@@ -10,6 +10,7 @@ mod dirs;
 mod examples;
 mod faults;
 mod harness;
+mod instant;
 mod multi_table;
 mod mysql_backfill;
 mod mysql_fixture;

@@ -150,9 +150,11 @@ async fn same_as_mirror(db: &TestDb) {
     );
 }
 
+/// These tests follow what the copy path carries from the old table to the new one, so
+/// their plans copy even where the instant path would take them (`ADD`).
 fn plan(name: &str, changes: &str, extra: &str) -> String {
     format!(
-        "version: 1\nname: {name}\ntable: items\nchanges:\n{changes}backfill:\n  batch_size: 300\n\
+        "version: 1\nname: {name}\ntable: items\nstrategy: copy\nchanges:\n{changes}backfill:\n  batch_size: 300\n\
          cutover:\n  lock_timeout: 2s\n  attempts: 10\n  retry_delay: 50ms\n{extra}"
     )
 }

@@ -36,6 +36,7 @@ mod cutover;
 mod errors;
 mod foreign_keys;
 mod furniture;
+mod instant;
 mod key_types;
 mod own_triggers;
 mod prepare;
@@ -468,5 +469,23 @@ impl Backend for MySql {
 
     async fn end_session(&self, session: &str) -> Result<()> {
         self.kill(session).await
+    }
+
+    async fn instant_path(
+        &self,
+        m: &Migration,
+        changes: &[crate::plan::Change],
+    ) -> Result<crate::db::InstantVerdict> {
+        self.instant_verdict(m, changes).await
+    }
+
+    async fn apply_instant(
+        &self,
+        m: &Migration,
+        statements: &[String],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        self.run_instant(m, statements, lock_timeout, save).await
     }
 }

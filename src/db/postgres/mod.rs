@@ -23,6 +23,7 @@ mod catalog;
 mod children;
 mod cutover;
 mod errors;
+mod instant;
 mod prepare;
 mod publications;
 mod replicas;
@@ -315,5 +316,32 @@ impl Backend for Postgres {
 
     async fn end_session(&self, session: &str) -> Result<()> {
         self.terminate(session).await
+    }
+
+    async fn instant_path(
+        &self,
+        m: &Migration,
+        changes: &[crate::plan::Change],
+    ) -> Result<crate::db::InstantVerdict> {
+        self.instant_verdict(m, changes).await
+    }
+
+    async fn apply_instant(
+        &self,
+        m: &Migration,
+        statements: &[String],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        self.run_instant(m, statements, lock_timeout, save).await
+    }
+
+    async fn online_index(
+        &self,
+        m: &Migration,
+        step: &crate::db::InstantStep,
+        undo: bool,
+    ) -> Result<()> {
+        self.build_online_index(m, step, undo).await
     }
 }

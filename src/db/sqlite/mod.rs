@@ -18,6 +18,7 @@ mod catalog;
 mod cutover;
 mod errors;
 mod furniture;
+mod instant;
 mod prepare;
 mod sql;
 mod state;
@@ -262,5 +263,23 @@ impl Backend for Sqlite {
 
     async fn end_session(&self, session: &str) -> Result<()> {
         self.end(session)
+    }
+
+    async fn instant_path(
+        &self,
+        m: &Migration,
+        changes: &[crate::plan::Change],
+    ) -> Result<crate::db::InstantVerdict> {
+        self.instant_verdict(m, changes).await
+    }
+
+    async fn apply_instant(
+        &self,
+        m: &Migration,
+        statements: &[String],
+        lock_timeout: Duration,
+        save: &StateRow,
+    ) -> Result<CutoverOutcome> {
+        self.run_instant(m, statements, lock_timeout, save).await
     }
 }

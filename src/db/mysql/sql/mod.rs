@@ -9,6 +9,7 @@ mod backfill;
 mod blockers;
 mod cutover;
 pub(in crate::db::mysql) mod foreign_keys;
+pub(in crate::db::mysql) mod instant;
 pub(in crate::db::mysql) mod own_triggers;
 pub(super) mod replicas;
 pub(in crate::db::mysql) mod shadow;
@@ -412,15 +413,15 @@ impl<'a> Gen<'a> {
         );
         vec![
             PhaseSql {
-                phase: "prepare",
+                phase: "prepare".into(),
                 statements: vec![self.create_shadow(table_options)],
             },
             PhaseSql {
-                phase: "dual-write",
+                phase: "dual-write".into(),
                 statements: dual,
             },
             PhaseSql {
-                phase: "backfill (each slice of a batch, about 20 ms)",
+                phase: "backfill (each slice of a batch, about 20 ms)".into(),
                 statements: vec![
                     "START TRANSACTION".into(),
                     last.sql,
@@ -434,7 +435,7 @@ impl<'a> Gen<'a> {
                 ],
             },
             PhaseSql {
-                phase: "backfill (after the last batch)",
+                phase: "backfill (after the last batch)".into(),
                 statements: self
                     .add_indexes(&[])
                     .into_iter()
@@ -442,7 +443,7 @@ impl<'a> Gen<'a> {
                     .collect(),
             },
             PhaseSql {
-                phase: "verify",
+                phase: "verify".into(),
                 statements: vec![
                     "START TRANSACTION WITH CONSISTENT SNAPSHOT".into(),
                     self.checksum(false, &range).sql,
@@ -451,11 +452,11 @@ impl<'a> Gen<'a> {
                 ],
             },
             PhaseSql {
-                phase: "cutover",
+                phase: "cutover".into(),
                 statements: cutover,
             },
             PhaseSql {
-                phase: "cleanup",
+                phase: "cleanup".into(),
                 statements: cleanup,
             },
         ]

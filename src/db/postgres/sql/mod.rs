@@ -17,6 +17,7 @@ mod carry;
 mod children;
 mod cutover;
 mod furniture;
+pub(super) mod instant;
 mod keys;
 mod matviews;
 mod publications;
@@ -398,15 +399,15 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
     rollback.push("COMMIT".into());
     vec![
         PhaseSql {
-            phase: "prepare",
+            phase: "prepare".into(),
             statements: prepare,
         },
         PhaseSql {
-            phase: "dual-write",
+            phase: "dual-write".into(),
             statements: dual,
         },
         PhaseSql {
-            phase: "backfill (each slice of a batch, about 20 ms)",
+            phase: "backfill (each slice of a batch, about 20 ms)".into(),
             statements: vec![
                 "BEGIN".into(),
                 "SET LOCAL synchronous_commit = off".into(),
@@ -417,7 +418,7 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
             ],
         },
         PhaseSql {
-            phase: "backfill (after the last batch)",
+            phase: "backfill (after the last batch)".into(),
             statements: g
                 .deferred_indexes()
                 .into_iter()
@@ -426,19 +427,19 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
                 .collect(),
         },
         PhaseSql {
-            phase: "verify (each chunk, one REPEATABLE READ snapshot)",
+            phase: "verify (each chunk, one REPEATABLE READ snapshot)".into(),
             statements: vec![g.chunk_hashes(true, true)],
         },
         PhaseSql {
-            phase: "cutover",
+            phase: "cutover".into(),
             statements: cutover,
         },
         PhaseSql {
-            phase: "cleanup",
+            phase: "cleanup".into(),
             statements: cleanup,
         },
         PhaseSql {
-            phase: "rollback (before cutover)",
+            phase: "rollback (before cutover)".into(),
             statements: rollback,
         },
     ]

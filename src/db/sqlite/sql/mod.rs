@@ -7,6 +7,7 @@
 pub(super) mod backfill;
 pub(super) mod cutover;
 pub(super) mod furniture;
+pub(super) mod instant;
 pub(super) mod keys;
 pub(super) mod shadow;
 pub(super) mod table_text;
@@ -233,15 +234,15 @@ pub(in crate::db::sqlite) fn preview(m: &Migration) -> Vec<PhaseSql> {
     let cleanup = cutover::cleanup(m, false);
     vec![
         PhaseSql {
-            phase: "prepare",
+            phase: "prepare".into(),
             statements: shadow::create_shadow(m, &furniture::Furniture::default()),
         },
         PhaseSql {
-            phase: "dual-write",
+            phase: "dual-write".into(),
             statements: triggers::triggers(&f),
         },
         PhaseSql {
-            phase: "backfill (each batch)",
+            phase: "backfill (each batch)".into(),
             statements: vec![
                 "BEGIN IMMEDIATE".into(),
                 last_key,
@@ -251,11 +252,11 @@ pub(in crate::db::sqlite) fn preview(m: &Migration) -> Vec<PhaseSql> {
             ],
         },
         PhaseSql {
-            phase: "cutover",
+            phase: "cutover".into(),
             statements: cutover,
         },
         PhaseSql {
-            phase: "cleanup",
+            phase: "cleanup".into(),
             statements: cleanup,
         },
     ]
