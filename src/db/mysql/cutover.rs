@@ -437,12 +437,11 @@ impl MySql {
         context: &str,
     ) -> Result<()> {
         let schema = g.n.schema.clone().unwrap_or_default();
-        let kin: Vec<String> = g
-            .m
-            .together
-            .iter()
-            .flat_map(|t| [crate::schema::shadow_name(t), crate::schema::old_name(t)])
-            .collect();
+        let kin: Vec<String> =
+            g.m.together
+                .iter()
+                .flat_map(|t| [crate::schema::shadow_name(t), crate::schema::old_name(t)])
+                .collect();
         let fks = Self::foreign_keys(conn, &schema).await?;
         if let Some(fk) = fks
             .iter()
@@ -453,7 +452,10 @@ impl MySql {
                 fk.name, fk.table
             )));
         }
-        for fk in fks.iter().filter(|fk| fk.ref_table == name && kin.contains(&fk.table)) {
+        for fk in fks
+            .iter()
+            .filter(|fk| fk.ref_table == name && kin.contains(&fk.table))
+        {
             let sql = format!(
                 "ALTER TABLE {} DROP FOREIGN KEY {}, ALGORITHM=INPLACE",
                 g.n.q(&fk.table),

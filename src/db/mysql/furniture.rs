@@ -336,7 +336,9 @@ impl MySql {
                     continue;
                 }
                 let in_plan = plan.iter().find(|p| p.table == child);
-                let new_type = in_plan.and_then(|p| p.after.column(col)).map(|c| c.sql_type.as_str());
+                let new_type = in_plan
+                    .and_then(|p| p.after.column(col))
+                    .map(|c| c.sql_type.as_str());
                 match new_type {
                     Some(ty) if same_integer(ty, &c.to) => {}
                     Some(ty) => problems.push(format!(

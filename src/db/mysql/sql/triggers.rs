@@ -173,7 +173,11 @@ impl<'a> Gen<'a> {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let rule = if on_delete { &fk.on_delete } else { &fk.on_update };
+            let rule = if on_delete {
+                &fk.on_delete
+            } else {
+                &fk.on_update
+            };
             let stmt = match (rule.as_str(), on_delete) {
                 ("CASCADE", true) => format!("DELETE FROM {child} WHERE {matched}"),
                 ("CASCADE", false) => {
@@ -186,7 +190,10 @@ impl<'a> Gen<'a> {
                 out.push(stmt);
             } else {
                 let refs: Vec<&str> = fk.ref_columns.iter().map(String::as_str).collect();
-                out.push(format!("IF {} THEN {stmt}; END IF", Self::key_changed(&refs)));
+                out.push(format!(
+                    "IF {} THEN {stmt}; END IF",
+                    Self::key_changed(&refs)
+                ));
             }
         }
         out
