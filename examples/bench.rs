@@ -21,7 +21,9 @@
 //! ./target/release/examples/bench sqlite 1000000          (no anchor on SQLite)
 //! add --no-anchor to skip the anchor tool, --blocker to run turnout a second time on a
 //! fresh table with another session holding a read of it for 3 s from the start of the
-//! cutover (the scenario of the blocker-aware cutover)
+//! cutover (the scenario of the blocker-aware cutover), --instant to run, on a fresh table
+//! under the same writer, the change the database can make in place (the same widening
+//! and a nullable `amount` with no `from`) with `strategy: auto`
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -493,6 +495,60 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, b
     );
 }
 
+/// The instant path: the benchmark's change without the computed fill, which every
+/// database but SQLite (whose column types do not change in place) makes without a copy.
+async fn bench_instant(kind: Kind, rows: u64, db: &Db, s: &Shape) {
+    let plan = db.dir.join(format!("bench-instant-{}.yaml", kind.name()));
+    let changes = s.plan_changes.replace(", from: amount_cents / 100.0", "");
+    let changes = changes.split("backfill:").next().unwrap_or_default();
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: bench-instant\ntable: orders\nstrategy: auto\nchanges:\n{changes}"
+        ),
+    )
+    .expect("plan");
+    let plan = plan.to_str().expect("utf-8");
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Samples = Arc::default();
+    let epoch = Instant::now();
+    let writer = start_writer(
+        kind,
+        db.pool.clone(),
+        rows,
+        epoch,
+        stop.clone(),
+        samples.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from = epoch.elapsed();
+    let (secs, _) = turnout(db, &["run", plan, "--yes"]);
+    let to = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+    let status = Command::new(
+        std::env::current_dir()
+            .expect("cwd")
+            .join("target/release/turnout"),
+    )
+    .args(["status", plan, "--json"])
+    .env("DATABASE_URL", &db.url)
+    .output()
+    .expect("status");
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let all = samples.lock().await.clone();
+    let whole = window(&all, from, to);
+    println!(
+        "[{} {rows}] turnout, strategy auto, the change without `from`: path {} | whole migration {secs:.2}s | longest application wait {:.1} ms | {} writes, {} failed",
+        kind.name(),
+        st["path"].as_str().unwrap_or("?"),
+        longest_ms(&whole),
+        whole.len(),
+        failures(&whole),
+    );
+}
+
 /// Installs a Debian package when its command is missing.
 fn ensure_command(command: &str, package: &str) {
     let have = Command::new("sh")
@@ -595,7 +651,7 @@ async fn bench_anchor(kind: Kind, rows: u64) {
     );
 }
 
-async fn bench(kind: Kind, rows: u64, anchor: bool, blocker: bool) {
+async fn bench(kind: Kind, rows: u64, anchor: bool, blocker: bool, instant: bool) {
     let (db, s) = build_table(kind, rows).await;
     let bulk_s = bulk_copy(&db, &s).await;
     println!(
@@ -609,6 +665,10 @@ async fn bench(kind: Kind, rows: u64, anchor: bool, blocker: bool) {
         let (db, s) = build_table(kind, rows).await;
         bench_turnout(kind, rows, &db, &s, bulk_s, true).await;
     }
+    if instant {
+        let (db, s) = build_table(kind, rows).await;
+        bench_instant(kind, rows, &db, &s).await;
+    }
     if anchor {
         bench_anchor(kind, rows).await;
     }
@@ -620,6 +680,7 @@ async fn main() {
     let kind = Kind::parse(args.first().map(String::as_str).unwrap_or("sqlite"));
     let anchor = !args.iter().any(|a| a == "--no-anchor");
     let blocker = args.iter().any(|a| a == "--blocker");
+    let instant = args.iter().any(|a| a == "--instant");
     let sizes: Vec<u64> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![1_000_000]
@@ -627,6 +688,6 @@ async fn main() {
         sizes
     };
     for rows in sizes {
-        bench(kind, rows, anchor, blocker).await;
+        bench(kind, rows, anchor, blocker, instant).await;
     }
 }

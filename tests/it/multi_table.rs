@@ -578,7 +578,7 @@ async fn a_kill_inside_the_cutover_or_rollback_of_four_tables_swaps_all_or_none(
         let path = db.plan_file("plan.yaml", &plan(kind, "users-kill"));
         let path = path.to_str().expect("utf-8");
         let writer = Family::start(db.pool.clone(), 18);
-        let is_rollback = point.starts_with("rollback");
+        let is_rollback = rollback.contains(point);
         let first = if is_rollback { "cut_over" } else { "verified" };
         ok(
             &db.turnout(&["run", path, "--until", first, "--yes"], None),

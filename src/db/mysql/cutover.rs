@@ -20,6 +20,9 @@ use super::MySql;
 use super::errors::{is_lock_timeout, sql_err};
 use super::sql::{Bound, Gen, quote};
 
+/// Tries of the rollback's swap back (about a minute with the backoff).
+const ROLLBACK_SWAP_ATTEMPTS: u32 = 40;
+
 /// What the catalog shows of one migration (used to reconcile after a crash).
 #[derive(Debug, Default)]
 pub(super) struct Catalog {
@@ -151,39 +154,19 @@ impl MySql {
                 }
             }
             crate::fault::point("mysql.cutover.before_swap");
-            let Some(mut sentry) = self.sentry(&gs, secs, lock_timeout).await? else {
+            let all: Vec<&Gen<'_>> = gs.iter().collect();
+            let context = "cutover: swapping the tables";
+            if !self
+                .rename_behind_sentry(
+                    &mut conn,
+                    &all,
+                    &Gen::swap_all(&gs),
+                    (secs, lock_timeout),
+                    context,
+                )
+                .await?
+            {
                 return Ok(CutoverOutcome::LockTimeout);
-            };
-            let swapper: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(sql_err("cutover: naming the swapping session"))?;
-            for g in &gs {
-                if self.readers_left(&mut sentry, g, swapper).await? {
-                    let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
-                    let _ = sentry.close().await;
-                    return Ok(CutoverOutcome::LockTimeout);
-                }
-            }
-            let swap = Gen::swap_all(&gs);
-            let over = std::sync::atomic::AtomicBool::new(false);
-            // The RENAME itself is bounded by lock_wait_timeout only: MariaDB 10.11 cut
-            // short by max_statement_time mid-RENAME leaves the tables' trigger files empty
-            // (every later write to the table fails). The look-out keeps it from waiting.
-            let (swapped, _) = tokio::join!(
-                async {
-                    let r = sqlx::raw_sql(AssertSqlSafe(swap)).execute(&mut *conn).await;
-                    over.store(true, std::sync::atomic::Ordering::SeqCst);
-                    r
-                },
-                Self::release_sentry(&mut sentry, swapper, &over),
-            );
-            let _ = sentry.close().await;
-            match swapped {
-                Err(e) if is_lock_timeout(&e) => return Ok(CutoverOutcome::LockTimeout),
-                r => {
-                    r.map_err(sql_err("cutover: swapping the tables"))?;
-                }
             }
             crate::fault::point("mysql.cutover.after_swap");
             crate::fault::point("cutover.inside");
@@ -361,11 +344,40 @@ impl MySql {
                     .await?;
             }
             // The mirror image of cutover: the old tables take the names back and the
-            // gates turn to forward in the same atomic statement, so no write falls between.
-            self.ddl_retry(
+            // gates turn to forward in the same atomic statement, so no write falls
+            // between; behind the sentry like the swap, or an application transaction
+            // that holds one of the tables and wants another would be the victim of a
+            // deadlock with the RENAME.
+            let context = "rollback: swapping the tables back";
+            let wait = Duration::from_millis(50);
+            self.exec(&mut conn, "SET SESSION lock_wait_timeout = 2", context)
+                .await?;
+            let mut delay = Duration::from_millis(50);
+            for attempt in 1.. {
+                if self
+                    .rename_behind_sentry(
+                        &mut conn,
+                        &back,
+                        &Gen::swap_back_all(&back),
+                        (2, wait),
+                        context,
+                    )
+                    .await?
+                {
+                    break;
+                }
+                if attempt == ROLLBACK_SWAP_ATTEMPTS {
+                    return Err(Error::State(format!(
+                        "{context}: the tables were never free for the swap in {ROLLBACK_SWAP_ATTEMPTS} tries; run the rollback again when they are quieter"
+                    )));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            self.exec(
                 &mut conn,
-                &Gen::swap_back_all(&back),
-                "rollback: swapping the tables back",
+                "SET SESSION lock_wait_timeout = DEFAULT",
+                context,
             )
             .await?;
             crate::fault::point("mysql.rollback.after_swap_back");
@@ -461,6 +473,11 @@ impl MySql {
                 g.n.q(&fk.table),
                 quote(&fk.name)
             );
+            let sql = if self.mariadb {
+                super::sql::with_nowait(&sql)
+            } else {
+                sql
+            };
             self.ddl_retry(conn, &sql, context).await?;
         }
         self.ddl_retry(
@@ -508,6 +525,52 @@ impl MySql {
             .collect())
     }
 
+    /// Runs `rename` (the swap, or the swap back, of `gs`) while a second session holds
+    /// every live table (see [`MySql::sentry`]). False: the sentry's lock was not granted,
+    /// a reader is left behind it, or the RENAME timed out; nothing was renamed.
+    async fn rename_behind_sentry(
+        &self,
+        conn: &mut MySqlConnection,
+        gs: &[&Gen<'_>],
+        rename: &str,
+        (secs, wait): (u64, Duration),
+        context: &str,
+    ) -> Result<bool> {
+        let Some(mut sentry) = self.sentry(gs, secs, wait).await? else {
+            return Ok(false);
+        };
+        let swapper: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sql_err("naming the swapping session"))?;
+        for g in gs {
+            if self.readers_left(&mut sentry, g, swapper).await? {
+                let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
+                let _ = sentry.close().await;
+                return Ok(false);
+            }
+        }
+        let over = std::sync::atomic::AtomicBool::new(false);
+        // The RENAME itself is bounded by lock_wait_timeout only: MariaDB 10.11 cut
+        // short by max_statement_time mid-RENAME leaves the tables' trigger files empty
+        // (every later write to the table fails). The look-out keeps it from waiting.
+        let (renamed, _) = tokio::join!(
+            async {
+                let r = sqlx::raw_sql(AssertSqlSafe(rename.to_string()))
+                    .execute(&mut *conn)
+                    .await;
+                over.store(true, std::sync::atomic::Ordering::SeqCst);
+                r
+            },
+            Self::release_sentry(&mut sentry, swapper, &over),
+        );
+        let _ = sentry.close().await;
+        match renamed {
+            Err(e) if is_lock_timeout(&e) => Ok(false),
+            r => r.map(|_| true).map_err(sql_err(context.to_string())),
+        }
+    }
+
     /// A session holding `LOCK TABLES <table> READ` while the swap queues behind it, so
     /// that the swap takes `<table>` before any writer does. Without it the RENAME locks
     /// `_<table>_new` first (its name sorts first), a writer that already holds
@@ -517,7 +580,7 @@ impl MySql {
     /// MariaDB 10.11). None: the lock was not granted within `secs`.
     async fn sentry(
         &self,
-        gs: &[Gen<'_>],
+        gs: &[&Gen<'_>],
         secs: u64,
         wait: Duration,
     ) -> Result<Option<MySqlConnection>> {
@@ -536,6 +599,25 @@ impl MySql {
             .map(|g| format!("{} READ", g.n.q(&g.n.table)))
             .collect();
         let lock = format!("LOCK TABLES {}", tables.join(", "));
+        if self.mariadb && gs.len() > 1 {
+            // Several tables: a request that waited holding some of them could close a
+            // cycle with an application transaction that holds one and wants another,
+            // and MariaDB would end the application's. So it never waits (NOWAIT), and
+            // asks again in quick succession.
+            let lock = format!("{lock} NOWAIT");
+            if self
+                .nowait_retry(
+                    &mut sentry,
+                    &lock,
+                    "cutover: locking the tables for the swap",
+                )
+                .await?
+            {
+                return Ok(Some(sentry));
+            }
+            let _ = sentry.close().await;
+            return Ok(None);
+        }
         match Self::bounded(&mut sentry, &g.statement_bound(wait), &lock).await {
             Ok(_) => Ok(Some(sentry)),
             Err(e) if is_lock_timeout(&e) => {

@@ -178,17 +178,18 @@ impl MySql {
                 &name,
                 &n.q(&crate::schema::shadow_name(&fk.ref_table)),
             );
+            let sql = if self.mariadb {
+                super::sql::with_nowait(&sql)
+            } else {
+                sql
+            };
             self.exec(conn, "SET SESSION foreign_key_checks = 0", context)
                 .await?;
-            let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *conn)
-                .await;
+            let r = self.nowait_retry(conn, &sql, context).await;
             self.exec(conn, "SET SESSION foreign_key_checks = 1", context)
                 .await?;
-            match r {
-                Ok(_) => {}
-                Err(e) if is_lock_timeout(&e) => return Ok(false),
-                Err(e) => return Err(crate::error::Error::db(context.to_string(), e)),
+            if !r? {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -250,10 +251,21 @@ impl MySql {
         context: &str,
     ) -> Result<bool> {
         let before = Self::index_names(conn, schema, table).await?;
+        // The child's statement locks its parent too: never wait holding one of them
+        // (see `MySql::lock_tables`), but fail and try again.
+        let nowait;
+        let sql = if self.mariadb {
+            nowait = super::sql::with_nowait(sql);
+            nowait.as_str()
+        } else {
+            sql
+        };
         self.exec(conn, "SET SESSION foreign_key_checks = 0", context)
             .await?;
         let done = if patient {
             self.ddl_retry(conn, sql, context).await.map(|_| true)
+        } else if self.mariadb {
+            self.nowait_retry(conn, sql, context).await
         } else {
             match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
                 .execute(&mut *conn)
@@ -514,7 +526,7 @@ impl MySql {
                         continue;
                     }
                     if let Some(what) = changed(col) {
-                        if what == "changes the type of" {
+                        if what == "changes the type of" && fk.ref_table != t {
                             problems.push(format!(
                                 "foreign key {} of {t} uses column {col}, which the plan changes the type of: MySQL/MariaDB require it to have exactly the type of {}.{ref_col}; change both in one plan (add `- table: {}` to the plan's tables with {ref_col} changed to the same type), or keep the column as it is",
                                 fk.name, fk.ref_table, fk.ref_table

@@ -333,6 +333,9 @@ impl MySql {
                     r[2].as_deref().unwrap_or("?"),
                 );
                 if child == t {
+                    problems.push(format!(
+                        "column {child}.{col} references {t}.{old} (foreign key {fk}) and MySQL/MariaDB require it to have exactly the key's integer type: a table referencing itself cannot widen its key yet; keep the key's type"
+                    ));
                     continue;
                 }
                 let in_plan = plan.iter().find(|p| p.table == child);

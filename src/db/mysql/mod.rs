@@ -71,11 +71,14 @@ type Conn = PoolConnection<sqlx::MySql>;
 /// No `PIPES_AS_CONCAT` (sqlx's default): the user's expressions are plain MySQL.
 const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO";
 
-/// How long one request for the table lock around trigger DDL may keep the
-/// application's writes queued behind it.
-const TRIGGER_LOCK_WAIT: Duration = Duration::from_millis(50);
-/// Requests before trigger DDL gives up (about 40 s with the backoff).
-const TRIGGER_LOCK_ATTEMPTS: u32 = 45;
+/// Requests for the table lock around trigger DDL before it gives up (about 40 s with
+/// the backoff).
+const TRIGGER_LOCK_ATTEMPTS: u32 = 90;
+/// The same inside a cutover attempt (about a second), which then gives way to the
+/// next attempt.
+const CUTOVER_LOCK_ATTEMPTS: u32 = 24;
+/// The longest pause between two of those requests.
+const CUTOVER_RETRY_CAP: Duration = Duration::from_millis(50);
 
 pub struct MySql {
     pub pool: MySqlPool,
@@ -202,8 +205,7 @@ impl MySql {
     /// pt-online-schema-change users meet too): without the lock, 4 of 33 runs of the
     /// blocker test under load lost between 1 and 162 writes in the second after
     /// dual-write began; with it, none of 45. Under the lock no application statement
-    /// overlaps the DDL. Writers queue behind a pending lock request, so each request
-    /// waits at most `TRIGGER_LOCK_WAIT` and is retried with backoff.
+    /// overlaps the DDL. The lock is asked for as [`MySql::lock_tables`] says.
     async fn trigger_ddl(
         &self,
         conn: &mut MySqlConnection,
@@ -214,24 +216,25 @@ impl MySql {
         if stmts.is_empty() {
             return Ok(());
         }
-        let lock = format!("LOCK TABLES {quoted_table} WRITE");
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1.. {
-            match self.bounded_lock(conn, &lock).await {
-                Ok(()) => break,
-                Err(e) if is_lock_timeout(&e) && attempt < TRIGGER_LOCK_ATTEMPTS => {
-                    tracing::warn!(attempt, "{context}: table lock not granted, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(Error::db(context.to_string(), e)),
-            }
+        if !self
+            .lock_tables(
+                conn,
+                quoted_table,
+                (TRIGGER_LOCK_ATTEMPTS, Duration::from_millis(500)),
+                context,
+            )
+            .await?
+        {
+            return Err(Error::State(format!(
+                "{context}: {quoted_table} was never free for a moment in {TRIGGER_LOCK_ATTEMPTS} tries; run the command again when the table is quieter"
+            )));
         }
         self.under_lock(conn, stmts, context).await
     }
 
-    /// [`MySql::trigger_ddl`] with one request for the lock, for the cutover, whose own
-    /// retries (and look-out for blockers) decide what comes next. False: not granted.
+    /// [`MySql::trigger_ddl`] with a few quick requests for the lock, for the cutover,
+    /// whose own retries (and look-out for blockers) decide what comes next. False: not
+    /// granted.
     async fn trigger_ddl_once(
         &self,
         conn: &mut MySqlConnection,
@@ -242,13 +245,99 @@ impl MySql {
         if stmts.is_empty() {
             return Ok(true);
         }
-        let lock = format!("LOCK TABLES {quoted_table} WRITE");
-        match self.bounded_lock(conn, &lock).await {
-            Ok(()) => {}
-            Err(e) if is_lock_timeout(&e) => return Ok(false),
-            Err(e) => return Err(Error::db(context.to_string(), e)),
+        if !self
+            .lock_tables(
+                conn,
+                quoted_table,
+                (CUTOVER_LOCK_ATTEMPTS, CUTOVER_RETRY_CAP),
+                context,
+            )
+            .await?
+        {
+            return Ok(false);
         }
         self.under_lock(conn, stmts, context).await.map(|_| true)
+    }
+
+    /// `LOCK TABLES <table> WRITE`, up to `attempts` times with backoff. On MariaDB each
+    /// request is `NOWAIT`: it never waits, so no application write queues behind it and
+    /// it never closes a cycle of metadata locks with an application transaction that
+    /// holds one table and wants another (a table's triggers and foreign keys make the
+    /// lock cover those tables too), where MariaDB would end the application's
+    /// transaction as the deadlock victim. MySQL 8 has no NOWAIT here: each request
+    /// waits at most its whole-second `lock_wait_timeout`.
+    async fn lock_tables(
+        &self,
+        conn: &mut MySqlConnection,
+        quoted_table: &str,
+        (attempts, cap): (u32, Duration),
+        context: &str,
+    ) -> Result<bool> {
+        let mut delay = Duration::from_millis(5);
+        for attempt in 1..=attempts {
+            match self.lock_once(conn, quoted_table).await {
+                Ok(()) => return Ok(true),
+                Err(e) if is_lock_timeout(&e) => {
+                    tracing::debug!(attempt, "{context}: {quoted_table} busy, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(cap);
+                }
+                Err(e) => return Err(Error::db(context.to_string(), e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// A statement that fails at once when a lock it needs is held (`NOWAIT`), run again
+    /// in quick succession inside a cutover attempt. False: never ran.
+    async fn nowait_retry(
+        &self,
+        conn: &mut MySqlConnection,
+        sql: &str,
+        context: &str,
+    ) -> Result<bool> {
+        let mut delay = Duration::from_millis(5);
+        for attempt in 1..=CUTOVER_LOCK_ATTEMPTS {
+            match sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if is_lock_timeout(&e) => {
+                    tracing::debug!(attempt, "{context}: busy, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(CUTOVER_RETRY_CAP);
+                }
+                Err(e) => return Err(Error::db(context.to_string(), e)),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn lock_once(
+        &self,
+        conn: &mut MySqlConnection,
+        quoted_table: &str,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if self.mariadb {
+            let lock = format!("LOCK TABLES {quoted_table} WRITE NOWAIT");
+            return sqlx::raw_sql(AssertSqlSafe(lock))
+                .execute(&mut *conn)
+                .await
+                .map(|_| ());
+        }
+        sqlx::raw_sql("SET SESSION lock_wait_timeout = 1")
+            .execute(&mut *conn)
+            .await?;
+        let lock = format!("LOCK TABLES {quoted_table} WRITE");
+        let r = sqlx::raw_sql(AssertSqlSafe(lock))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ());
+        sqlx::raw_sql("SET SESSION lock_wait_timeout = DEFAULT")
+            .execute(&mut *conn)
+            .await?;
+        r
     }
 
     /// Runs `stmts` in order, then unlocks whatever happened.
@@ -267,38 +356,6 @@ impl MySql {
         }
         let unlocked = self.exec(conn, "UNLOCK TABLES", context).await;
         done.and(unlocked)
-    }
-
-    /// `LOCK TABLES` waiting at most `TRIGGER_LOCK_WAIT` on MariaDB (a fraction of a second
-    /// through max_statement_time) and a whole second on MySQL (lock_wait_timeout).
-    async fn bounded_lock(
-        &self,
-        conn: &mut MySqlConnection,
-        lock: &str,
-    ) -> std::result::Result<(), sqlx::Error> {
-        let (set, lift) = if self.mariadb {
-            (
-                format!(
-                    "SET SESSION max_statement_time = {:.3}",
-                    TRIGGER_LOCK_WAIT.as_secs_f64()
-                ),
-                "SET SESSION max_statement_time = DEFAULT",
-            )
-        } else {
-            (
-                "SET SESSION lock_wait_timeout = 1".to_string(),
-                "SET SESSION lock_wait_timeout = DEFAULT",
-            )
-        };
-        sqlx::raw_sql(AssertSqlSafe(set))
-            .execute(&mut *conn)
-            .await?;
-        let r = sqlx::raw_sql(AssertSqlSafe(lock.to_string()))
-            .execute(&mut *conn)
-            .await
-            .map(|_| ());
-        sqlx::raw_sql(lift).execute(&mut *conn).await?;
-        r
     }
 
     /// DDL that needs a brief metadata lock on a busy table: a short lock_wait_timeout so

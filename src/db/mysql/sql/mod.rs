@@ -53,6 +53,31 @@ fn stem(migration: &str) -> String {
     format!("{clean}_{}", hash_hex(migration, 8))
 }
 
+/// `ALTER TABLE <name> NOWAIT …` for `ALTER TABLE <name> …` (MariaDB): the statement
+/// then fails at once rather than wait for a metadata lock. `sql` unchanged when it is not
+/// an ALTER of a quoted name.
+pub fn with_nowait(sql: &str) -> String {
+    let Some(rest) = sql.strip_prefix("ALTER TABLE `") else {
+        return sql.to_string();
+    };
+    // The quoted name ends at a backtick not doubled, unless a `.` and a second part follow.
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    loop {
+        match bytes.get(i) {
+            None => return sql.to_string(),
+            Some(b'`') if bytes.get(i + 1) == Some(&b'`') => i += 2,
+            Some(b'`') if bytes.get(i + 1) == Some(&b'.') && bytes.get(i + 2) == Some(&b'`') => {
+                i += 3
+            }
+            Some(b'`') => break,
+            Some(_) => i += 1,
+        }
+    }
+    let split = "ALTER TABLE `".len() + i + 1;
+    format!("{} NOWAIT{}", &sql[..split], &sql[split..])
+}
+
 /// How a column's values are compared, bound and shown; from its SQL type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -528,6 +553,19 @@ mod tests {
             nth: 0,
             together: vec![],
         }
+    }
+
+    #[test]
+    fn nowait_follows_the_altered_tables_name_however_it_is_quoted() {
+        assert_eq!(
+            super::with_nowait("ALTER TABLE `d``b`.`t.x` ADD KEY `k` (`a`)"),
+            "ALTER TABLE `d``b`.`t.x` NOWAIT ADD KEY `k` (`a`)"
+        );
+        assert_eq!(
+            super::with_nowait("ALTER TABLE `t` DROP FOREIGN KEY `f`"),
+            "ALTER TABLE `t` NOWAIT DROP FOREIGN KEY `f`"
+        );
+        assert_eq!(super::with_nowait("DROP TABLE `t`"), "DROP TABLE `t`");
     }
 
     #[test]
