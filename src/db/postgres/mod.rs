@@ -54,9 +54,19 @@ pub use sql::quote;
 use state::save_sql;
 
 /// DDL that needs a brief lock on the live table (triggers, drops) waits at most this
-/// long per attempt, so it never queues the application behind a long transaction.
-const DDL_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
-const DDL_ATTEMPTS: u32 = 10;
+/// long per attempt, so it never queues the application behind a long transaction; and
+/// below the server's deadlock_timeout (1 s by default), so that a lock cycle with an
+/// application transaction (one that writes a child and then its parent, while cleanup
+/// drops an old parent its old child references) ends with turnout's attempt timing out,
+/// not with the server aborting the application's transaction: 2 s here lost one such
+/// transaction in a four-table cleanup.
+const DDL_LOCK_TIMEOUT: Duration = Duration::from_millis(50);
+const DDL_ATTEMPTS: u32 = 60;
+
+/// The pause before DDL attempt `attempt + 1`: growing, at most 2 s.
+fn ddl_backoff(attempt: u32) -> Duration {
+    Duration::from_millis((50 * u64::from(attempt)).min(2000))
+}
 
 pub struct Postgres {
     pub pool: PgPool,
@@ -167,7 +177,7 @@ impl Postgres {
                 Ok(()) => return Ok(()),
                 Err(e) if (is_lock_timeout(&e) || is_conflict(&e)) && attempt < DDL_ATTEMPTS => {
                     tracing::info!(attempt, "{context}: lock not granted, retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    tokio::time::sleep(ddl_backoff(attempt)).await;
                 }
                 Err(e) => return Err(Error::db(context.to_string(), e)),
             }

@@ -423,8 +423,7 @@ impl Postgres {
                         attempt,
                         "materialized view swap: lock not granted, retrying"
                     );
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await;
+                    tokio::time::sleep(super::ddl_backoff(attempt)).await;
                 }
                 Err(e) => return Err(ctx(e)),
             }
