@@ -495,8 +495,12 @@ impl Backend for MySql {
         self.roll_back_tables(std::slice::from_ref(m), save).await
     }
 
+    /// Not yet, although `cutover_all` swaps every table in one RENAME: in CI, after a
+    /// kill inside that cutover and a resume, a table's stale trigger still read its gate
+    /// after cleanup had dropped it (1146 on `…_g`, three application transactions
+    /// failed), and until that is understood plans of several tables stay refused here.
     fn swaps_several_at_once(&self) -> bool {
-        true
+        false
     }
 
     async fn cutover_all(
