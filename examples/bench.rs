@@ -536,7 +536,9 @@ async fn bench_instant(kind: Kind, rows: u64, db: &Db, s: &Shape) {
     .env("DATABASE_URL", &db.url)
     .output()
     .expect("status");
+    // One plan's status is an array of one, as a directory's is of many.
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let st = &st[0];
     let all = samples.lock().await.clone();
     let whole = window(&all, from, to);
     println!(

@@ -543,7 +543,7 @@ impl MySql {
             .fetch_one(&mut *conn)
             .await
             .map_err(sql_err("naming the swapping session"))?;
-        for g in gs {
+        for g in gs.iter().filter(|_| !self.mariadb) {
             if self.readers_left(&mut sentry, g, swapper).await? {
                 let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
                 let _ = sentry.close().await;
@@ -571,13 +571,25 @@ impl MySql {
         }
     }
 
-    /// A session holding `LOCK TABLES <table> READ` while the swap queues behind it, so
-    /// that the swap takes `<table>` before any writer does. Without it the RENAME locks
+    /// A session holding the live tables while the swap queues behind it, so that the
+    /// swap takes `<table>` before any writer does. Without it the RENAME locks
     /// `_<table>_new` first (its name sorts first), a writer that already holds
     /// `<table>` and waits for `_<table>_new` (its trigger writes there) is chosen as
     /// the deadlock victim, and MariaDB's retry of its statement fails with 1146: 3-8
     /// statements per swap with eight writers, none with the sentry (measured on
-    /// MariaDB 10.11). None: the lock was not granted within `secs`.
+    /// MariaDB 10.11). None: the lock was not granted.
+    ///
+    /// On MariaDB the sentry asks for `WRITE ... NOWAIT`: granted, it proves that no
+    /// session holds any metadata lock on the tables, readers included, so the RENAME
+    /// queued behind it waits for nothing once it lets go. A `READ` sentry is granted
+    /// beside a transaction that has only read the table, and the RENAME then queues
+    /// behind that reader for its whole-second `lock_wait_timeout` with every writer
+    /// behind it (a write waited 1,047 ms in the benchmark's blocker run on a server
+    /// without metadata_lock_info, where the look-out cannot see such a reader). Not
+    /// waiting also keeps it from closing a cycle of metadata locks with an
+    /// application transaction that holds one table and wants another, where MariaDB
+    /// would end the application's. MySQL 8 has no NOWAIT here: a `READ` sentry
+    /// bounded by `lock_wait_timeout`, and [`MySql::readers_left`] after it.
     async fn sentry(
         &self,
         gs: &[&Gen<'_>],
@@ -594,16 +606,13 @@ impl MySql {
             "cutover",
         )
         .await?;
+        let mode = if self.mariadb { "WRITE" } else { "READ" };
         let tables: Vec<String> = gs
             .iter()
-            .map(|g| format!("{} READ", g.n.q(&g.n.table)))
+            .map(|g| format!("{} {mode}", g.n.q(&g.n.table)))
             .collect();
         let lock = format!("LOCK TABLES {}", tables.join(", "));
-        if self.mariadb && gs.len() > 1 {
-            // Several tables: a request that waited holding some of them could close a
-            // cycle with an application transaction that holds one and wants another,
-            // and MariaDB would end the application's. So it never waits (NOWAIT), and
-            // asks again in quick succession.
+        if self.mariadb {
             let lock = format!("{lock} NOWAIT");
             if self
                 .nowait_retry(
