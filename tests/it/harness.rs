@@ -237,7 +237,14 @@ impl Pool {
                     for a in args {
                         q = q.bind(*a);
                     }
-                    affected.push(q.execute(&mut *tx).await?.rows_affected());
+                    match q.execute(&mut *tx).await {
+                        Ok(r) => affected.push(r.rows_affected()),
+                        Err(e) => {
+                            // The caller sees the transaction fail; this says which statement.
+                            eprintln!("transaction failed at {sql}: {e}");
+                            return Err(e);
+                        }
+                    }
                 }
                 tx.commit().await?;
                 Ok(affected)

@@ -315,7 +315,7 @@ impl MySql {
         if let Some(sql) = g.add_indexes(&existing) {
             crate::fault::point("mysql.backfill.before_indexes");
             let built = self
-                .ddl_retry(&mut conn, &sql, "backfill: building the indexes")
+                .ddl_waiting(&mut conn, &sql, "backfill: building the indexes")
                 .await;
             // A turnout killed during the build leaves the server finishing it: once it
             // has, this one's ALTER fails on the names, and the indexes are there.

@@ -243,10 +243,20 @@ impl MySql {
                 .and_then(|r| r[0].clone());
             if let Some(next) = next.and_then(|s| s.parse::<u64>().ok()) {
                 let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {next}", n.q(&n.shadow));
-                match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-                    Err(e) if is_lock_timeout(&e) => return Ok(false),
-                    r => {
-                        r.map_err(sql_err("cutover: carrying AUTO_INCREMENT over"))?;
+                let context = "cutover: carrying AUTO_INCREMENT over";
+                if self.mariadb {
+                    // Never queued: writers would queue behind it for the shadow their
+                    // triggers write.
+                    let sql = super::sql::with_nowait(&sql);
+                    if !self.nowait_retry(conn, &sql, context).await? {
+                        return Ok(false);
+                    }
+                } else {
+                    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                        Err(e) if is_lock_timeout(&e) => return Ok(false),
+                        r => {
+                            r.map_err(sql_err(context))?;
+                        }
                     }
                 }
             }
@@ -296,12 +306,15 @@ impl MySql {
         // Before the gate goes: every copy reads it.
         self.rename_own_triggers(&mut conn, &g).await?;
         self.restore_own_triggers(&mut conn, &g).await?;
+        // The gate before the old table: a dual-write trigger that still ran after its
+        // drop finds no gate and does nothing (sql/triggers.rs), where it would fail on
+        // the old table.
+        self.ddl_retry(&mut conn, &g.drop_gates(), "cleanup: dropping the gate")
+            .await?;
         if !keep_old {
             self.drop_plan_table(&mut conn, &g, &n.old, "cleanup: dropping the old table")
                 .await?;
         }
-        self.ddl_retry(&mut conn, &g.drop_gates(), "cleanup: dropping the gate")
-            .await?;
         Self::save_on(&mut conn, save)
             .await
             .map_err(sql_err("cleanup: saving the state"))
@@ -427,12 +440,13 @@ impl MySql {
     /// shadow held free their names.
     async fn drop_shadow(&self, conn: &mut MySqlConnection, g: &Gen<'_>) -> Result<()> {
         let n = &g.n;
+        // The gate first, as at cleanup (clean_up_after_cutover says why).
+        self.ddl_retry(conn, &g.drop_gates(), "rollback: dropping the gate")
+            .await?;
         self.drop_plan_table(conn, g, &n.shadow, "rollback: dropping the shadow")
             .await?;
         // The shadow's constraints are gone with it: the names are free again.
-        self.restore_old_foreign_keys(conn, g).await?;
-        self.ddl_retry(conn, &g.drop_gates(), "rollback: dropping the gate")
-            .await
+        self.restore_old_foreign_keys(conn, g).await
     }
 
     /// Drops `name` (a shadow or an old table), which only the same kind of table of
@@ -473,11 +487,6 @@ impl MySql {
                 g.n.q(&fk.table),
                 quote(&fk.name)
             );
-            let sql = if self.mariadb {
-                super::sql::with_nowait(&sql)
-            } else {
-                sql
-            };
             self.ddl_retry(conn, &sql, context).await?;
         }
         self.ddl_retry(
@@ -543,7 +552,7 @@ impl MySql {
             .fetch_one(&mut *conn)
             .await
             .map_err(sql_err("naming the swapping session"))?;
-        for g in gs.iter().filter(|_| !self.mariadb) {
+        for g in gs {
             if self.readers_left(&mut sentry, g, swapper).await? {
                 let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await;
                 let _ = sentry.close().await;
@@ -571,25 +580,29 @@ impl MySql {
         }
     }
 
-    /// A session holding the live tables while the swap queues behind it, so that the
-    /// swap takes `<table>` before any writer does. Without it the RENAME locks
+    /// A session holding `LOCK TABLES <table> READ` while the swap queues behind it, so
+    /// that the swap takes `<table>` before any writer does. Without it the RENAME locks
     /// `_<table>_new` first (its name sorts first), a writer that already holds
     /// `<table>` and waits for `_<table>_new` (its trigger writes there) is chosen as
     /// the deadlock victim, and MariaDB's retry of its statement fails with 1146: 3-8
     /// statements per swap with eight writers, none with the sentry (measured on
     /// MariaDB 10.11). None: the lock was not granted.
     ///
-    /// On MariaDB the sentry asks for `WRITE ... NOWAIT`: granted, it proves that no
-    /// session holds any metadata lock on the tables, readers included, so the RENAME
-    /// queued behind it waits for nothing once it lets go. A `READ` sentry is granted
-    /// beside a transaction that has only read the table, and the RENAME then queues
-    /// behind that reader for its whole-second `lock_wait_timeout` with every writer
-    /// behind it (a write waited 1,047 ms in the benchmark's blocker run on a server
-    /// without metadata_lock_info, where the look-out cannot see such a reader). Not
-    /// waiting also keeps it from closing a cycle of metadata locks with an
-    /// application transaction that holds one table and wants another, where MariaDB
-    /// would end the application's. MySQL 8 has no NOWAIT here: a `READ` sentry
-    /// bounded by `lock_wait_timeout`, and [`MySql::readers_left`] after it.
+    /// `READ`, not `WRITE`: a write lock also takes the tables the triggers write
+    /// (`_<table>_new`, the gate), so the RENAME would queue at its first table, the
+    /// sentry would let go, and writers would take the live tables while the RENAME
+    /// still took the others: the very cycle it is there to prevent (a four-table plan
+    /// lost a parent delete to 1213 in each of two runs). But a `READ` sentry is
+    /// granted beside a transaction that has only read the table, and when the look-out
+    /// could not see that reader (no metadata_lock_info, or younger than its grace) the
+    /// RENAME queued behind it for its whole-second `lock_wait_timeout` with every
+    /// writer behind it (1,047 ms in the benchmark's blocker run). So on MariaDB the
+    /// sentry first asks for `WRITE ... NOWAIT`, which is granted only when no session
+    /// holds the tables at all, readers included, lets go and takes `READ` at once. Every
+    /// request is NOWAIT, asked again in quick succession: one that waited holding some
+    /// tables could close a cycle with an application transaction that holds one and
+    /// wants another, where MariaDB would end the application's. MySQL 8 has no NOWAIT
+    /// here: a `READ` bounded by `lock_wait_timeout`, and [`MySql::readers_left`] after.
     async fn sentry(
         &self,
         gs: &[&Gen<'_>],
@@ -606,28 +619,44 @@ impl MySql {
             "cutover",
         )
         .await?;
-        let mode = if self.mariadb { "WRITE" } else { "READ" };
-        let tables: Vec<String> = gs
-            .iter()
-            .map(|g| format!("{} {mode}", g.n.q(&g.n.table)))
-            .collect();
-        let lock = format!("LOCK TABLES {}", tables.join(", "));
+        let lock = |mode: &str| {
+            let tables: Vec<String> = gs
+                .iter()
+                .map(|g| format!("{} {mode}", g.n.q(&g.n.table)))
+                .collect();
+            format!("LOCK TABLES {}", tables.join(", "))
+        };
         if self.mariadb {
-            let lock = format!("{lock} NOWAIT");
-            if self
-                .nowait_retry(
-                    &mut sentry,
-                    &lock,
-                    "cutover: locking the tables for the swap",
-                )
-                .await?
-            {
-                return Ok(Some(sentry));
+            let (free, held) = (
+                format!("{} NOWAIT", lock("WRITE")),
+                format!("{} NOWAIT", lock("READ")),
+            );
+            let mut delay = Duration::from_millis(5);
+            for attempt in 1..=super::CUTOVER_LOCK_ATTEMPTS {
+                let r = async {
+                    sqlx::raw_sql(AssertSqlSafe(free.clone()))
+                        .execute(&mut sentry)
+                        .await?;
+                    sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await?;
+                    sqlx::raw_sql(AssertSqlSafe(held.clone()))
+                        .execute(&mut sentry)
+                        .await
+                }
+                .await;
+                match r {
+                    Ok(_) => return Ok(Some(sentry)),
+                    Err(e) if is_lock_timeout(&e) => {
+                        tracing::debug!(attempt, "cutover: the tables are in use, asking again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(super::CUTOVER_RETRY_CAP);
+                    }
+                    Err(e) => return Err(Error::db("cutover: locking the tables for the swap", e)),
+                }
             }
             let _ = sentry.close().await;
             return Ok(None);
         }
-        match Self::bounded(&mut sentry, &g.statement_bound(wait), &lock).await {
+        match Self::bounded(&mut sentry, &g.statement_bound(wait), &lock("READ")).await {
             Ok(_) => Ok(Some(sentry)),
             Err(e) if is_lock_timeout(&e) => {
                 let _ = sentry.close().await;

@@ -582,6 +582,10 @@ impl MySql {
                 }
             }
         }
+        if plan.len() > 1 {
+            let together: Vec<&str> = plan.iter().map(|p| p.table.as_str()).collect();
+            problems.extend(cascade_chains(&fks, t, &together));
+        }
         // Constraints from or to other databases: the catalog is read one database at a time.
         let across = Self::rows(conn, &Bound {
             sql: "SELECT CAST(CONSTRAINT_NAME AS CHAR), CAST(TABLE_SCHEMA AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(REFERENCED_TABLE_SCHEMA AS CHAR), CAST(REFERENCED_TABLE_NAME AS CHAR) \
@@ -608,5 +612,102 @@ impl MySql {
             }
         }
         Ok(problems)
+    }
+}
+
+fn sets(rule: &str) -> bool {
+    matches!(rule, "SET NULL" | "SET DEFAULT")
+}
+
+/// Whether a change that `into` makes to `t` (deleting its rows, or setting its
+/// columns) makes `from`, a child of `t`, act in turn.
+fn chained(into: &ForeignKey, from: &ForeignKey) -> bool {
+    let deletes = into.on_delete == "CASCADE";
+    let sets_referenced =
+        (sets(&into.on_delete) || into.on_update == "CASCADE" || sets(&into.on_update))
+            && into.columns.iter().any(|c| from.ref_columns.contains(c));
+    (deletes && (from.on_delete == "CASCADE" || sets(&from.on_delete)))
+        || (sets_referenced && (from.on_update == "CASCADE" || sets(&from.on_update)))
+}
+
+/// Refusals for a chain of two cascades through `t` inside a plan of several tables:
+/// a cascade (from any parent) changes `t`'s rows, and a table of the plan references
+/// `t` with an action that the change sets off. InnoDB's cascades fire no triggers, so
+/// the second link reaches the live child but not its shadow: the shadow cannot
+/// reference `t`'s shadow before cutover (a child row copied before its parent would
+/// be refused) nor `t` (the column types differ), and no trigger of `t` runs to do it
+/// instead. One link is carried: the parent's triggers (or the shadow's own
+/// constraint) do it.
+fn cascade_chains(fks: &[ForeignKey], t: &str, plan: &[&str]) -> Vec<String> {
+    let into: Vec<&ForeignKey> = fks
+        .iter()
+        .filter(|fk| fk.table == t && fk.ref_table != t)
+        .collect();
+    fks.iter()
+        .filter(|fk| fk.ref_table == t && fk.table != t && plan.contains(&fk.table.as_str()))
+        .filter_map(|fk| Some((fk, *into.iter().find(|i| chained(i, fk))?)))
+        .map(|(fk, into)| {
+            format!(
+                "foreign key {} of {} acts on {t}'s changes (ON DELETE {} ON UPDATE {}), and a cascade from {} changes {t}'s rows (foreign key {}): a plan carries one cascading link between its tables, not a chain of two, since InnoDB's cascades fire no triggers and the second would reach {} but not its copy; migrate {} in a plan without {}, or make one of the two constraints RESTRICT or NO ACTION first",
+                fk.name,
+                fk.table,
+                fk.on_delete,
+                fk.on_update,
+                into.ref_table,
+                into.name,
+                fk.table,
+                fk.table,
+                t
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fk(name: &str, table: &str, ref_table: &str, on_delete: &str) -> ForeignKey {
+        ForeignKey {
+            name: name.into(),
+            table: table.into(),
+            columns: vec!["p".into()],
+            ref_table: ref_table.into(),
+            ref_columns: vec!["id".into()],
+            on_update: "RESTRICT".into(),
+            on_delete: on_delete.into(),
+        }
+    }
+
+    #[test]
+    fn a_chain_of_two_cascades_inside_the_plan_is_refused_naming_both_links() {
+        let fks = [
+            fk("b_a", "b", "a", "CASCADE"),
+            fk("c_b", "c", "b", "SET NULL"),
+        ];
+        let refused = cascade_chains(&fks, "b", &["a", "b", "c"]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].contains("foreign key c_b of c"),
+            "{}",
+            refused[0]
+        );
+        assert!(refused[0].contains("foreign key b_a"), "{}", refused[0]);
+    }
+
+    #[test]
+    fn one_cascading_link_or_a_child_outside_the_plan_is_carried() {
+        let fks = [
+            fk("b_a", "b", "a", "CASCADE"),
+            fk("c_b", "c", "b", "CASCADE"),
+            fk("d_b", "d", "b", "RESTRICT"),
+        ];
+        assert!(cascade_chains(&fks, "b", &["a", "b", "d"]).is_empty());
+        assert!(cascade_chains(&fks, "a", &["a", "b", "c"]).is_empty());
+        let quiet = [
+            fk("b_a", "b", "a", "RESTRICT"),
+            fk("c_b", "c", "b", "CASCADE"),
+        ];
+        assert!(cascade_chains(&quiet, "b", &["a", "b", "c"]).is_empty());
     }
 }

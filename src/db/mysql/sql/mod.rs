@@ -53,10 +53,13 @@ fn stem(migration: &str) -> String {
     format!("{clean}_{}", hash_hex(migration, 8))
 }
 
-/// `ALTER TABLE <name> NOWAIT …` for `ALTER TABLE <name> …` (MariaDB): the statement
-/// then fails at once rather than wait for a metadata lock. `sql` unchanged when it is not
-/// an ALTER of a quoted name.
+/// `ALTER TABLE <name> NOWAIT …` for `ALTER TABLE <name> …`, and `DROP TABLE … NOWAIT`
+/// for `DROP TABLE …` (MariaDB): the statement then fails at once rather than wait for a
+/// metadata lock. `sql` unchanged when it is neither an ALTER of a quoted name nor a DROP.
 pub fn with_nowait(sql: &str) -> String {
+    if sql.starts_with("DROP TABLE ") && !sql.ends_with(" NOWAIT") {
+        return format!("{sql} NOWAIT");
+    }
     let Some(rest) = sql.strip_prefix("ALTER TABLE `") else {
         return sql.to_string();
     };
@@ -75,6 +78,9 @@ pub fn with_nowait(sql: &str) -> String {
         }
     }
     let split = "ALTER TABLE `".len() + i + 1;
+    if sql[split..].starts_with(" NOWAIT") {
+        return sql.to_string();
+    }
     format!("{} NOWAIT{}", &sql[..split], &sql[split..])
 }
 
@@ -556,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn nowait_follows_the_altered_tables_name_however_it_is_quoted() {
+    fn nowait_goes_where_mariadb_reads_it_once_however_the_name_is_quoted() {
         assert_eq!(
             super::with_nowait("ALTER TABLE `d``b`.`t.x` ADD KEY `k` (`a`)"),
             "ALTER TABLE `d``b`.`t.x` NOWAIT ADD KEY `k` (`a`)"
@@ -565,7 +571,18 @@ mod tests {
             super::with_nowait("ALTER TABLE `t` DROP FOREIGN KEY `f`"),
             "ALTER TABLE `t` NOWAIT DROP FOREIGN KEY `f`"
         );
-        assert_eq!(super::with_nowait("DROP TABLE `t`"), "DROP TABLE `t`");
+        assert_eq!(
+            super::with_nowait("DROP TABLE IF EXISTS `a`, `b`"),
+            "DROP TABLE IF EXISTS `a`, `b` NOWAIT"
+        );
+        assert_eq!(
+            super::with_nowait("UPDATE `t` SET d = 'r'"),
+            "UPDATE `t` SET d = 'r'"
+        );
+        for sql in ["ALTER TABLE `t` DROP FOREIGN KEY `f`", "DROP TABLE `t`"] {
+            let once = super::with_nowait(sql);
+            assert_eq!(super::with_nowait(&once), once, "asked twice, NOWAIT once");
+        }
     }
 
     #[test]
