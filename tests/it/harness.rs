@@ -451,6 +451,73 @@ impl Writer {
     }
 }
 
+/// Application statements run in a loop, one task each, every millisecond, timed: the
+/// longest any of them took since the last [`Probes::reset`], and how many failed.
+/// Each statement takes one id, cycling through `1..=ids`.
+pub struct Probes {
+    stop: Arc<AtomicBool>,
+    worst_us: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Probes {
+    /// Started and warmed up: the first statements, which include the pool's
+    /// connecting, are not counted.
+    pub async fn start(pool: &Pool, stmts: &[&'static str], ids: i64) -> Probes {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst_us = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks = stmts
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| {
+                let (pool, stop, worst, failed) =
+                    (pool.clone(), stop.clone(), worst_us.clone(), failed.clone());
+                let sql = *sql;
+                tokio::spawn(async move {
+                    let mut id = 1 + i as i64 % ids;
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = std::time::Instant::now();
+                        if pool.exec(sql, &[id]).await.is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        worst.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        id = id % ids + 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+            })
+            .collect();
+        let probes = Probes {
+            stop,
+            worst_us,
+            failed,
+            tasks,
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        probes.reset();
+        probes
+    }
+
+    /// The longest statement since the last reset, and a new start.
+    pub fn reset(&self) -> Duration {
+        Duration::from_micros(self.worst_us.swap(0, Ordering::Relaxed))
+    }
+
+    /// Stopped: the longest statement since the last reset, and the failures overall.
+    pub async fn stop(self) -> (Duration, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            Duration::from_micros(self.worst_us.load(Ordering::Relaxed)),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use crate::harness::{Kind, Pool, TestDb, ok, stderr, stdout};
+use crate::harness::{Kind, Pool, Probes, TestDb, ok, stderr, stdout};
 
 const USERS: i64 = 150;
 const TABLES: [&str; 4] = ["users", "orders", "memberships", "sessions"];
@@ -630,36 +630,19 @@ async fn the_cutover_of_four_tables_stalls_no_statement_for_long(kind: Kind) {
         &db.turnout(&["run", path, "--until", "verified", "--yes"], None),
         "to verified",
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let worst = Arc::new(AtomicI64::new(0));
-    let failed = Arc::new(AtomicI64::new(0));
-    let mut probes = Vec::new();
-    for sql in [
-        "UPDATE users SET name = name WHERE id = ?",
-        "UPDATE orders SET amount = amount + 1 WHERE id = ?",
-        "UPDATE memberships SET team = team WHERE user_id = ?",
-        "UPDATE sessions SET token = token WHERE id = ?",
-    ] {
-        let (pool, stop, worst, failed) =
-            (db.pool.clone(), stop.clone(), worst.clone(), failed.clone());
-        probes.push(tokio::spawn(async move {
-            let mut id = 1;
-            while !stop.load(Ordering::Relaxed) {
-                let start = std::time::Instant::now();
-                if pool.exec(sql, &[id]).await.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                worst.fetch_max(start.elapsed().as_micros() as i64, Ordering::Relaxed);
-                id = id % USERS + 1;
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        }));
-    }
-    // The first statements include the pool's connecting: not counted.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    worst.store(0, Ordering::Relaxed);
+    let probes = Probes::start(
+        &db.pool,
+        &[
+            "UPDATE users SET name = name WHERE id = ?",
+            "UPDATE orders SET amount = amount + 1 WHERE id = ?",
+            "UPDATE memberships SET team = team WHERE user_id = ?",
+            "UPDATE sessions SET token = token WHERE id = ?",
+        ],
+        USERS,
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let quiet = worst.swap(0, Ordering::Relaxed);
+    let quiet = probes.reset();
     let start = std::time::Instant::now();
     ok(
         &db.turnout(&["run", path, "--until", "cut_over", "--yes"], None),
@@ -667,26 +650,18 @@ async fn the_cutover_of_four_tables_stalls_no_statement_for_long(kind: Kind) {
     );
     let took = start.elapsed();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    stop.store(true, Ordering::Relaxed);
-    for p in probes {
-        let _ = p.await;
-    }
-    let stall = worst.load(Ordering::Relaxed);
+    let (stall, failed) = probes.stop().await;
     println!(
         "{kind:?}: cutover of four tables: longest application statement {:.1} ms during the cutover ({:.1} ms before it), whole `run --until cut_over` {:.0} ms",
-        stall as f64 / 1000.0,
-        quiet as f64 / 1000.0,
+        stall.as_secs_f64() * 1000.0,
+        quiet.as_secs_f64() * 1000.0,
         took.as_secs_f64() * 1000.0
     );
     assert_eq!(swapped(&db).await, 4);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "application statements failed"
-    );
+    assert_eq!(failed, 0, "application statements failed");
     assert!(
-        stall < 1_500_000,
-        "an application statement waited {stall} µs"
+        stall < std::time::Duration::from_millis(1500),
+        "an application statement waited {stall:?}"
     );
     ok(&db.turnout(&["run", path, "--yes"], None), "cleanup");
     db.drop().await;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Kind, Pool, TestDb, Writer, ok, stderr, stdout};
+use crate::harness::{Kind, Pool, Probes, TestDb, Writer, ok, stderr, stdout};
 
 const ROWS: i64 = 400;
 
@@ -657,31 +657,18 @@ async fn mysql_fixture_cutover_stall_with_three_child_tables() {
         &db.turnout(&["run", path, "--until", "verified", "--yes"], None),
         "to verified",
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let worst = Arc::new(AtomicU64::new(0));
-    let mut probes = Vec::new();
-    for (i, sql) in [
-        "UPDATE items SET qty = qty + 1 WHERE id = ?",
-        "UPDATE notes SET body = 'probe' WHERE id = ?",
-        "UPDATE lots SET item_id = item_id WHERE id = ?",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let (pool, stop, worst) = (db.pool.clone(), stop.clone(), worst.clone());
-        probes.push(tokio::spawn(async move {
-            let mut id = 1 + i as i64;
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let _ = pool.exec(sql, &[id]).await;
-                worst.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                id = id % 300 + 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }));
-    }
+    let probes = Probes::start(
+        &db.pool,
+        &[
+            "UPDATE items SET qty = qty + 1 WHERE id = ?",
+            "UPDATE notes SET body = 'probe' WHERE id = ?",
+            "UPDATE lots SET item_id = item_id WHERE id = ?",
+        ],
+        300,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let quiet = worst.swap(0, Ordering::Relaxed);
+    let quiet = probes.reset();
     let start = Instant::now();
     ok(
         &db.turnout(&["run", path, "--until", "cut_over", "--yes"], None),
@@ -689,22 +676,18 @@ async fn mysql_fixture_cutover_stall_with_three_child_tables() {
     );
     let took = start.elapsed();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, Ordering::Relaxed);
-    for p in probes {
-        let _ = p.await;
-    }
-    let stall = worst.load(Ordering::Relaxed);
+    let (stall, _) = probes.stop().await;
     println!(
         "cutover with three child tables: longest application statement {:.1} ms during the cutover ({:.1} ms before it), whole `run --until cut_over` {:.0} ms",
-        stall as f64 / 1000.0,
-        quiet as f64 / 1000.0,
+        stall.as_secs_f64() * 1000.0,
+        quiet.as_secs_f64() * 1000.0,
         took.as_secs_f64() * 1000.0
     );
     let children = db.one("SELECT CAST(COUNT(*) AS CHAR) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() AND REFERENCED_TABLE_NAME = 'items'").await;
     assert_eq!(children, "3");
     assert!(
-        stall < 1_500_000,
-        "an application statement waited {stall} µs"
+        stall < Duration::from_millis(1500),
+        "an application statement waited {stall:?}"
     );
     ok(&db.turnout(&["run", path, "--yes"], None), "cleanup");
     db.drop().await;

@@ -563,25 +563,27 @@ mod tests {
 
     #[test]
     fn nowait_goes_where_mariadb_reads_it_once_however_the_name_is_quoted() {
-        assert_eq!(
-            super::with_nowait("ALTER TABLE `d``b`.`t.x` ADD KEY `k` (`a`)"),
-            "ALTER TABLE `d``b`.`t.x` NOWAIT ADD KEY `k` (`a`)"
-        );
-        assert_eq!(
-            super::with_nowait("ALTER TABLE `t` DROP FOREIGN KEY `f`"),
-            "ALTER TABLE `t` NOWAIT DROP FOREIGN KEY `f`"
-        );
-        assert_eq!(
-            super::with_nowait("DROP TABLE IF EXISTS `a`, `b`"),
-            "DROP TABLE IF EXISTS `a`, `b` NOWAIT"
-        );
-        assert_eq!(
-            super::with_nowait("UPDATE `t` SET d = 'r'"),
-            "UPDATE `t` SET d = 'r'"
-        );
-        for sql in ["ALTER TABLE `t` DROP FOREIGN KEY `f`", "DROP TABLE `t`"] {
-            let once = super::with_nowait(sql);
-            assert_eq!(super::with_nowait(&once), once, "asked twice, NOWAIT once");
+        for (sql, nowait) in [
+            (
+                "ALTER TABLE `d``b`.`t.x` ADD KEY `k` (`a`)",
+                "ALTER TABLE `d``b`.`t.x` NOWAIT ADD KEY `k` (`a`)",
+            ),
+            (
+                "ALTER TABLE `t` DROP FOREIGN KEY `f`",
+                "ALTER TABLE `t` NOWAIT DROP FOREIGN KEY `f`",
+            ),
+            (
+                "DROP TABLE IF EXISTS `a`, `b`",
+                "DROP TABLE IF EXISTS `a`, `b` NOWAIT",
+            ),
+            ("UPDATE `t` SET d = 'r'", "UPDATE `t` SET d = 'r'"),
+        ] {
+            assert_eq!(super::with_nowait(sql), nowait);
+            assert_eq!(
+                super::with_nowait(nowait),
+                nowait,
+                "asked twice, NOWAIT once"
+            );
         }
     }
 
