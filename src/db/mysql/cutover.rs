@@ -244,19 +244,10 @@ impl MySql {
             if let Some(next) = next.and_then(|s| s.parse::<u64>().ok()) {
                 let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {next}", n.q(&n.shadow));
                 let context = "cutover: carrying AUTO_INCREMENT over";
-                if self.mariadb {
-                    // Never queued: writers would queue behind it for the shadow their
-                    // triggers write.
-                    let sql = super::sql::with_nowait(&sql);
-                    if !self.nowait_retry(conn, &sql, context).await? {
-                        return Ok(false);
-                    }
-                } else {
-                    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-                        Err(e) if is_lock_timeout(&e) => return Ok(false),
-                        r => {
-                            r.map_err(sql_err(context))?;
-                        }
+                match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                    Err(e) if is_lock_timeout(&e) => return Ok(false),
+                    r => {
+                        r.map_err(sql_err(context))?;
                     }
                 }
             }
@@ -597,12 +588,16 @@ impl MySql {
     /// could not see that reader (no metadata_lock_info, or younger than its grace) the
     /// RENAME queued behind it for its whole-second `lock_wait_timeout` with every
     /// writer behind it (1,047 ms in the benchmark's blocker run). So on MariaDB the
-    /// sentry first asks for `WRITE ... NOWAIT`, which is granted only when no session
-    /// holds the tables at all, readers included, lets go and takes `READ` at once. Every
-    /// request is NOWAIT, asked again in quick succession: one that waited holding some
-    /// tables could close a cycle with an application transaction that holds one and
-    /// wants another, where MariaDB would end the application's. MySQL 8 has no NOWAIT
-    /// here: a `READ` bounded by `lock_wait_timeout`, and [`MySql::readers_left`] after.
+    /// sentry first probes with `WRITE ... NOWAIT` (asked again in quick succession),
+    /// granted only when no session holds the tables at all, readers included, lets go,
+    /// and takes `READ` at once: for one table waiting at most `wait` for it, as before
+    /// (NOWAIT there too, with the shadow's AUTO_INCREMENT asked NOWAIT as well, failed
+    /// a busy table's attempts so often that the retries stalled writes for up to
+    /// 567 ms in the three-child-table stall test, against 19–38 ms like this); for
+    /// several, NOWAIT, since a request that waited holding some tables could close a
+    /// cycle with an application transaction that holds one and wants another, where
+    /// MariaDB would end the application's. MySQL 8 has no NOWAIT here: a `READ`
+    /// bounded by `lock_wait_timeout`, and [`MySql::readers_left`] after.
     async fn sentry(
         &self,
         gs: &[&Gen<'_>],
@@ -626,32 +621,20 @@ impl MySql {
                 .collect();
             format!("LOCK TABLES {}", tables.join(", "))
         };
+        let context = "cutover: locking the tables for the swap";
         if self.mariadb {
-            let (free, held) = (
-                format!("{} NOWAIT", lock("WRITE")),
-                format!("{} NOWAIT", lock("READ")),
-            );
-            let mut delay = Duration::from_millis(5);
-            for attempt in 1..=super::CUTOVER_LOCK_ATTEMPTS {
-                let r = async {
-                    sqlx::raw_sql(AssertSqlSafe(free.clone()))
-                        .execute(&mut sentry)
-                        .await?;
-                    sqlx::raw_sql("UNLOCK TABLES").execute(&mut sentry).await?;
-                    sqlx::raw_sql(AssertSqlSafe(held.clone()))
-                        .execute(&mut sentry)
-                        .await
-                }
-                .await;
-                match r {
-                    Ok(_) => return Ok(Some(sentry)),
-                    Err(e) if is_lock_timeout(&e) => {
-                        tracing::debug!(attempt, "cutover: the tables are in use, asking again");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(super::CUTOVER_RETRY_CAP);
-                    }
-                    Err(e) => return Err(Error::db("cutover: locking the tables for the swap", e)),
-                }
+            // Free of readers a moment ago (the probe), then held.
+            let probe = format!("{} NOWAIT", lock("WRITE"));
+            if !self.nowait_retry(&mut sentry, &probe, context).await? {
+                let _ = sentry.close().await;
+                return Ok(None);
+            }
+            self.exec(&mut sentry, "UNLOCK TABLES", context).await?;
+        }
+        if self.mariadb && gs.len() > 1 {
+            let held = format!("{} NOWAIT", lock("READ"));
+            if self.nowait_retry(&mut sentry, &held, context).await? {
+                return Ok(Some(sentry));
             }
             let _ = sentry.close().await;
             return Ok(None);
@@ -662,7 +645,7 @@ impl MySql {
                 let _ = sentry.close().await;
                 Ok(None)
             }
-            Err(e) => Err(Error::db("cutover: locking the table for the swap", e)),
+            Err(e) => Err(Error::db(context, e)),
         }
     }
 
