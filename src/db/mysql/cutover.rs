@@ -297,15 +297,12 @@ impl MySql {
         // Before the gate goes: every copy reads it.
         self.rename_own_triggers(&mut conn, &g).await?;
         self.restore_own_triggers(&mut conn, &g).await?;
-        // The gate before the old table: a dual-write trigger that still ran after its
-        // drop finds no gate and does nothing (sql/triggers.rs), where it would fail on
-        // the old table.
-        self.ddl_retry(&mut conn, &g.drop_gates(), "cleanup: dropping the gate")
-            .await?;
         if !keep_old {
             self.drop_plan_table(&mut conn, &g, &n.old, "cleanup: dropping the old table")
                 .await?;
         }
+        self.ddl_retry(&mut conn, &g.drop_gates(), "cleanup: dropping the gate")
+            .await?;
         Self::save_on(&mut conn, save)
             .await
             .map_err(sql_err("cleanup: saving the state"))
@@ -431,13 +428,12 @@ impl MySql {
     /// shadow held free their names.
     async fn drop_shadow(&self, conn: &mut MySqlConnection, g: &Gen<'_>) -> Result<()> {
         let n = &g.n;
-        // The gate first, as at cleanup (clean_up_after_cutover says why).
-        self.ddl_retry(conn, &g.drop_gates(), "rollback: dropping the gate")
-            .await?;
         self.drop_plan_table(conn, g, &n.shadow, "rollback: dropping the shadow")
             .await?;
         // The shadow's constraints are gone with it: the names are free again.
-        self.restore_old_foreign_keys(conn, g).await
+        self.restore_old_foreign_keys(conn, g).await?;
+        self.ddl_retry(conn, &g.drop_gates(), "rollback: dropping the gate")
+            .await
     }
 
     /// Drops `name` (a shadow or an old table), which only the same kind of table of

@@ -392,7 +392,8 @@ impl MySql {
                 .await
             {
                 Ok(_) => break,
-                Err(e) if is_lock_timeout(&e) && attempt < 30 => {
+                // A deadlock victim's one statement was rolled back whole: asked again.
+                Err(e) if (is_lock_timeout(&e) || errors::is_deadlock(&e)) && attempt < 30 => {
                     tracing::warn!(attempt, "{context}: metadata lock not granted, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
