@@ -243,11 +243,10 @@ impl MySql {
                 .and_then(|r| r[0].clone());
             if let Some(next) = next.and_then(|s| s.parse::<u64>().ok()) {
                 let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {next}", n.q(&n.shadow));
-                let context = "cutover: carrying AUTO_INCREMENT over";
                 match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
                     Err(e) if is_lock_timeout(&e) => return Ok(false),
                     r => {
-                        r.map_err(sql_err(context))?;
+                        r.map_err(sql_err("cutover: carrying AUTO_INCREMENT over"))?;
                     }
                 }
             }

@@ -359,12 +359,11 @@ impl MySql {
     }
 
     /// DDL that needs a brief metadata lock on a busy table, retried with backoff. On
-    /// MariaDB it is `NOWAIT` (an ALTER or a DROP): a DROP of several tables that waited
-    /// for one while holding the others closed a cycle with an application statement
+    /// MariaDB it is `NOWAIT` (an ALTER or a DROP): a DROP of several tables that waits
+    /// for one while holding the others can close a cycle with an application statement
     /// that holds one and, through its triggers and foreign keys, wants another; MariaDB
-    /// chose the statement as the victim, and its retry failed with 1146 on a table the
-    /// DDL had dropped (a four-table plan's cleanup, in CI). MySQL 8 waits at most its
-    /// whole-second bound.
+    /// then chooses the statement as the victim, and its retry fails with 1146 on a
+    /// table the DDL dropped. MySQL 8 waits at most its whole-second bound.
     async fn ddl_retry(&self, conn: &mut MySqlConnection, sql: &str, context: &str) -> Result<()> {
         let sql = if self.mariadb {
             sql::with_nowait(sql)
@@ -522,8 +521,8 @@ impl Backend for MySql {
     /// sentry and every other DDL that locks several of the plan's tables is NOWAIT
     /// ([`MySql::ddl_retry`]). After a kill just after the cutover and a resume, an
     /// application's prepared `INSERT INTO <table>` still failed with 1146 on
-    /// `_<table>_old`, which existed (its gate, dropped first, was still there for the
-    /// trigger to read 'r'): the statement ran the new table's reverse trigger without
+    /// `_<table>_old`, which existed (as did the gate the trigger read 'r' from): the
+    /// statement ran the new table's reverse trigger without
     /// having opened the old table, as if prepared against the tables before the swap
     /// and never prepared again (MariaDB 10.11: 2 of 5 runs of the four-table kill test,
     /// both at `phase.cutover.after`, against 12 passing repetitions of that point
