@@ -27,18 +27,42 @@ pub(super) struct Before {
     rules: Vec<Rule>,
 }
 
+/// Read under the cutover's `SHARE UPDATE EXCLUSIVE` lock, before the exclusive one:
+/// every statement that changes these takes a lock that conflicts with it. Views are the
+/// exception (`CREATE VIEW` takes only `ACCESS SHARE` on the table): [`read_views`].
 pub(super) async fn read_before(
     conn: &mut PgConnection,
     g: &Gen<'_>,
 ) -> std::result::Result<Before, sqlx::Error> {
     Ok(Before {
-        views: views::dependent_views(conn, &g.live()).await?,
-        matviews: views::direct_matviews(conn, &g.live()).await?,
+        views: Vec::new(),
+        matviews: Vec::new(),
         row_security: super::rls::read(conn, &g.live()).await?,
         furniture: read_furniture(conn, &g.live()).await?,
         publications: super::publications::read(conn, &g.live()).await?,
         rules: super::rules::read(conn, &g.live()).await?,
     })
+}
+
+/// Under the exclusive lock, which no new view over the table can pass.
+pub(super) async fn read_views(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+    before: &mut Before,
+) -> std::result::Result<(), sqlx::Error> {
+    before.views = views::dependent_views(conn, &g.live()).await?;
+    before.matviews = views::direct_matviews(conn, &g.live()).await?;
+    Ok(())
+}
+
+/// [`read_views`] with its answer dropped, to prepare its statements before the lock.
+pub(super) async fn rehearse_views(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+) -> std::result::Result<(), sqlx::Error> {
+    views::dependent_views(conn, &g.live()).await?;
+    views::direct_matviews(conn, &g.live()).await?;
+    Ok(())
 }
 
 /// Before the renames, in the cutover transaction: what must be true of the shadow for

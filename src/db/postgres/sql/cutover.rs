@@ -89,6 +89,18 @@ pub(in crate::db::postgres) struct RollbackFacts {
 impl<'a> Gen<'a> {
     // --- cutover, cleanup, rollback ------------------------------------------------------
 
+    /// Held while the cutover reads what only a lock conflicting with this one can change
+    /// (triggers, constraints, comments, storage options, publications, rules, row
+    /// security): application reads and writes go on meanwhile, so those reads cost the
+    /// application no stall.
+    pub(in crate::db::postgres) fn hold_both(&self) -> String {
+        format!(
+            "LOCK TABLE {}, {} IN SHARE UPDATE EXCLUSIVE MODE",
+            self.live(),
+            self.shadow()
+        )
+    }
+
     pub(in crate::db::postgres) fn lock_both(&self) -> String {
         format!(
             "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
@@ -301,6 +313,10 @@ mod tests {
                 },
             ],
         };
+        assert_eq!(
+            g.hold_both(),
+            "LOCK TABLE \"sales\".\"orders\", \"sales\".\"_orders_new\" IN SHARE UPDATE EXCLUSIVE MODE"
+        );
         let stmts = g.cutover(&facts);
         assert!(stmts.contains(
             &"GRANT SELECT ON TABLE \"sales\".\"orders\" TO \"app \"\"ro\"\"\"".to_string()
