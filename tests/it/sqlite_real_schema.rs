@@ -581,6 +581,40 @@ async fn sqlite_what_cannot_be_carried_is_refused_by_name() {
     db.drop().await;
 }
 
+/// A child's foreign key must still find a unique key in the new parent: the rehearsal
+/// of the cutover compiles each child's check against the new shape (without reading the
+/// child's rows, which it would do under the write lock) and the refusal names the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_plan_dropping_the_key_a_child_references_is_refused_naming_the_child() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    db.exec(
+        "CREATE TABLE shops (id INTEGER PRIMARY KEY, code TEXT NOT NULL);
+         CREATE UNIQUE INDEX shops_code ON shops (code);
+         CREATE TABLE tills (id INTEGER PRIMARY KEY, shop_code TEXT REFERENCES shops (code));
+         INSERT INTO shops VALUES (1, 'north');
+         INSERT INTO tills VALUES (1, 'north')",
+    )
+    .await;
+    let schema = "SELECT name, sql FROM sqlite_master ORDER BY name";
+    let before = rows(&db, schema).await;
+    let plan =
+        "version: 1\nname: untie\ntable: shops\nchanges:\n  - drop_index: {name: shops_code}\n";
+    let path = db.plan_file("plan.yaml", plan);
+    let out = db.turnout(&["check", path.to_str().expect("utf-8")], None);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "accepted:\n{text}");
+    assert!(
+        text.contains("the foreign keys of \"tills\" would not resolve against the new \"shops\""),
+        "{text}"
+    );
+    assert_eq!(
+        rows(&db, schema).await,
+        before,
+        "check changed the database"
+    );
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_every_fault_point_with_foreign_keys_views_and_triggers() {
     let mut walked = 0;
