@@ -23,7 +23,9 @@
 //! fresh table with another session holding a read of it for 3 s from the start of the
 //! cutover (the scenario of the blocker-aware cutover), --instant to run, on a fresh table
 //! under the same writer, the change the database can make in place (the same widening
-//! and a nullable `amount` with no `from`) with `strategy: auto`
+//! and a nullable `amount` with no `from`) with `strategy: auto`; --tables to measure,
+//! instead, a plan of one table and then a plan of four tables (a key widened with every
+//! reference to it) on a parent and three children of the given size each
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -415,6 +417,51 @@ const STEPS: [&str; 6] = [
     "done",
 ];
 
+/// One phase of a run: its step, when it started and ended (since the writer's epoch)
+/// and turnout's own time in seconds.
+type Step = (&'static str, Duration, Duration, f64);
+
+/// `run --until` each step in turn; returns the steps and the peak RSS. With `blocker`,
+/// that pool's session holds a read of `orders` for [`BLOCKER_HOLD`] from the start of
+/// the cutover.
+async fn step_through(
+    db: &Db,
+    plan: &str,
+    epoch: Instant,
+    blocker: Option<Pool>,
+) -> (Vec<Step>, f64) {
+    let mut steps = Vec::new();
+    let mut peak: f64 = 0.0;
+    for step in STEPS {
+        let from = epoch.elapsed();
+        let held = blocker
+            .clone()
+            .filter(|_| step == "cut_over")
+            .map(|pool| tokio::spawn(async move { pool.hold_a_read(BLOCKER_HOLD).await }));
+        let (secs, mem) = turnout(db, &["run", plan, "--until", step, "--yes"]);
+        if let Some(held) = held {
+            held.await.expect("blocker task");
+        }
+        steps.push((step, from, epoch.elapsed(), secs));
+        peak = peak.max(mem);
+    }
+    (steps, peak)
+}
+
+/// `step 1.23s (wait 4.5 ms), …`: each step's time and the writer's longest wait in it.
+fn per_step(steps: &[Step], all: &[Sample]) -> String {
+    steps
+        .iter()
+        .map(|(step, from, to, secs)| {
+            format!(
+                "{step} {secs:.2}s (wait {:.1} ms)",
+                longest_ms(&window(all, *from, *to))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// With `blocker`, another session holds a read of the table for [`BLOCKER_HOLD`] from
 /// the moment the cutover starts, and the cutover may retry for longer than that.
 async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, blocker: bool) {
@@ -446,21 +493,8 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, b
         samples.clone(),
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut steps = Vec::new();
-    let mut peak: f64 = 0.0;
-    for step in STEPS {
-        let from = epoch.elapsed();
-        let held = (blocker && step == "cut_over").then(|| {
-            let pool = db.pool.clone();
-            tokio::spawn(async move { pool.hold_a_read(BLOCKER_HOLD).await })
-        });
-        let (secs, mem) = turnout(db, &["run", plan, "--until", step, "--yes"]);
-        if let Some(held) = held {
-            held.await.expect("blocker task");
-        }
-        steps.push((step, from, epoch.elapsed(), secs));
-        peak = peak.max(mem);
-    }
+    let held = blocker.then(|| db.pool.clone());
+    let (steps, peak) = step_through(db, plan, epoch, held).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = writer.await;
@@ -468,15 +502,7 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, b
     let name = kind.name();
     let (start, end) = (steps[0].1, steps[steps.len() - 1].2);
     let whole = window(&all, start, end);
-    let per_step: Vec<String> = steps
-        .iter()
-        .map(|(step, from, to, secs)| {
-            format!(
-                "{step} {secs:.2}s (wait {:.1} ms)",
-                longest_ms(&window(&all, *from, *to))
-            )
-        })
-        .collect();
+    let per_step = per_step(&steps, &all);
     let backfill_s = steps[2].3;
     let total = (end - start).as_secs_f64();
     let with = if blocker {
@@ -485,8 +511,7 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, b
         String::new()
     };
     println!(
-        "[{name} {rows}] turnout{with}: whole migration {total:.2}s | {} | backfill {:.0} rows/s = {:.2}x the bulk copy | longest application wait over the whole migration {:.1} ms | {} writes, {} failed | peak RSS {peak:.1} MiB",
-        per_step.join(", "),
+        "[{name} {rows}] turnout{with}: whole migration {total:.2}s | {per_step} | backfill {:.0} rows/s = {:.2}x the bulk copy | longest application wait over the whole migration {:.1} ms | {} writes, {} failed | peak RSS {peak:.1} MiB",
         rows as f64 / backfill_s,
         bulk_s / backfill_s,
         longest_ms(&whole),
@@ -549,6 +574,121 @@ async fn bench_instant(kind: Kind, rows: u64, db: &Db, s: &Shape) {
         whole.len(),
         failures(&whole),
     );
+}
+
+/// `--tables`: a parent and three children referencing it (one with a composite key, one
+/// `ON DELETE CASCADE`), `rows` rows each. In one run, under a writer updating rows of all
+/// four and inserting children: first a plan of one table (a child's column changed), then
+/// the plan of four (the parent's key and every reference to it widened to bigint), each
+/// phase by phase, so their cutovers' stalls compare in the same run.
+async fn bench_tables(kind: Kind, rows: u64) {
+    let name = kind.name();
+    if kind == Kind::MySql {
+        println!(
+            "[{name} {rows}] four tables: not measured, MariaDB refuses plans of several tables (README)"
+        );
+        return;
+    }
+    let db = open(kind).await;
+    let series = |select: &str| match kind {
+        Kind::Postgres => format!("{select} FROM generate_series(1, {rows}) AS i"),
+        _ => format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) {select} FROM n"
+        ),
+    };
+    let mut build: Vec<String> = [
+        "CREATE TABLE users (id INT PRIMARY KEY, name TEXT NOT NULL)",
+        "CREATE TABLE orders (id INT PRIMARY KEY, user_id INT NOT NULL REFERENCES users (id), amount INTEGER NOT NULL)",
+        "CREATE INDEX orders_user_idx ON orders (user_id)",
+        "CREATE TABLE memberships (user_id INT NOT NULL REFERENCES users (id), team INTEGER NOT NULL, PRIMARY KEY (user_id, team))",
+        "CREATE TABLE sessions (id INT PRIMARY KEY, user_id INT REFERENCES users (id) ON DELETE CASCADE, token TEXT)",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (table, select) in [
+        ("users", "SELECT i, 'user ' || i"),
+        ("orders", "SELECT i, i, i * 3"),
+        ("memberships", "SELECT i, i % 4"),
+        ("sessions", "SELECT i, i, 'tok ' || i"),
+    ] {
+        build.push(format!("INSERT INTO {table} {}", series(select)));
+    }
+    build.push(
+        if kind == Kind::Postgres {
+            "VACUUM ANALYZE"
+        } else {
+            "ANALYZE"
+        }
+        .into(),
+    );
+    let t = Instant::now();
+    db.pool.run_all(&build).await;
+    println!("[{name} {rows}] four tables built in {:.1?}", t.elapsed());
+    let one = "version: 1\nname: bench-one-table\ntable: sessions\nstrategy: copy\nchanges:\n  - alter_column: {name: token, type: VARCHAR(128)}\n";
+    let four = "version: 1\nname: bench-four-tables\ntables:\n  - table: users\n    changes: [{alter_column: {name: id, type: BIGINT}}]\n  - table: orders\n    changes: [{alter_column: {name: user_id, type: BIGINT}}]\n  - table: memberships\n    changes: [{alter_column: {name: user_id, type: BIGINT}}]\n  - table: sessions\n    changes: [{alter_column: {name: user_id, type: BIGINT}}]\n";
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Samples = Arc::default();
+    let epoch = Instant::now();
+    let writer = {
+        let (pool, stop, samples) = (db.pool.clone(), stop.clone(), samples.clone());
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                n += 1;
+                let id = 1 + (n.wrapping_mul(2_654_435_761) % rows);
+                let sql = match n % 5 {
+                    0 => format!("UPDATE users SET name = 'user {n}' WHERE id = {id}"),
+                    1 => format!("UPDATE orders SET amount = amount + 1 WHERE id = {id}"),
+                    2 => format!("UPDATE memberships SET team = team + 4 WHERE user_id = {id}"),
+                    3 => format!("UPDATE sessions SET token = 'tok {n}' WHERE id = {id}"),
+                    _ => format!("INSERT INTO orders VALUES ({}, {id}, 1)", rows + n),
+                };
+                let t = Instant::now();
+                let error = pool.exec(&sql).await.err().map(|e| e.to_string());
+                samples.lock().await.push(Sample {
+                    at: t - epoch,
+                    took: t.elapsed(),
+                    error,
+                });
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut runs = Vec::new();
+    for (what, file, text) in [
+        ("one table (sessions)", "bench-one.yaml", one),
+        ("four tables", "bench-four.yaml", four),
+    ] {
+        let text = if kind == Kind::Postgres {
+            text.replace("BIGINT", "bigint")
+                .replace("VARCHAR", "varchar")
+        } else {
+            text.to_string()
+        };
+        let plan = db.dir.join(file);
+        std::fs::write(&plan, text).expect("plan");
+        let (steps, _) = step_through(&db, plan.to_str().expect("utf-8"), epoch, None).await;
+        runs.push((what, steps));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+    let all = samples.lock().await.clone();
+    for (what, steps) in runs {
+        let (start, end) = (steps[0].1, steps[steps.len() - 1].2);
+        let whole = window(&all, start, end);
+        println!(
+            "[{name} {rows}] {what}: whole migration {:.2}s | {} | longest application wait over the whole migration {:.1} ms | {} writes, {} failed",
+            (end - start).as_secs_f64(),
+            per_step(&steps, &all),
+            longest_ms(&whole),
+            whole.len(),
+            failures(&whole),
+        );
+    }
 }
 
 /// Installs a Debian package when its command is missing.
@@ -653,7 +793,11 @@ async fn bench_anchor(kind: Kind, rows: u64) {
     );
 }
 
-async fn bench(kind: Kind, rows: u64, anchor: bool, blocker: bool, instant: bool) {
+async fn bench(kind: Kind, rows: u64, anchor: bool, blocker: bool, instant: bool, tables: bool) {
+    if tables {
+        bench_tables(kind, rows).await;
+        return;
+    }
     let (db, s) = build_table(kind, rows).await;
     let bulk_s = bulk_copy(&db, &s).await;
     println!(
@@ -683,6 +827,7 @@ async fn main() {
     let anchor = !args.iter().any(|a| a == "--no-anchor");
     let blocker = args.iter().any(|a| a == "--blocker");
     let instant = args.iter().any(|a| a == "--instant");
+    let tables = args.iter().any(|a| a == "--tables");
     let sizes: Vec<u64> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![1_000_000]
@@ -690,6 +835,6 @@ async fn main() {
         sizes
     };
     for rows in sizes {
-        bench(kind, rows, anchor, blocker, instant).await;
+        bench(kind, rows, anchor, blocker, instant, tables).await;
     }
 }
