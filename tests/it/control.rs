@@ -224,7 +224,10 @@ pub async fn pause_during_verify(kind: Kind) {
             ("TURNOUT_DELAY", "verify.chunk:250"),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Late enough that the comparison has begun even when the process takes a couple of
+    // seconds to get there on a loaded machine (1 s was not, in one CI run: the pause
+    // then held verify before its first chunk), early enough that about half remains.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     ok(&db.turnout(&["pause", plan], None), "pause");
     let st = until(&db, plan, 10, "waiting paused", |st| {
         st["waiting"]["reason"] == "paused"
