@@ -178,11 +178,6 @@ impl MySql {
                 &name,
                 &n.q(&crate::schema::shadow_name(&fk.ref_table)),
             );
-            let sql = if self.mariadb {
-                super::sql::with_nowait(&sql)
-            } else {
-                sql
-            };
             self.exec(conn, "SET SESSION foreign_key_checks = 0", context)
                 .await?;
             let r = self.nowait_retry(conn, &sql, context).await;
@@ -252,14 +247,8 @@ impl MySql {
     ) -> Result<bool> {
         let before = Self::index_names(conn, schema, table).await?;
         // The child's statement locks its parent too: never wait holding one of them
-        // (see `MySql::lock_tables`), but fail and try again.
-        let nowait;
-        let sql = if self.mariadb {
-            nowait = super::sql::with_nowait(sql);
-            nowait.as_str()
-        } else {
-            sql
-        };
+        // (see `MySql::lock_tables`), but fail and try again (both retries ask NOWAIT on
+        // MariaDB).
         self.exec(conn, "SET SESSION foreign_key_checks = 0", context)
             .await?;
         let done = if patient {

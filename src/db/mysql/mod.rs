@@ -288,17 +288,23 @@ impl MySql {
         Ok(false)
     }
 
-    /// A statement that fails at once when a lock it needs is held (`NOWAIT`), run again
-    /// in quick succession inside a cutover attempt. False: never ran.
+    /// A statement that fails at once when a lock it needs is held (`NOWAIT`, added here
+    /// to an ALTER or DROP on MariaDB), run again in quick succession inside a cutover
+    /// attempt. False: never ran.
     async fn nowait_retry(
         &self,
         conn: &mut MySqlConnection,
         sql: &str,
         context: &str,
     ) -> Result<bool> {
+        let sql = if self.mariadb {
+            sql::with_nowait(sql)
+        } else {
+            sql.to_string()
+        };
         let mut delay = Duration::from_millis(5);
         for attempt in 1..=CUTOVER_LOCK_ATTEMPTS {
-            match sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+            match sqlx::raw_sql(AssertSqlSafe(sql.clone()))
                 .execute(&mut *conn)
                 .await
             {

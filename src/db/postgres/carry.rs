@@ -50,8 +50,7 @@ pub(super) async fn read_views(
     g: &Gen<'_>,
     before: &mut Before,
 ) -> std::result::Result<(), sqlx::Error> {
-    before.views = views::dependent_views(conn, &g.live()).await?;
-    before.matviews = views::direct_matviews(conn, &g.live()).await?;
+    (before.views, before.matviews) = views_over(conn, g).await?;
     Ok(())
 }
 
@@ -60,9 +59,18 @@ pub(super) async fn rehearse_views(
     conn: &mut PgConnection,
     g: &Gen<'_>,
 ) -> std::result::Result<(), sqlx::Error> {
-    views::dependent_views(conn, &g.live()).await?;
-    views::direct_matviews(conn, &g.live()).await?;
-    Ok(())
+    views_over(conn, g).await.map(|_| ())
+}
+
+/// The views over the live table, and its materialized views.
+async fn views_over(
+    conn: &mut PgConnection,
+    g: &Gen<'_>,
+) -> std::result::Result<(Vec<View>, Vec<View>), sqlx::Error> {
+    Ok((
+        views::dependent_views(conn, &g.live()).await?,
+        views::direct_matviews(conn, &g.live()).await?,
+    ))
 }
 
 /// Before the renames, in the cutover transaction: what must be true of the shadow for

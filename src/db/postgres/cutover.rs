@@ -132,12 +132,7 @@ impl Postgres {
         conn: &mut PgConnection,
         g: &Gen<'_>,
     ) -> std::result::Result<Held, sqlx::Error> {
-        let pk_name: Option<String> = sqlx::query_scalar(
-            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'",
-        )
-        .bind(g.live())
-        .fetch_optional(&mut *conn)
-        .await?;
+        let pk_name = primary_key_name(&mut *conn, &g.live()).await?;
         let triggers = sqlx::query(sql(format!(
             "SELECT tgname::text, pg_get_triggerdef(oid) FROM pg_trigger \
              WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgname::text NOT LIKE {} ORDER BY tgname",
@@ -548,12 +543,7 @@ impl Postgres {
         conn: &mut PgConnection,
         g: &Gen<'_>,
     ) -> std::result::Result<RollbackFacts, sqlx::Error> {
-        let pk_name: Option<String> = sqlx::query_scalar(
-            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'",
-        )
-        .bind(g.live())
-        .fetch_optional(&mut *conn)
-        .await?;
+        let pk_name = primary_key_name(&mut *conn, &g.live()).await?;
         let seq_query = "SELECT sn.nspname::text, s.relname::text, a.attname::text, s.oid::bigint, \
              (SELECT format_type(q.seqtypid, NULL) FROM pg_sequence q WHERE q.seqrelid = s.oid) \
              FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
@@ -629,6 +619,19 @@ impl Postgres {
 }
 
 /// The plan's tables as messages name them.
+/// The name of `relation`'s primary key constraint, if it has one.
+async fn primary_key_name(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> std::result::Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'",
+    )
+    .bind(relation)
+    .fetch_optional(conn)
+    .await
+}
+
 fn table_list(ms: &[Migration]) -> String {
     ms.iter()
         .map(|m| m.table.as_str())
