@@ -228,6 +228,17 @@ impl Pool {
 
     /// Runs the statements in one transaction; returns the rows each one affected.
     pub async fn transaction(&self, stmts: &[(String, Vec<i64>)]) -> Result<Vec<u64>, sqlx::Error> {
+        self.transaction_held(stmts, std::time::Duration::ZERO)
+            .await
+    }
+
+    /// Runs the statements in one transaction that stays open `hold` after the last one
+    /// before it commits; returns the rows each one affected.
+    pub async fn transaction_held(
+        &self,
+        stmts: &[(String, Vec<i64>)],
+        hold: std::time::Duration,
+    ) -> Result<Vec<u64>, sqlx::Error> {
         macro_rules! run {
             ($pool:expr, $fix:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -246,6 +257,7 @@ impl Pool {
                         }
                     }
                 }
+                tokio::time::sleep(hold).await;
                 tx.commit().await?;
                 Ok(affected)
             }};

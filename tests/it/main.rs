@@ -1,6 +1,7 @@
 //! Integration tests, one binary: every scenario runs against SQLite files and against
 //! the real PostgreSQL and MariaDB servers of this machine, each test in its own database.
 
+mod backfill_races;
 mod bad_plans;
 mod blockers;
 mod confirmation;

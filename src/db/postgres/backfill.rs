@@ -1,15 +1,44 @@
 //! Backfill: rows are copied in key order, each batch of the engine's in slices of about
 //! 20 ms, one transaction per slice committed with its checkpoint; a slice that deadlocks
-//! with the application is retried, and one that fails on a row's data is narrowed to the
-//! key and column that made it fail. After the last batch the deferred indexes are built
-//! concurrently (`sql/shadow.rs`).
+//! or times out waiting for the application is retried, and one that fails on a row's data
+//! is narrowed to the key and column that made it fail. After the last batch the deferred
+//! indexes are built concurrently (`sql/shadow.rs`).
+//!
+//! A slice reads the live rows without locking them, so no application write waits on the
+//! live table for the backfill, and the copy writes nothing there (a share lock would mark
+//! every row it copies: a WAL record each, and a full-page image of every page after each
+//! checkpoint, which the application's commits then wait to flush). Why the shadow still
+//! ends exactly as the application wrote, for a row R of the slice's key range:
+//!
+//! - The slice inserts R as its snapshot saw it, `ON CONFLICT DO NOTHING`: a row already in
+//!   the shadow came from the triggers and is newer. An application write to R whose
+//!   trigger runs while the slice's insert of R is uncommitted waits for it on the shadow's
+//!   key (at most one slice, about 20 ms) and then overwrites it; one whose trigger ran
+//!   first has its row kept, or, if it rolled back, leaves the slice to insert R as it is.
+//! - A delete of R (or a change of its key) is the one write the slice could undo: its
+//!   trigger's `DELETE` cannot see the slice's uncommitted insert of R, which would then
+//!   commit a row the application deleted. So the slice holds an advisory lock (the
+//!   barrier) exclusively for its whole transaction, and the forward trigger takes it shared
+//!   before deleting from the shadow. A delete during a slice waits for that slice to
+//!   commit and then deletes what it copied; a slice opened after a delete waits until the
+//!   deleting transaction ends (its shared lock lasts as long), so its snapshot no longer
+//!   holds R. Either way the deleted row cannot come back.
+//! - The barrier is the slice's first statement, before it touches the shadow, so a
+//!   deleting transaction waiting for the barrier holds nothing the slice waits for unless
+//!   it also wrote a shadow row of the slice's range; for that cycle the slice's later waits
+//!   are bounded (`lock_timeout` well under the server's `deadlock_timeout`) and it is the
+//!   slice that gives way and is retried.
+//!
+//! An application transaction at REPEATABLE READ or SERIALIZABLE whose snapshot predates a
+//! slice's commit cannot see the rows that slice copied, so its delete of one of them misses
+//! it (as it did with the share lock); verify finds such a row and refuses the cutover.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use super::errors::{db_message, is_conflict, sqlstate};
+use super::errors::{db_message, is_conflict, is_lock_timeout, sqlstate};
 use super::sql::{Gen, full_cast, list, loose_cast, quote};
 use super::state::save_in;
 use super::{Postgres, bind_texts, sql};
@@ -19,6 +48,11 @@ use crate::schema::Migration;
 
 /// A batch that deadlocks with the application is retried this many times.
 const BATCH_ATTEMPTS: u32 = 5;
+
+/// A slice whose copy times out waiting for an application transaction (see the module
+/// doc) is retried this many times, about a minute in all, before the backfill stops with
+/// a state that `resume` continues from.
+const SLICE_WAIT_ATTEMPTS: u32 = 300;
 
 /// How long one slice of a batch holds its rows: the longest an application write to one
 /// of them waits for the backfill.
@@ -90,11 +124,8 @@ impl Postgres {
     }
 
     /// One batch of the engine's, committed in slices of about [`SLICE_TIME`] each with its
-    /// checkpoint: a slice share-locks the live rows it copies (so a row deleted or re-keyed
-    /// meanwhile cannot come back in the shadow) and an application write to one of them
-    /// waits for the slice, not for the whole batch. (Without the lock it would wait all the
-    /// same: the triggers' upsert of a key the open slice has inserted into the shadow waits
-    /// on the shadow's key index.)
+    /// checkpoint, so an application write that must wait for the backfill (see the module
+    /// doc) waits for one slice, not for the whole batch.
     pub(super) async fn copy_next_batch(
         &self,
         m: &Migration,
@@ -157,13 +188,11 @@ impl Postgres {
         let cursor = after.map(|c| cursor_values(c, m.key.len())).transpose()?;
         let limit = limit.max(1);
         let mut attempt = 0;
+        let mut waits = 0;
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await.map_err(ctx)?;
-            // A crash may lose the last batches committed this way, but only whole batches
-            // with their checkpoints (the WAL is flushed in order), which resume copies again;
-            // phase changes keep the server's setting.
-            sqlx::raw_sql("SET LOCAL synchronous_commit = off")
+            sqlx::raw_sql(sql(g.slice_opening()))
                 .execute(&mut *tx)
                 .await
                 .map_err(ctx)?;
@@ -201,6 +230,27 @@ impl Postgres {
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                     continue;
                 }
+                Err(e) if is_lock_timeout(&e) && waits < SLICE_WAIT_ATTEMPTS => {
+                    drop(tx);
+                    waits += 1;
+                    attempt -= 1;
+                    tracing::debug!(
+                        waits,
+                        "a backfill slice gave way to an application transaction; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(e) if is_lock_timeout(&e) => {
+                    return Err(Error::db(
+                        format!(
+                            "backfill of {}: a slice gave way {waits} times to an application \
+                             transaction holding rows it copies",
+                            m.table
+                        ),
+                        e,
+                    ));
+                }
                 Err(e) if matches!(sqlstate(&e).as_deref().map(|s| &s[..2]), Some("22" | "23")) => {
                     drop(tx);
                     return Err(self
@@ -216,6 +266,7 @@ impl Postgres {
                 rest: Duration::ZERO,
             };
             save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+            crate::fault::point("postgres.backfill.slice.open");
             tx.commit().await.map_err(ctx)?;
             return Ok(done);
         }

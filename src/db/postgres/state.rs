@@ -7,14 +7,10 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
 use super::errors::sqlstate;
-use super::sql::qualified;
+use super::sql::{LOCK_CLASS, qualified};
 use super::{Postgres, sql};
 use crate::db::{Backend, StateRow};
 use crate::error::{Error, Result};
-
-/// First half of the two-int advisory lock key: "turn" in ASCII, so turnout's locks are
-/// recognisable in `pg_locks` and do not collide with an application's one-int locks.
-const LOCK_CLASS: i32 = 0x7475_726e;
 
 pub(super) fn save_sql(home: &str) -> String {
     format!(

@@ -1,7 +1,13 @@
-//! Backfill's batch SQL: the bounds of the next batch read without locks, then the copy of
-//! exactly that key range, share-locked, into the shadow.
+//! Backfill's slice SQL: the slice's opening (its barrier, see `backfill.rs`), the bounds
+//! of the next slice, then the copy of exactly that key range, read without locks, into
+//! the shadow.
 
-use super::{Gen, list};
+use super::{Gen, LOCK_CLASS, list, literal};
+
+/// How long the copy waits for an application transaction that holds a shadow row it is
+/// copying: well under the server's `deadlock_timeout` (1 s by default), so when the two
+/// wait on each other it is the slice that gives way and is retried, not the application.
+const SLICE_LOCK_TIMEOUT: &str = "200ms";
 
 impl<'a> Gen<'a> {
     // --- backfill ------------------------------------------------------------------------
@@ -22,12 +28,33 @@ impl<'a> Gen<'a> {
         )
     }
 
-    /// The live rows of one batch, share-locked: a concurrent update or delete of them
-    /// waits for the batch (or the batch waits for it and reads its result).
+    /// The advisory lock key of this migration's backfill barrier: a slice holds it
+    /// exclusively, the forward trigger's deletes take it shared.
+    pub(in crate::db::postgres) fn barrier_key(&self) -> String {
+        format!(
+            "{LOCK_CLASS}, hashtext({})",
+            literal(&format!("turnout backfill {}", self.shadow()))
+        )
+    }
+
+    /// The first statements of a slice's transaction: commits that a crash may lose (only
+    /// whole slices with their checkpoints, which resume copies again; phase changes keep
+    /// the server's setting), the barrier, waited for as long as it takes (an application
+    /// transaction that deleted a row holds it), then the bound on every later wait.
+    pub(in crate::db::postgres) fn slice_opening(&self) -> String {
+        format!(
+            "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); \
+             SET LOCAL lock_timeout = '{SLICE_LOCK_TIMEOUT}'",
+            self.barrier_key()
+        )
+    }
+
+    /// The live rows of one slice, read without locks: no application write waits on the
+    /// live table for the backfill.
     fn batch_rows(&self, has_cursor: bool) -> String {
         let key = self.old_key();
         format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {} FOR SHARE",
+            "SELECT {} FROM {} WHERE {} ORDER BY {}",
             list(&self.old_cols()),
             self.live(),
             self.range("", &key, has_cursor, true),
@@ -47,14 +74,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backfill_sql_reads_a_locked_key_range() {
+    fn backfill_sql_reads_a_key_range_without_locks_behind_its_barrier() {
         let m = migration();
         let g = Gen::new(&m, "public");
         assert_eq!(
             g.batch_copy(true),
             "INSERT INTO \"sales\".\"_orders_new\" (\"id\", \"comment\", \"amount\") SELECT \"id\", \"note\", CAST((amount_cents / 100.0) AS numeric) \
              FROM (SELECT \"id\", \"amount_cents\", \"note\" FROM \"sales\".\"orders\" WHERE (\"id\") > (CAST($1 AS bigint)) AND (\"id\") <= (CAST($2 AS bigint)) \
-             ORDER BY \"id\" FOR SHARE) AS t ON CONFLICT (\"id\") DO NOTHING"
+             ORDER BY \"id\") AS t ON CONFLICT (\"id\") DO NOTHING"
+        );
+        assert_eq!(
+            g.slice_opening(),
+            "SET LOCAL synchronous_commit = off; \
+             SELECT pg_advisory_xact_lock(1953854062, hashtext(E'turnout backfill \"sales\".\"_orders_new\"')); \
+             SET LOCAL lock_timeout = '200ms'"
         );
         assert_eq!(
             g.batch_bounds(false, "500"),

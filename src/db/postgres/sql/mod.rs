@@ -57,6 +57,10 @@ fn written(maps: &[Mapped], target: &TableShape) -> Vec<Mapped> {
         .collect()
 }
 
+/// First half of turnout's two-int advisory lock keys: "turn" in ASCII, so its locks are
+/// recognisable in `pg_locks` and do not collide with an application's one-int locks.
+pub(super) const LOCK_CLASS: i32 = 0x7475_726e;
+
 /// The one quoting function of this dialect: double quotes, inner quotes doubled.
 pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))

@@ -25,6 +25,9 @@ pub(in crate::db::postgres) struct Direction<'a> {
     /// duplicate (`SET b = b + 1`) would fail on the target. Deferred to the commit for
     /// the rest of the transaction, where the target's rows equal the source's again.
     deferred: Vec<String>,
+    /// The backfill barrier's key (forward only): a delete waits for the open slice, which
+    /// may have copied the row without this delete seeing it (see `backfill.rs`).
+    barrier: Option<String>,
     func: String,
     trunc_func: String,
     trigger: String,
@@ -60,6 +63,7 @@ impl<'a> Gen<'a> {
             // The shadow has no identity while rows are copied (see the module doc of `postgres`).
             overriding: false,
             deferred: Vec::new(),
+            barrier: Some(self.barrier_key()),
             func: self.rel(&self.n.func("fwd")),
             trunc_func: self.rel(&self.n.trunc_func("fwd")),
             trigger: self.n.func("fwd"),
@@ -79,6 +83,7 @@ impl<'a> Gen<'a> {
             source_columns: self.new_cols(),
             overriding: has_identity_always(&self.m.before),
             deferred: Vec::new(),
+            barrier: None,
             func: self.rel(&self.n.func("rev")),
             trunc_func: self.rel(&self.n.trunc_func("rev")),
             trigger: self.n.func("rev"),
@@ -197,9 +202,13 @@ impl<'a> Gen<'a> {
         } else {
             format!("SET CONSTRAINTS {} DEFERRED;\n  ", d.deferred.join(", "))
         };
+        let wait = match &d.barrier {
+            Some(key) => format!("PERFORM pg_advisory_xact_lock_shared({key});\n    "),
+            None => String::new(),
+        };
         let apply = format!(
-            "{defer}IF TG_OP = 'DELETE' THEN\n    DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
-             IF TG_OP = 'UPDATE' AND {} IS DISTINCT FROM {} THEN\n    DELETE FROM {target} WHERE {};\n  END IF;\n  \
+            "{defer}IF TG_OP = 'DELETE' THEN\n    {wait}DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
+             IF TG_OP = 'UPDATE' AND {} IS DISTINCT FROM {} THEN\n    {wait}DELETE FROM {target} WHERE {};\n  END IF;\n  \
              {};\n  RETURN NULL;",
             matches("OLD"),
             key_of("OLD"),
@@ -290,6 +299,17 @@ mod tests {
         assert!(!g.dual_write(&g.forward())[0].contains("EXCEPTION"));
     }
 
+    /// Before cutover a delete or key change waits for the backfill's open slice; after
+    /// it there is no backfill to wait for.
+    #[test]
+    fn only_the_forward_trigger_waits_for_the_backfill_barrier() {
+        let m = migration();
+        let g = Gen::new(&m, "public");
+        let wait = format!("pg_advisory_xact_lock_shared({})", g.barrier_key());
+        assert_eq!(g.dual_write(&g.forward())[0].matches(&wait).count(), 2);
+        assert!(!g.dual_write(&g.reverse())[0].contains("pg_advisory"));
+    }
+
     #[test]
     fn deferrable_immediate_constraints_are_deferred_on_the_target_by_their_current_names() {
         let m = migration();
@@ -318,10 +338,12 @@ mod tests {
         BEGIN
           BEGIN
           IF TG_OP = 'DELETE' THEN
+            PERFORM pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new"'));
             DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
             RETURN NULL;
           END IF;
           IF TG_OP = 'UPDATE' AND ROW(OLD."id") IS DISTINCT FROM ROW(NEW."id") THEN
+            PERFORM pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new"'));
             DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
           END IF;
           INSERT INTO "sales"."_orders_new" ("id", "comment", "amount") SELECT "id", "note", CAST((amount_cents / 100.0) AS numeric) FROM (SELECT NEW."id" AS "id", NEW."amount_cents" AS "amount_cents", NEW."note" AS "note") AS t ON CONFLICT ("id") DO UPDATE SET "comment" = EXCLUDED."comment", "amount" = EXCLUDED."amount";

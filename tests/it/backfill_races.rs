@@ -1,0 +1,305 @@
+//! The races a backfill slice runs with the application, on PostgreSQL and MariaDB: the
+//! application's deletes, key changes, updates and re-inserts of rows in a slice held open
+//! end exactly as written; and rows an open application transaction deleted or re-keyed
+//! before the slice read them do not come back. MariaDB's slice closes these races with a
+//! locking read; PostgreSQL's reads without locks behind a barrier that the forward
+//! trigger's deletes wait for (both tests fail on PostgreSQL if the trigger's wait is taken
+//! away: the deleted rows come back and verify refuses the cutover).
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Kind, Pool, TestDb, finish, ok, spawn, status_json, stderr};
+use crate::scenarios::{SEED_ROWS, compare_with_mirror, plan, seed};
+
+/// The fault point inside a slice's transaction, after its copy and checkpoint.
+fn slice_open_point(kind: Kind) -> &'static str {
+    match kind {
+        Kind::MySql => "mysql.backfill.slice.open",
+        _ => "postgres.backfill.slice.open",
+    }
+}
+
+/// Dual-write is on: the triggers on `items` are in place.
+async fn dual_writing(db: &TestDb) -> bool {
+    let count = match db.kind {
+        Kind::MySql => {
+            "SELECT CAST(count(*) AS CHAR) FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'items'"
+        }
+        _ => {
+            "SELECT count(*)::text FROM pg_trigger \
+             WHERE tgrelid = 'items'::regclass AND tgname LIKE 'turnout%fwd'"
+        }
+    };
+    let want = if db.kind == Kind::MySql { 3 } else { 1 };
+    db.one(count).await.parse::<u32>().unwrap_or(0) >= want
+}
+
+/// A slice is open: its rows cannot be locked without waiting (MariaDB), or its barrier
+/// cannot be taken (PostgreSQL).
+async fn slice_is_open(db: &TestDb) -> bool {
+    match db.kind {
+        Kind::MySql => {
+            let probe = db
+                .pool
+                .transaction(&[(
+                    "SELECT id FROM items WHERE id = ? FOR UPDATE NOWAIT".into(),
+                    vec![SEED_ROWS],
+                )])
+                .await;
+            match probe {
+                Err(e) => {
+                    assert!(e.to_string().contains("Lock wait"), "{e}");
+                    true
+                }
+                Ok(_) => false,
+            }
+        }
+        _ => {
+            db.one(
+                "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(1953854062, \
+                 hashtext('turnout backfill \"public\".\"_items_new\"')) THEN 'free' ELSE 'held' END",
+            )
+            .await
+                == "held"
+        }
+    }
+}
+
+/// One application transaction on `items` and the same on `mirror`; how long it took.
+async fn write(pool: &Pool, stmts: &[(&str, &[i64])]) -> Duration {
+    let both: Vec<(String, Vec<i64>)> = stmts
+        .iter()
+        .flat_map(|(sql, args)| {
+            [
+                (sql.to_string(), args.to_vec()),
+                (sql.replace("items", "mirror"), args.to_vec()),
+            ]
+        })
+        .collect();
+    let began = Instant::now();
+    let affected = pool.transaction(&both).await.expect("application write");
+    assert!(
+        affected.chunks(2).all(|p| p[0] == p[1] && p[0] == 1),
+        "{stmts:?} affected {affected:?}"
+    );
+    began.elapsed()
+}
+
+/// `(id, qty)` of the given rows of `items`, in key order.
+async fn ids_and_qty(db: &TestDb, ids: &str) -> Vec<(String, String)> {
+    db.rows(&format!(
+        "SELECT {}, {} FROM items WHERE id IN ({ids}) ORDER BY id",
+        db.text("id"),
+        db.text("qty")
+    ))
+    .await
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].clone().unwrap_or_default(),
+            r[1].clone().unwrap_or_default(),
+        )
+    })
+    .collect()
+}
+
+async fn writes_to_the_rows_of_a_slice_held_open_end_as_written(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-held", 3000));
+    let plan = path.to_str().expect("utf-8");
+    // The whole table in one slice, held open for 3 s after its copy and checkpoint.
+    let delay = format!("{}:3000", slice_open_point(kind));
+    let child = spawn(
+        &db,
+        &["run", plan, "--yes"],
+        &[("TURNOUT_SLICE_ROWS", "3000"), ("TURNOUT_DELAY", &delay)],
+    );
+    // The probe is taken only once dual-write is on: before, the DDL of prepare and
+    // dual-write makes it wait too.
+    let mut held = false;
+    for _ in 0..1000 {
+        if dual_writing(&db).await && slice_is_open(&db).await {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !held {
+        let out = finish(child).await;
+        panic!("the slice was never seen open: {}", stderr(&out));
+    }
+    let pool = db.pool.clone();
+    let writes = [
+        tokio::spawn({
+            let pool = pool.clone();
+            async move { write(&pool, &[("DELETE FROM items WHERE id = ?", &[10])]).await }
+        }),
+        tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                write(
+                    &pool,
+                    &[("UPDATE items SET id = ? WHERE id = ?", &[9000, 20])],
+                )
+                .await
+            }
+        }),
+        tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                write(
+                    &pool,
+                    &[(
+                        "UPDATE items SET qty = ?, tag = ? WHERE id = ?",
+                        &[777, 6, 30],
+                    )],
+                )
+                .await
+            }
+        }),
+        tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let first = write(&pool, &[("DELETE FROM items WHERE id = ?", &[40])]).await;
+                write(
+                    &pool,
+                    &[(
+                        "INSERT INTO items (id, qty, tag) VALUES (?, ?, ?)",
+                        &[40, 5, 1],
+                    )],
+                )
+                .await;
+                first
+            }
+        }),
+        tokio::spawn({
+            let pool = pool.clone();
+            // The key a re-keyed row leaves is taken again.
+            async move {
+                write(
+                    &pool,
+                    &[
+                        ("UPDATE items SET id = ? WHERE id = ?", &[9001, 50]),
+                        (
+                            "INSERT INTO items (id, qty, tag) VALUES (?, ?, ?)",
+                            &[50, 8, 2],
+                        ),
+                    ],
+                )
+                .await
+            }
+        }),
+    ];
+    for w in writes {
+        let waited = w.await.expect("write task");
+        // Each write queued behind the open slice, so the race was really run.
+        assert!(
+            waited >= Duration::from_millis(300),
+            "a write to a row of the open slice did not wait for it: {waited:?}"
+        );
+    }
+    let out = finish(child).await;
+    ok(&out, "run with a slice held open");
+    compare_with_mirror(&db, true).await;
+    let st = status_json(&db, plan).await;
+    assert_eq!(st["phase"], "done", "{st}");
+    let want = [
+        ("30", "777"),
+        ("40", "5"),
+        ("50", "8"),
+        ("9000", "60"),
+        ("9001", "150"),
+    ];
+    assert_eq!(
+        ids_and_qty(&db, "10, 20, 30, 40, 50, 9000, 9001").await,
+        want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec(),
+        "the deleted key is gone, the re-keyed rows moved, the update and re-inserts stayed"
+    );
+    db.drop().await;
+}
+
+async fn rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    seed(&db).await;
+    let path = db.plan_file("plan.yaml", &plan(kind, "items-before", 3000));
+    let plan = path.to_str().expect("utf-8");
+    // Dual-write is on and the copy has not started for 1.5 s: the application's
+    // transaction opens in that gap and commits only after the slice has begun.
+    let mut child = spawn(
+        &db,
+        &["run", plan, "--yes"],
+        &[
+            ("TURNOUT_SLICE_ROWS", "3000"),
+            ("TURNOUT_DELAY", "phase.backfill.before:1500"),
+        ],
+    );
+    for _ in 0..1000 {
+        if dual_writing(&db).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stmts: Vec<(String, Vec<i64>)> = ["items", "mirror"]
+        .into_iter()
+        .flat_map(|table| {
+            [
+                ("DELETE FROM {t} WHERE id = ?", vec![10]),
+                ("UPDATE {t} SET id = ? WHERE id = ?", vec![9000, 20]),
+                ("UPDATE {t} SET qty = ? WHERE id = ?", vec![777, 30]),
+                ("DELETE FROM {t} WHERE id = ?", vec![40]),
+                (
+                    "INSERT INTO {t} (id, qty, tag) VALUES (?, ?, ?)",
+                    vec![40, 5, 1],
+                ),
+            ]
+            .map(|(sql, args)| (sql.replace("{t}", table), args))
+        })
+        .collect();
+    let pool = db.pool.clone();
+    let application = tokio::spawn(async move {
+        pool.transaction_held(&stmts, Duration::from_millis(2500))
+            .await
+            .expect("application transaction")
+    });
+    // The slice has started by now and waits for this transaction, or (without its
+    // locking read or barrier) has copied its rows as they were before it.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert!(
+        child.try_wait().expect("turnout's status").is_none(),
+        "turnout finished before the application's transaction committed"
+    );
+    application.await.expect("application task");
+    let out = finish(child).await;
+    ok(&out, "run with the application's transaction open");
+    compare_with_mirror(&db, true).await;
+    assert_eq!(
+        ids_and_qty(&db, "10, 20, 30, 40, 9000").await,
+        [("30", "777"), ("40", "5"), ("9000", "60")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .to_vec(),
+        "the deleted and re-keyed rows did not come back"
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_writes_to_the_rows_of_a_slice_held_open_end_as_written() {
+    writes_to_the_rows_of_a_slice_held_open_end_as_written(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_to_the_rows_of_a_slice_held_open_end_as_written() {
+    writes_to_the_rows_of_a_slice_held_open_end_as_written(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone() {
+    rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone() {
+    rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone(Kind::Postgres).await;
+}
