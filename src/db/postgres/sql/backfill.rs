@@ -5,9 +5,11 @@
 use super::{Gen, LOCK_CLASS, list, literal};
 
 /// How long the copy waits for an application transaction that holds a shadow row it is
-/// copying: well under the server's `deadlock_timeout` (1 s by default), so when the two
-/// wait on each other it is the slice that gives way and is retried, not the application.
-const SLICE_LOCK_TIMEOUT: &str = "200ms";
+/// copying: half the server's `deadlock_timeout` (1 s by default), at most 200 ms, so when
+/// the two wait on each other it is the slice that gives way and is retried, never the
+/// application's transaction that the deadlock detector would abort.
+const SLICE_LOCK_TIMEOUT: &str = "SELECT set_config('lock_timeout', \
+     least(200, extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int || 'ms', true)";
 
 impl<'a> Gen<'a> {
     // --- backfill ------------------------------------------------------------------------
@@ -43,8 +45,7 @@ impl<'a> Gen<'a> {
     /// transaction that deleted a row holds it), then the bound on every later wait.
     pub(in crate::db::postgres) fn slice_opening(&self) -> String {
         format!(
-            "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); \
-             SET LOCAL lock_timeout = '{SLICE_LOCK_TIMEOUT}'",
+            "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); {SLICE_LOCK_TIMEOUT}",
             self.barrier_key()
         )
     }
@@ -87,7 +88,7 @@ mod tests {
             g.slice_opening(),
             "SET LOCAL synchronous_commit = off; \
              SELECT pg_advisory_xact_lock(1953854062, hashtext(E'turnout backfill \"sales\".\"_orders_new\"')); \
-             SET LOCAL lock_timeout = '200ms'"
+             SELECT set_config('lock_timeout', least(200, extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int || 'ms', true)"
         );
         assert_eq!(
             g.batch_bounds(false, "500"),
