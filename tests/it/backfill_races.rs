@@ -4,7 +4,9 @@
 //! before the slice read them do not come back. MariaDB's slice closes these races with a
 //! locking read; PostgreSQL's reads without locks behind a barrier that the forward
 //! trigger's deletes wait for (both tests fail on PostgreSQL if the trigger's wait is taken
-//! away: the deleted rows come back and verify refuses the cutover).
+//! away: the deleted rows come back and verify refuses the cutover). On PostgreSQL, a row
+//! the triggers write while a slice's copy statement runs is kept, not overwritten and not
+//! a failed backfill (the copy without `ON CONFLICT` fails on it and is done again with it).
 
 use std::time::{Duration, Instant};
 
@@ -280,6 +282,69 @@ async fn rows_deleted_and_rekeyed_before_a_slice_reads_them_stay_gone(kind: Kind
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .to_vec(),
         "the deleted and re-keyed rows did not come back"
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_row_the_triggers_write_while_a_slice_copies_is_kept() {
+    let db = TestDb::new(Kind::Postgres).await;
+    seed(&db).await;
+    // Row 1's mapping sleeps, so the slice's copy statement (its snapshot taken) is still
+    // running when the application updates row 2000 of the same slice.
+    let path = db.plan_file(
+        "plan.yaml",
+        "version: 1
+name: items-sleepy
+table: items
+changes:
+  - add_column: {name: total, type: bigint, from: 'CASE WHEN id = 1 THEN (SELECT qty * 2 FROM pg_sleep(1.5)) ELSE qty * 2 END'}
+backfill:
+  batch_size: 3000
+",
+    );
+    let plan = path.to_str().expect("utf-8");
+    let child = spawn(
+        &db,
+        &["run", plan, "--yes"],
+        &[("TURNOUT_SLICE_ROWS", "3000")],
+    );
+    let sleeping = "SELECT count(*)::text FROM pg_stat_activity \
+                    WHERE wait_event = 'PgSleep' AND query LIKE 'INSERT INTO \"public\".\"_items_new\"%'";
+    let mut copying = false;
+    for _ in 0..2000 {
+        if db.one(sleeping).await != "0" {
+            copying = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !copying {
+        let out = finish(child).await;
+        panic!("the slice's copy was never seen running: {}", stderr(&out));
+    }
+    let waited = write(
+        &db.pool,
+        &[("UPDATE items SET qty = ? WHERE id = ?", &[777, SEED_ROWS])],
+    )
+    .await;
+    assert!(
+        db.one(sleeping).await != "0",
+        "the copy statement ended before the application's write ({waited:?}), so the race was not run"
+    );
+    let out = finish(child).await;
+    ok(&out, "run with a trigger's row written under the copy");
+    let pairs = |table: &str| format!("SELECT id::text, qty::text FROM {table} ORDER BY id");
+    assert_eq!(
+        db.rows(&pairs("items")).await,
+        db.rows(&pairs("mirror")).await
+    );
+    assert_eq!(
+        db.one(&format!(
+            "SELECT total::text FROM items WHERE id = {SEED_ROWS}"
+        ))
+        .await,
+        "1554"
     );
     db.drop().await;
 }

@@ -10,8 +10,11 @@
 //! checkpoint, which the application's commits then wait to flush). Why the shadow still
 //! ends exactly as the application wrote, for a row R of the slice's key range:
 //!
-//! - The slice inserts R as its snapshot saw it, `ON CONFLICT DO NOTHING`: a row already in
-//!   the shadow came from the triggers and is newer. An application write to R whose
+//! - The slice inserts R as its snapshot saw it unless the shadow holds R already: that row
+//!   came from the triggers and is newer. (A trigger's row of the range committed after the
+//!   snapshot, or still open, makes the insert fail on the shadow's key or wait for it; the
+//!   slice is then copied again `ON CONFLICT DO NOTHING`, which skips such a row in the
+//!   same way, slower.) An application write to R whose
 //!   trigger runs while the slice's insert of R is uncommitted waits for it on the shadow's
 //!   key (at most one slice, about 20 ms) and then overwrites it; one whose trigger ran
 //!   first has its row kept, or, if it rolled back, leaves the slice to insert R as it is.
@@ -189,6 +192,8 @@ impl Postgres {
         let limit = limit.max(1);
         let mut attempt = 0;
         let mut waits = 0;
+        // The copy without ON CONFLICT first (see `Gen::batch_copy_absent`).
+        let mut careful = false;
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await.map_err(ctx)?;
@@ -215,12 +220,23 @@ impl Postgres {
             let last_text: String = bounds.get(1);
             let last_cursor = parse_cursor(&last_text)?;
             let last = cursor_values(&last_cursor, m.key.len())?;
-            let mut q = sqlx::query(sql(g.batch_copy(cursor.is_some())));
+            let copy = if careful {
+                g.batch_copy(cursor.is_some())
+            } else {
+                g.batch_copy_absent(cursor.is_some())
+            };
+            let mut q = sqlx::query(sql(copy));
             if let Some(c) = &cursor {
                 q = bind_texts(q, c);
             }
             match bind_texts(q, &last).execute(&mut *tx).await {
                 Ok(_) => {}
+                // A trigger wrote a row of the range after the slice's snapshot.
+                Err(e) if !careful && sqlstate(&e).as_deref() == Some("23505") => {
+                    drop(tx);
+                    careful = true;
+                    continue;
+                }
                 Err(e) if is_conflict(&e) && attempt < BATCH_ATTEMPTS => {
                     drop(tx);
                     tracing::info!(

@@ -2,7 +2,7 @@
 //! of the next slice, then the copy of exactly that key range, read without locks, into
 //! the shadow.
 
-use super::{Gen, LOCK_CLASS, list, literal};
+use super::{Gen, LOCK_CLASS, list, literal, quote};
 
 /// How long the copy waits for an application transaction that holds a shadow row it is
 /// copying: half the server's `deadlock_timeout` (1 s by default), at most 200 ms, so when
@@ -67,6 +67,32 @@ impl<'a> Gen<'a> {
     pub(in crate::db::postgres) fn batch_copy(&self, has_cursor: bool) -> String {
         self.upsert(&self.forward(), &self.batch_rows(has_cursor), false)
     }
+
+    /// The same copy without `ON CONFLICT`, which costs about two thirds more per row: the
+    /// rows the slice's snapshot already sees in the shadow are left out by their key (a
+    /// key keeps its values, see `keys`). A trigger's row committed after that snapshot
+    /// makes it fail on the shadow's key, and the slice is then copied again with
+    /// [`Gen::batch_copy`].
+    pub(in crate::db::postgres) fn batch_copy_absent(&self, has_cursor: bool) -> String {
+        let live = self.live();
+        let absent = self
+            .new_key()
+            .iter()
+            .zip(self.old_key())
+            .map(|(new, old)| format!("s.{} = {live}.{}", quote(new), quote(old)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let key = self.old_key();
+        let rows = format!(
+            "SELECT {} FROM {live} WHERE {} AND NOT EXISTS (SELECT 1 FROM {} AS s WHERE {absent}) ORDER BY {}",
+            list(&self.old_cols()),
+            self.range("", &key, has_cursor, true),
+            self.shadow(),
+            self.order("", &key, false)
+        );
+        // As the forward direction writes: no identity on the shadow while rows are copied.
+        self.insert_select(&self.shadow(), &self.forward_written(), false, &rows)
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +109,13 @@ mod tests {
             "INSERT INTO \"sales\".\"_orders_new\" (\"id\", \"comment\", \"amount\") SELECT \"id\", \"note\", CAST((amount_cents / 100.0) AS numeric) \
              FROM (SELECT \"id\", \"amount_cents\", \"note\" FROM \"sales\".\"orders\" WHERE (\"id\") > (CAST($1 AS bigint)) AND (\"id\") <= (CAST($2 AS bigint)) \
              ORDER BY \"id\") AS t ON CONFLICT (\"id\") DO NOTHING"
+        );
+        assert_eq!(
+            g.batch_copy_absent(true),
+            "INSERT INTO \"sales\".\"_orders_new\" (\"id\", \"comment\", \"amount\") SELECT \"id\", \"note\", CAST((amount_cents / 100.0) AS numeric) \
+             FROM (SELECT \"id\", \"amount_cents\", \"note\" FROM \"sales\".\"orders\" WHERE (\"id\") > (CAST($1 AS bigint)) AND (\"id\") <= (CAST($2 AS bigint)) \
+             AND NOT EXISTS (SELECT 1 FROM \"sales\".\"_orders_new\" AS s WHERE s.\"id\" = \"sales\".\"orders\".\"id\") \
+             ORDER BY \"id\") AS t"
         );
         assert_eq!(
             g.slice_opening(),
