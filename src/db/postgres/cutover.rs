@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::errors::{is_conflict, is_lock_timeout};
-use super::sql::{CutoverFacts, Gen, Grant, KeyType, RollbackFacts, qualified, quote};
+use super::sql::{CutoverFacts, Gen, Grant, KeyType, RollbackFacts, lock_wait, qualified, quote};
 use super::state::save_in;
 use super::{Postgres, run_all, sql};
 
@@ -80,12 +80,9 @@ impl Postgres {
         }
         let mut tx = self.pool.begin().await.map_err(ctx)?;
         let attempt: std::result::Result<(), sqlx::Error> = async {
-            sqlx::raw_sql(sql(format!(
-                "SET LOCAL lock_timeout = '{}ms'",
-                lock_timeout.as_millis().max(1)
-            )))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::raw_sql(sql(lock_wait(lock_timeout)))
+                .execute(&mut *tx)
+                .await?;
             // What a share lock freezes is read while the application still runs; then
             // every exclusive lock, then the facts that need it, each table's after the
             // previous table's statements.
@@ -271,12 +268,9 @@ impl Postgres {
                 // so a lock cycle with the application ends in this transaction's lock
                 // timeout, retried, never in the deadlock detector aborting the
                 // application's; and a write queued behind a request waits that long at most.
-                sqlx::raw_sql(sql(format!(
-                    "SET LOCAL lock_timeout = '{}ms'",
-                    ROLLBACK_LOCK_WAIT.as_millis()
-                )))
-                .execute(&mut *tx)
-                .await?;
+                sqlx::raw_sql(sql(lock_wait(ROLLBACK_LOCK_WAIT)))
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::raw_sql(sql(format!(
                     "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
                     relations.join(", ")

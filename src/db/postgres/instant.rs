@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::errors::{is_conflict, is_lock_timeout};
 use super::sql::instant as isql;
+use super::sql::lock_wait;
 use super::state::save_in;
 use super::{Postgres, run_all, sql};
 use crate::db::{CutoverOutcome, InstantStep, InstantVerdict, StateRow};
@@ -65,12 +66,9 @@ impl Postgres {
         let ctx = |e| Error::db(format!("instant change of {}", m.table), e);
         let mut tx = self.pool.begin().await.map_err(ctx)?;
         let attempt: std::result::Result<(), sqlx::Error> = async {
-            sqlx::raw_sql(sql(format!(
-                "SET LOCAL lock_timeout = '{}ms'",
-                lock_timeout.as_millis().max(1)
-            )))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::raw_sql(sql(lock_wait(lock_timeout)))
+                .execute(&mut *tx)
+                .await?;
             run_all(&mut tx, statements).await
         }
         .await;

@@ -49,8 +49,8 @@ use crate::error::{Error, Result};
 use crate::schema::{Migration, TableShape};
 
 use errors::{is_conflict, is_lock_timeout};
-use sql::Gen;
 pub use sql::quote;
+use sql::{Gen, lock_wait};
 use state::save_sql;
 
 /// DDL that needs a brief lock on the live table (triggers, drops) waits at most this
@@ -153,12 +153,9 @@ impl Postgres {
             attempt += 1;
             let result: std::result::Result<(), sqlx::Error> = async {
                 let mut tx = self.pool.begin().await?;
-                sqlx::raw_sql(sql(format!(
-                    "SET LOCAL lock_timeout = '{}ms'",
-                    DDL_LOCK_TIMEOUT.as_millis()
-                )))
-                .execute(&mut *tx)
-                .await?;
+                sqlx::raw_sql(sql(lock_wait(DDL_LOCK_TIMEOUT)))
+                    .execute(&mut *tx)
+                    .await?;
                 run_all(&mut tx, stmts).await?;
                 if let Some(point) = fault {
                     crate::fault::point(point);

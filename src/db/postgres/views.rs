@@ -6,7 +6,7 @@
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::sql::{Gen, MatviewIndex, View};
+use super::sql::{Gen, MatviewIndex, View, lock_wait};
 use super::{DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, Postgres, run_all, sql};
 use crate::error::{Error, Result};
 
@@ -398,12 +398,9 @@ impl Postgres {
             attempt += 1;
             let result: std::result::Result<(), sqlx::Error> = async {
                 let mut tx = self.pool.begin().await?;
-                sqlx::raw_sql(sql(format!(
-                    "SET LOCAL lock_timeout = '{}ms'",
-                    DDL_LOCK_TIMEOUT.as_millis()
-                )))
-                .execute(&mut *tx)
-                .await?;
+                sqlx::raw_sql(sql(lock_wait(DDL_LOCK_TIMEOUT)))
+                    .execute(&mut *tx)
+                    .await?;
                 // `LOCK TABLE` does not take materialized views; the drop that follows
                 // in this transaction takes its lock.
                 let v = matview_now(&mut tx, schema, oid).await?;

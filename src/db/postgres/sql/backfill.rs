@@ -2,14 +2,11 @@
 //! of the next slice, then the copy of exactly that key range, read without locks, into
 //! the shadow.
 
-use super::{Gen, LOCK_CLASS, list, literal, quote};
+use super::{Gen, LOCK_CLASS, list, literal, lock_wait, quote};
 
 /// How long the copy waits for an application transaction that holds a shadow row it is
-/// copying: half the server's `deadlock_timeout` (1 s by default), at most 200 ms, so when
-/// the two wait on each other it is the slice that gives way and is retried, never the
-/// application's transaction that the deadlock detector would abort.
-const SLICE_LOCK_TIMEOUT: &str = "SELECT set_config('lock_timeout', \
-     least(200, extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int || 'ms', true)";
+/// copying, at most (see [`lock_wait`]): the slice gives way and is retried.
+const SLICE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl<'a> Gen<'a> {
     // --- backfill ------------------------------------------------------------------------
@@ -45,8 +42,9 @@ impl<'a> Gen<'a> {
     /// transaction that deleted a row holds it), then the bound on every later wait.
     pub(in crate::db::postgres) fn slice_opening(&self) -> String {
         format!(
-            "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); {SLICE_LOCK_TIMEOUT}",
-            self.barrier_key()
+            "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); {}",
+            self.barrier_key(),
+            lock_wait(SLICE_LOCK_WAIT)
         )
     }
 
@@ -123,7 +121,7 @@ mod tests {
             g.slice_opening(),
             "SET LOCAL synchronous_commit = off; \
              SELECT pg_advisory_xact_lock(1953854062, hashtext(E'turnout backfill \"sales\".\"_orders_new\"')); \
-             SELECT set_config('lock_timeout', least(200, extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int || 'ms', true)"
+             SELECT set_config('lock_timeout', greatest(1, least(200, extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500))::int || 'ms', true)"
         );
         assert_eq!(
             g.batch_bounds(false, "500"),

@@ -61,6 +61,19 @@ fn written(maps: &[Mapped], target: &TableShape) -> Vec<Mapped> {
 /// recognisable in `pg_locks` and do not collide with an application's one-int locks.
 pub(super) const LOCK_CLASS: i32 = 0x7475_726e;
 
+/// `lock_timeout` for the rest of the transaction: `wait`, or half the server's
+/// `deadlock_timeout` if that is shorter, so that when one of turnout's lock waits and an
+/// application transaction's wait on each other it is turnout's that times out (and is
+/// retried), never the application's that the deadlock detector aborts. turnout's waits
+/// are tens of milliseconds; a server may set `deadlock_timeout` lower than that.
+pub(super) fn lock_wait(wait: std::time::Duration) -> String {
+    format!(
+        "SELECT set_config('lock_timeout', greatest(1, least({}, \
+         extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500))::int || 'ms', true)",
+        wait.as_millis().max(1)
+    )
+}
+
 /// The one quoting function of this dialect: double quotes, inner quotes doubled.
 pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -452,6 +465,18 @@ pub(super) fn preview(m: &Migration, home: &str) -> Vec<PhaseSql> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every lock wait of turnout's is capped by half the server's deadlock_timeout, and
+    /// never becomes 0 (which would mean no bound at all).
+    #[test]
+    fn a_lock_wait_is_capped_by_half_the_deadlock_timeout_and_never_unbounded() {
+        assert_eq!(
+            lock_wait(std::time::Duration::from_millis(50)),
+            "SELECT set_config('lock_timeout', greatest(1, least(50, \
+             extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500))::int || 'ms', true)"
+        );
+        assert!(lock_wait(std::time::Duration::ZERO).contains("least(1,"));
+    }
     use crate::plan::OnError;
     use crate::schema::{Index, KeyColumn, Mapped, Source};
 
