@@ -90,20 +90,12 @@ async fn write(pool: &Pool, stmts: &[(&str, &[i64])]) -> Duration {
 
 /// `(id, qty)` of the given rows of `items`, in key order.
 async fn ids_and_qty(db: &TestDb, ids: &str) -> Vec<(String, String)> {
-    db.rows(&format!(
+    db.pairs(&format!(
         "SELECT {}, {} FROM items WHERE id IN ({ids}) ORDER BY id",
         db.text("id"),
         db.text("qty")
     ))
     .await
-    .into_iter()
-    .map(|r| {
-        (
-            r[0].clone().unwrap_or_default(),
-            r[1].clone().unwrap_or_default(),
-        )
-    })
-    .collect()
 }
 
 async fn writes_to_the_rows_of_a_slice_held_open_end_as_written(kind: Kind) {

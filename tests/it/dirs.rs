@@ -95,16 +95,7 @@ async fn columns(db: &TestDb) -> Vec<(String, String)> {
             "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS WHERE TABLE_NAME = 'items' AND TABLE_SCHEMA = DATABASE() ORDER BY 1"
         }
     };
-    db.rows(sql)
-        .await
-        .into_iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                r[1].clone().unwrap_or_default(),
-            )
-        })
-        .collect()
+    db.pairs(sql).await
 }
 
 fn names(cols: &[(String, String)]) -> Vec<&str> {

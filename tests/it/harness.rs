@@ -158,6 +158,20 @@ impl TestDb {
         self.pool.rows(sql).await
     }
 
+    /// The first two columns of every row of a query, as text ("" for NULL).
+    pub async fn pairs(&self, sql: &str) -> Vec<(String, String)> {
+        self.rows(sql)
+            .await
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].clone().unwrap_or_default(),
+                    r[1].clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// `CAST(expr AS text)` in this dialect.
     /// The first column of the first row a query returns, as text ("" for NULL).
     pub async fn one(&self, sql: &str) -> String {

@@ -14,10 +14,10 @@
 //!   came from the triggers and is newer. (A trigger's row of the range committed after the
 //!   snapshot, or still open, makes the insert fail on the shadow's key or wait for it; the
 //!   slice is then copied again `ON CONFLICT DO NOTHING`, which skips such a row in the
-//!   same way, slower.) An application write to R whose
-//!   trigger runs while the slice's insert of R is uncommitted waits for it on the shadow's
-//!   key (at most one slice, about 20 ms) and then overwrites it; one whose trigger ran
-//!   first has its row kept, or, if it rolled back, leaves the slice to insert R as it is.
+//!   same way, slower.) An application write to R whose trigger runs while the slice's
+//!   insert of R is uncommitted waits for it on the shadow's key (at most one slice, about
+//!   20 ms) and then overwrites it; one whose trigger ran first has its row kept, or, if it
+//!   rolled back, leaves the slice to insert R as it is.
 //! - A delete of R (or a change of its key) is the one write the slice could undo: its
 //!   trigger's `DELETE` cannot see the slice's uncommitted insert of R, which would then
 //!   commit a row the application deleted. So the slice holds an advisory lock (the
@@ -29,7 +29,7 @@
 //! - The barrier is the slice's first statement, before it touches the shadow, so a
 //!   deleting transaction waiting for the barrier holds nothing the slice waits for unless
 //!   it also wrote a shadow row of the slice's range; for that cycle the slice's later waits
-//!   are bounded (`lock_timeout` well under the server's `deadlock_timeout`) and it is the
+//!   are bounded (`lock_timeout` at most half the server's `deadlock_timeout`) and it is the
 //!   slice that gives way and is retried.
 //!
 //! An application transaction at REPEATABLE READ or SERIALIZABLE whose snapshot predates a
