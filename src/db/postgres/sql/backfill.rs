@@ -49,11 +49,11 @@ impl<'a> Gen<'a> {
     }
 
     /// The live rows of one slice, read without locks: no application write waits on the
-    /// live table for the backfill.
-    fn batch_rows(&self, has_cursor: bool) -> String {
+    /// live table for the backfill. `also`: a further condition on them, or "".
+    fn batch_rows(&self, has_cursor: bool, also: &str) -> String {
         let key = self.old_key();
         format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {}",
+            "SELECT {} FROM {} WHERE {}{also} ORDER BY {}",
             list(&self.old_cols()),
             self.live(),
             self.range("", &key, has_cursor, true),
@@ -63,16 +63,16 @@ impl<'a> Gen<'a> {
 
     /// Rows already in the shadow came from the triggers and are newer: DO NOTHING.
     pub(in crate::db::postgres) fn batch_copy(&self, has_cursor: bool) -> String {
-        self.upsert(&self.forward(), &self.batch_rows(has_cursor), false)
+        self.upsert(&self.forward(), &self.batch_rows(has_cursor, ""), false)
     }
 
     /// The same copy without `ON CONFLICT`, which costs about two thirds more per row: the
     /// rows the slice's snapshot already sees in the shadow are left out by their key (a
     /// key keeps its values, see `keys`), each looked up in the shadow's key index by a
-    /// scalar subquery: as `NOT EXISTS` the planner may hash the whole shadow instead, for
-    /// every slice, when the range's bounds are parameters. A trigger's row committed after that snapshot
-    /// makes it fail on the shadow's key, and the slice is then copied again with
-    /// [`Gen::batch_copy`].
+    /// scalar subquery (as `NOT EXISTS`, with the range's bounds as parameters, the planner
+    /// may hash the whole shadow for every slice instead). A trigger's row committed after
+    /// that snapshot makes it fail on the shadow's key, and the slice is then copied again
+    /// with [`Gen::batch_copy`].
     pub(in crate::db::postgres) fn batch_copy_absent(&self, has_cursor: bool) -> String {
         let live = self.live();
         let absent = self
@@ -82,13 +82,12 @@ impl<'a> Gen<'a> {
             .map(|(new, old)| format!("s.{} = {live}.{}", quote(new), quote(old)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let key = self.old_key();
-        let rows = format!(
-            "SELECT {} FROM {live} WHERE {} AND (SELECT 1 FROM {} AS s WHERE {absent}) IS NULL ORDER BY {}",
-            list(&self.old_cols()),
-            self.range("", &key, has_cursor, true),
-            self.shadow(),
-            self.order("", &key, false)
+        let rows = self.batch_rows(
+            has_cursor,
+            &format!(
+                " AND (SELECT 1 FROM {} AS s WHERE {absent}) IS NULL",
+                self.shadow()
+            ),
         );
         // As the forward direction writes: no identity on the shadow while rows are copied.
         self.insert_select(&self.shadow(), &self.forward_written(), false, &rows)
