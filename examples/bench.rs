@@ -7,7 +7,9 @@
 //!    its primary key, the secondary indexes built afterwards;
 //! 2. turnout, phase by phase (the release binary under `/usr/bin/time -v` for its peak
 //!    memory), while a writer makes 200 single-row transactions a second (50 % updates,
-//!    30 % inserts, 20 % deletes) and records how long each one waited and whether it failed;
+//!    30 % inserts, 20 % deletes) and records how long each one waited and whether it failed
+//!    (the writer runs alone for 3 s first: its longest wait then is the floor the
+//!    migration's waits are read against);
 //! 3. the anchor tool on a fresh copy of the table with the same writer: pg_repack on
 //!    PostgreSQL, pt-online-schema-change on MariaDB (installed with apt-get when missing).
 //!
@@ -19,6 +21,7 @@
 //! ./target/release/examples/bench postgres 1000000 4000000
 //! ./target/release/examples/bench mysql 1000000
 //! ./target/release/examples/bench sqlite 1000000          (no anchor on SQLite)
+//! TURNOUT_COPIERS=1 before it: the backfill's slices one at a time instead of two
 //! add --no-anchor to skip the anchor tool, --blocker to run turnout a second time on a
 //! fresh table with another session holding a read of it for 3 s from the start of the
 //! cutover (the scenario of the blocker-aware cutover), --instant to run, on a fresh table
@@ -540,7 +543,11 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, b
     } else {
         String::new()
     };
-    let alone = window(&all, Duration::ZERO, start.saturating_sub(Duration::from_millis(100)));
+    let alone = window(
+        &all,
+        Duration::ZERO,
+        start.saturating_sub(Duration::from_millis(100)),
+    );
     println!(
         "[{name} {rows}] writer alone for {WRITER_ALONE:?}: longest wait {:.1} ms, {} writes",
         longest_ms(&alone),

@@ -267,6 +267,10 @@ impl Pool {
                         Err(e) => {
                             // The caller sees the transaction fail; this says which statement.
                             eprintln!("transaction failed at {sql}: {e}");
+                            // Now, not when the pool next hands the connection out: until
+                            // then the open transaction holds the table's metadata lock,
+                            // which a cutover waits for.
+                            let _ = tx.rollback().await;
                             return Err(e);
                         }
                     }

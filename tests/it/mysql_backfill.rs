@@ -15,13 +15,14 @@ async fn mysql_a_kill_between_two_slices_of_a_batch_resumes_after_the_last_one()
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 31);
     writer.wait_for(5).await;
-    // Batches of 400 rows in slices of 40: the 14th slice is the 4th of the second batch.
+    // Batches of 400 rows in slices of 40, two at a time: the 7th pair is the 2nd of the
+    // second batch.
     let child = spawn(
         &db,
         &["run", plan, "--yes"],
         &[
             ("TURNOUT_SLICE_ROWS", "40"),
-            ("TURNOUT_FAULT", "mysql.backfill.slice@14"),
+            ("TURNOUT_FAULT", "mysql.backfill.slice@7"),
         ],
     );
     let out = finish(child).await;
@@ -52,8 +53,17 @@ async fn mysql_a_batch_is_sliced_without_any_forced_size() {
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 41);
     writer.wait_for(5).await;
-    // Before any slice is timed a slice is 1,000 rows: the first batch of 2,000 has two.
-    let out = db.turnout(&["run", plan, "--yes"], Some("mysql.backfill.slice@1"));
+    // Before any slice is timed a slice is 1,000 rows: with one copier the first batch of
+    // 2,000 has two.
+    let child = spawn(
+        &db,
+        &["run", plan, "--yes"],
+        &[
+            ("TURNOUT_COPIERS", "1"),
+            ("TURNOUT_FAULT", "mysql.backfill.slice@1"),
+        ],
+    );
+    let out = finish(child).await;
     assert!(stderr(&out).contains("fault injected"), "{}", stderr(&out));
     let st = status_json(&db, plan).await;
     assert_eq!(st["backfill"]["rows_copied"], 1000, "{st}");

@@ -71,13 +71,14 @@ async fn postgres_a_kill_between_two_slices_of_a_batch_resumes_after_the_last_on
     let plan = path.to_str().expect("utf-8");
     let writer = Writer::start(db.pool.clone(), "items", "mirror", SEED_ROWS, 31);
     writer.wait_for(5).await;
-    // Batches of 300 rows in slices of 40: the 12th slice is the 4th of the second batch.
+    // Batches of 300 rows in slices of 40, two at a time (40 + 40, … , 40 + 20): the 6th
+    // pair is the 2nd of the second batch.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
         .args(["run", plan, "--yes"])
         .env("DATABASE_URL", &db.url)
         .env_remove("RUST_LOG")
         .env("TURNOUT_SLICE_ROWS", "40")
-        .env("TURNOUT_FAULT", "postgres.backfill.slice@12")
+        .env("TURNOUT_FAULT", "postgres.backfill.slice@6")
         .output()
         .expect("run turnout");
     assert!(stderr(&out).contains("fault injected"), "{}", stderr(&out));

@@ -4,6 +4,15 @@
 //! is narrowed to the key and column that made it fail. After the last batch the deferred
 //! indexes are built concurrently (`sql/shadow.rs`).
 //!
+//! Slices go two at a time (the copiers), each on its own connection: the second copies
+//! the range after the first's, from the last key the first has read, and every retry of
+//! the first copies exactly that range, so the two leave no gap. The first commits the
+//! checkpoint of its range; the pair's is saved once both have committed. A crash before
+//! that resumes from the first's checkpoint and copies the second range again, which
+//! leaves out every row the shadow holds (they came from that slice or from the triggers,
+//! and the triggers have kept them current since). One copier takes 1M rows in 5.2 s of
+//! the benchmark, two in 3.9 s.
+//!
 //! A slice reads the live rows without locking them, so no application write waits on the
 //! live table for the backfill, and the copy writes nothing there (a share lock would mark
 //! every row it copies: a WAL record each, and a full-page image of every page after each
@@ -21,8 +30,8 @@
 //! - A delete of R (or a change of its key) is the one write the slice could undo: its
 //!   trigger's `DELETE` cannot see the slice's uncommitted insert of R, which would then
 //!   commit a row the application deleted. So the slice holds an advisory lock (the
-//!   barrier) exclusively for its whole transaction, and the forward trigger takes it shared
-//!   before deleting from the shadow. A delete during a slice waits for that slice to
+//!   barrier, one per copier) exclusively for its whole transaction, and the forward trigger
+//!   takes every copier's shared before deleting from the shadow. A delete during a slice waits for that slice to
 //!   commit and then deletes what it copied; a slice opened after a delete waits until the
 //!   deleting transaction ends (its shared lock lasts as long), so its snapshot no longer
 //!   holds R. Either way the deleted row cannot come back.
@@ -42,7 +51,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 
 use super::errors::{db_message, is_conflict, is_lock_timeout, sqlstate};
-use super::sql::{Gen, full_cast, list, loose_cast, quote};
+use super::sql::{COPIERS, Gen, full_cast, list, loose_cast, quote};
 use super::state::save_in;
 use super::{Postgres, bind_texts, sql};
 use crate::db::{BatchDone, Cursor, StateRow, render_source};
@@ -60,6 +69,15 @@ const SLICE_WAIT_ATTEMPTS: u32 = 300;
 /// How long one slice of a batch holds its rows: the longest an application write to one
 /// of them waits for the backfill.
 pub(super) const SLICE_TIME: Duration = Duration::from_millis(20);
+
+/// How many slices copy at once (at most [`COPIERS`]): `TURNOUT_COPIERS`, else two.
+fn copiers() -> usize {
+    std::env::var("TURNOUT_COPIERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(COPIERS)
+        .clamp(1, COPIERS)
+}
 
 /// The first slice's rows, before any slice has been timed.
 pub(super) const FIRST_SLICE_ROWS: u64 = 1_000;
@@ -128,7 +146,8 @@ impl Postgres {
 
     /// One batch of the engine's, committed in slices of about [`SLICE_TIME`] each with its
     /// checkpoint, so an application write that must wait for the backfill (see the module
-    /// doc) waits for one slice, not for the whole batch.
+    /// doc) waits for one slice, not for the whole batch. The slices go by [`copiers`] at a
+    /// time over consecutive key ranges, each on its own connection.
     pub(super) async fn copy_next_batch(
         &self,
         m: &Migration,
@@ -149,26 +168,66 @@ impl Postgres {
                 fixed => fixed,
             }
             .min(limit - done.rows);
+            let second_want = match copiers() {
+                1 => 0,
+                _ => want.min(limit - done.rows - want),
+            };
             let t0 = Instant::now();
-            let slice = self
-                .copy_slice(m, done.last.as_ref(), want, &|d: &BatchDone| {
-                    checkpoint(&BatchDone {
-                        rows: done.rows + d.rows,
-                        last: d.last.clone().or_else(|| done.last.clone()),
-                        rest: Duration::ZERO,
-                    })
-                })
-                .await?;
-            if slice.rows == want {
+            let base = done.clone();
+            let at = |d: &BatchDone| BatchDone {
+                rows: base.rows + d.rows,
+                last: d.last.clone().or_else(|| base.last.clone()),
+                rest: Duration::ZERO,
+            };
+            let first_checkpoint = |d: &BatchDone| checkpoint(&at(d));
+            let (tell, told) = tokio::sync::oneshot::channel();
+            let first = self.copy_slice(
+                m,
+                done.last.as_ref(),
+                want,
+                0,
+                Some(&first_checkpoint),
+                Some(tell),
+            );
+            // The second slice starts where the first one's range ends, as soon as the
+            // first has read it.
+            let second = async {
+                match told.await {
+                    Ok(Some(from)) if second_want > 0 => Some(
+                        self.copy_slice(m, Some(&from), second_want, 1, None, None)
+                            .await,
+                    ),
+                    _ => None,
+                }
+            };
+            let (first, second) = tokio::join!(first, second);
+            let first = first?;
+            let second = second.transpose()?;
+            if first.rows == want {
                 self.slice_rows
                     .store(next_slice(want, t0.elapsed()), Ordering::Relaxed);
             }
-            crate::fault::point("postgres.backfill.slice");
-            done.rows += slice.rows;
-            if slice.last.is_some() {
-                done.last = slice.last;
+            done.rows += first.rows;
+            if first.last.is_some() {
+                done.last = first.last;
             }
-            if slice.rows < want || done.rows >= limit {
+            let mut full = first.rows == want;
+            if let Some(second) = second {
+                done.rows += second.rows;
+                if second.last.is_some() {
+                    done.last = second.last;
+                }
+                full = full && second.rows == second_want;
+                // Its checkpoint only now that the first slice's rows are committed too: a
+                // crash before it copies the second range again, which leaves out what
+                // the shadow holds.
+                if second.rows > 0 {
+                    crate::fault::point("postgres.backfill.pair.unsaved");
+                    self.save_checkpoint(&checkpoint(&done)).await?;
+                }
+            }
+            crate::fault::point("postgres.backfill.slice");
+            if !full || done.rows >= limit {
                 if done.rows == 0 {
                     done.last = None;
                 }
@@ -177,14 +236,30 @@ impl Postgres {
         }
     }
 
-    /// Copies up to `limit` rows after `after` in one transaction, committed with the
-    /// checkpoint of what it copied.
+    /// A checkpoint in a transaction of its own, which a crash may lose like a slice's.
+    async fn save_checkpoint(&self, row: &StateRow) -> Result<()> {
+        let ctx = |e| Error::db("saving the backfill checkpoint", e);
+        let mut tx = self.pool.begin().await.map_err(ctx)?;
+        sqlx::raw_sql("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx)?;
+        save_in(&mut tx, &self.home, row).await?;
+        tx.commit().await.map_err(ctx)
+    }
+
+    /// Copies up to `limit` rows after `after` in one transaction behind copier `copier`'s
+    /// barrier, committed with the checkpoint of what it copied when given one. `tell`
+    /// learns the range's last key (None: no rows) once it is read; every attempt of the
+    /// slice then copies exactly that range, so a slice started from it leaves no gap.
     async fn copy_slice(
         &self,
         m: &Migration,
         after: Option<&Cursor>,
         limit: u64,
-        checkpoint: &(dyn Fn(&BatchDone) -> StateRow + Sync),
+        copier: usize,
+        checkpoint: Option<&(dyn Fn(&BatchDone) -> StateRow + Sync)>,
+        mut tell: Option<tokio::sync::oneshot::Sender<Option<Cursor>>>,
     ) -> Result<BatchDone> {
         let g = self.gen_for(m);
         let ctx = |e| Error::db(format!("backfill of {}", m.table), e);
@@ -194,31 +269,51 @@ impl Postgres {
         let mut waits = 0;
         // The copy without ON CONFLICT first (see `Gen::batch_copy_absent`).
         let mut careful = false;
+        // The range's size and last key, read by the first attempt.
+        let mut range: Option<Option<(i64, String)>> = None;
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await.map_err(ctx)?;
-            sqlx::raw_sql(sql(g.slice_opening()))
+            sqlx::raw_sql(sql(g.slice_opening(copier)))
                 .execute(&mut *tx)
                 .await
                 .map_err(ctx)?;
-            let mut q = sqlx::query(sql(g.batch_bounds(cursor.is_some(), &limit.to_string())));
-            if let Some(c) = &cursor {
-                q = bind_texts(q, c);
-            }
-            let bounds = q.fetch_optional(&mut *tx).await.map_err(ctx)?;
-            let Some(bounds) = bounds else {
+            let bounds = match &range {
+                Some(known) => known.clone(),
+                None => {
+                    let mut q =
+                        sqlx::query(sql(g.batch_bounds(cursor.is_some(), &limit.to_string())));
+                    if let Some(c) = &cursor {
+                        q = bind_texts(q, c);
+                    }
+                    let read = q
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(ctx)?
+                        .map(|b| (b.get::<i64, _>(0), b.get::<String, _>(1)));
+                    range = Some(read.clone());
+                    read
+                }
+            };
+            let Some((rows, last_text)) = bounds else {
+                if let Some(tell) = tell.take() {
+                    let _ = tell.send(None);
+                }
                 let done = BatchDone {
                     rows: 0,
                     last: None,
                     rest: Duration::ZERO,
                 };
-                save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+                if let Some(checkpoint) = checkpoint {
+                    save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+                }
                 tx.commit().await.map_err(ctx)?;
                 return Ok(done);
             };
-            let rows: i64 = bounds.get(0);
-            let last_text: String = bounds.get(1);
             let last_cursor = parse_cursor(&last_text)?;
+            if let Some(tell) = tell.take() {
+                let _ = tell.send(Some(last_cursor.clone()));
+            }
             let last = cursor_values(&last_cursor, m.key.len())?;
             let copy = if careful {
                 g.batch_copy(cursor.is_some())
@@ -281,7 +376,9 @@ impl Postgres {
                 // Row locks, not a single writer: the application never waits for a rest.
                 rest: Duration::ZERO,
             };
-            save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+            if let Some(checkpoint) = checkpoint {
+                save_in(&mut tx, &self.home, &checkpoint(&done)).await?;
+            }
             crate::fault::point("postgres.backfill.slice.open");
             tx.commit().await.map_err(ctx)?;
             return Ok(done);

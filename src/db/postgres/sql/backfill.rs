@@ -8,6 +8,10 @@ use super::{Gen, LOCK_CLASS, list, literal, lock_wait, quote};
 /// copying, at most (see [`lock_wait`]): the slice gives way and is retried.
 const SLICE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// At most this many slices copy at once, each on its own connection over its own key
+/// range behind its own barrier; the forward trigger waits for every one.
+pub(in crate::db::postgres) const COPIERS: usize = 2;
+
 impl<'a> Gen<'a> {
     // --- backfill ------------------------------------------------------------------------
 
@@ -27,23 +31,26 @@ impl<'a> Gen<'a> {
         )
     }
 
-    /// The advisory lock key of this migration's backfill barrier: a slice holds it
-    /// exclusively, the forward trigger's deletes take it shared.
-    pub(in crate::db::postgres) fn barrier_key(&self) -> String {
-        format!(
-            "{LOCK_CLASS}, hashtext({})",
-            literal(&format!("turnout backfill {}", self.shadow()))
-        )
+    /// The advisory lock key of copier `copier`'s backfill barrier: its slice holds it
+    /// exclusively, the forward trigger's deletes take every copier's shared.
+    pub(in crate::db::postgres) fn barrier_key(&self, copier: usize) -> String {
+        // The first copier's key is the one a single copier always had.
+        let name = match copier {
+            0 => format!("turnout backfill {}", self.shadow()),
+            n => format!("turnout backfill {} {n}", self.shadow()),
+        };
+        format!("{LOCK_CLASS}, hashtext({})", literal(&name))
     }
 
     /// The first statements of a slice's transaction: commits that a crash may lose (only
     /// whole slices with their checkpoints, which resume copies again; phase changes keep
-    /// the server's setting), the barrier, waited for as long as it takes (an application
-    /// transaction that deleted a row holds it), then the bound on every later wait.
-    pub(in crate::db::postgres) fn slice_opening(&self) -> String {
+    /// the server's setting), the copier's barrier, waited for as long as it takes (an
+    /// application transaction that deleted a row holds it), then the bound on every later
+    /// wait.
+    pub(in crate::db::postgres) fn slice_opening(&self, copier: usize) -> String {
         format!(
             "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); {}",
-            self.barrier_key(),
+            self.barrier_key(copier),
             lock_wait(SLICE_LOCK_WAIT)
         )
     }
@@ -117,9 +124,9 @@ mod tests {
              ORDER BY \"id\") AS t"
         );
         assert_eq!(
-            g.slice_opening(),
+            g.slice_opening(1),
             "SET LOCAL synchronous_commit = off; \
-             SELECT pg_advisory_xact_lock(1953854062, hashtext(E'turnout backfill \"sales\".\"_orders_new\"')); \
+             SELECT pg_advisory_xact_lock(1953854062, hashtext(E'turnout backfill \"sales\".\"_orders_new\" 1')); \
              SELECT set_config('lock_timeout', greatest(1, least(200, extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500))::int || 'ms', true)"
         );
         assert_eq!(

@@ -2,6 +2,7 @@
 //! its counterpart, forward (live → shadow) before cutover and reverse (new → old) after,
 //! and the `INSERT … SELECT … ON CONFLICT` they share with the backfill.
 
+use super::backfill::COPIERS;
 use super::{Gen, has_identity_always, list, literal, loose_cast, quote};
 use crate::db::render_source;
 use crate::plan::OnError;
@@ -25,9 +26,10 @@ pub(in crate::db::postgres) struct Direction<'a> {
     /// duplicate (`SET b = b + 1`) would fail on the target. Deferred to the commit for
     /// the rest of the transaction, where the target's rows equal the source's again.
     deferred: Vec<String>,
-    /// The backfill barrier's key (forward only): a delete waits for the open slice, which
-    /// may have copied the row without this delete seeing it (see `backfill.rs`).
-    barrier: Option<String>,
+    /// The backfill barriers' keys, one per copier (forward only): a delete waits for the
+    /// open slices, which may have copied the row without this delete seeing it (see
+    /// `backfill.rs`).
+    barriers: Vec<String>,
     func: String,
     trunc_func: String,
     trigger: String,
@@ -63,7 +65,7 @@ impl<'a> Gen<'a> {
             // The shadow has no identity while rows are copied (see the module doc of `postgres`).
             overriding: false,
             deferred: Vec::new(),
-            barrier: Some(self.barrier_key()),
+            barriers: (0..COPIERS).map(|c| self.barrier_key(c)).collect(),
             func: self.rel(&self.n.func("fwd")),
             trunc_func: self.rel(&self.n.trunc_func("fwd")),
             trigger: self.n.func("fwd"),
@@ -83,7 +85,7 @@ impl<'a> Gen<'a> {
             source_columns: self.new_cols(),
             overriding: has_identity_always(&self.m.before),
             deferred: Vec::new(),
-            barrier: None,
+            barriers: Vec::new(),
             func: self.rel(&self.n.func("rev")),
             trunc_func: self.rel(&self.n.trunc_func("rev")),
             trigger: self.n.func("rev"),
@@ -202,9 +204,15 @@ impl<'a> Gen<'a> {
         } else {
             format!("SET CONSTRAINTS {} DEFERRED;\n  ", d.deferred.join(", "))
         };
-        let wait = match &d.barrier {
-            Some(key) => format!("PERFORM pg_advisory_xact_lock_shared({key});\n    "),
-            None => String::new(),
+        let wait = if d.barriers.is_empty() {
+            String::new()
+        } else {
+            let each: Vec<String> = d
+                .barriers
+                .iter()
+                .map(|key| format!("pg_advisory_xact_lock_shared({key})"))
+                .collect();
+            format!("PERFORM {};\n    ", each.join(", "))
         };
         let apply = format!(
             "{defer}IF TG_OP = 'DELETE' THEN\n    {wait}DELETE FROM {target} WHERE {};\n    RETURN NULL;\n  END IF;\n  \
@@ -305,8 +313,10 @@ mod tests {
     fn only_the_forward_trigger_waits_for_the_backfill_barrier() {
         let m = migration();
         let g = Gen::new(&m, "public");
-        let wait = format!("pg_advisory_xact_lock_shared({})", g.barrier_key());
-        assert_eq!(g.dual_write(&g.forward())[0].matches(&wait).count(), 2);
+        for copier in 0..COPIERS {
+            let wait = format!("pg_advisory_xact_lock_shared({})", g.barrier_key(copier));
+            assert_eq!(g.dual_write(&g.forward())[0].matches(&wait).count(), 2);
+        }
         assert!(!g.dual_write(&g.reverse())[0].contains("pg_advisory"));
     }
 
@@ -338,12 +348,12 @@ mod tests {
         BEGIN
           BEGIN
           IF TG_OP = 'DELETE' THEN
-            PERFORM pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new"'));
+            PERFORM pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new"')), pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new" 1'));
             DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
             RETURN NULL;
           END IF;
           IF TG_OP = 'UPDATE' AND ROW(OLD."id") IS DISTINCT FROM ROW(NEW."id") THEN
-            PERFORM pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new"'));
+            PERFORM pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new"')), pg_advisory_xact_lock_shared(1953854062, hashtext(E'turnout backfill "sales"."_orders_new" 1'));
             DELETE FROM "sales"."_orders_new" WHERE "id" = OLD."id";
           END IF;
           INSERT INTO "sales"."_orders_new" ("id", "comment", "amount") SELECT "id", "note", CAST((amount_cents / 100.0) AS numeric) FROM (SELECT NEW."id" AS "id", NEW."amount_cents" AS "amount_cents", NEW."note" AS "note") AS t ON CONFLICT ("id") DO UPDATE SET "comment" = EXCLUDED."comment", "amount" = EXCLUDED."amount";
