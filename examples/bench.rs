@@ -21,7 +21,8 @@
 //! ./target/release/examples/bench postgres 1000000 4000000
 //! ./target/release/examples/bench mysql 1000000
 //! ./target/release/examples/bench sqlite 1000000          (no anchor on SQLite)
-//! TURNOUT_COPIERS=1 before it: the backfill's slices one at a time instead of two
+//! TURNOUT_COPIERS=1 before it: the backfill's slices one at a time instead of two;
+//! BENCH_TARGET_BATCH_TIME=50ms: that batch time for a plan without one (SQLite's, PostgreSQL's)
 //! add --no-anchor to skip the anchor tool, --blocker to run turnout a second time on a
 //! fresh table with another session holding a read of it for 3 s from the start of the
 //! cutover (the scenario of the blocker-aware cutover), --instant to run, on a fresh table
@@ -502,10 +503,18 @@ async fn bench_turnout(kind: Kind, rows: u64, db: &Db, s: &Shape, bulk_s: f64, b
     } else {
         ""
     };
+    // `BENCH_TARGET_BATCH_TIME=50ms`: the backfill's batch time for a plan that sets none
+    // (SQLite's batch holds the write lock, so this is its trade-off of speed for waits).
+    let batch_time = match std::env::var("BENCH_TARGET_BATCH_TIME") {
+        Ok(t) if !s.plan_changes.contains("backfill:") => {
+            format!("backfill:\n  target_batch_time: {t}\n")
+        }
+        _ => String::new(),
+    };
     std::fs::write(
         &plan,
         format!(
-            "version: 1\nname: bench\ntable: orders\nchanges:\n{}{cutover}",
+            "version: 1\nname: bench\ntable: orders\nchanges:\n{}{batch_time}{cutover}",
             s.plan_changes
         ),
     )
