@@ -3,6 +3,7 @@
 //! each database answers them in its own SQL in its own module. No SQL crosses this
 //! boundary except the user's own expressions, carried inside [`crate::schema::Migration`].
 
+pub mod copiers;
 pub mod mysql;
 pub mod postgres;
 pub mod replicas;

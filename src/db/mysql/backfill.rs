@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::db::{BatchDone, Cursor, StateRow};
+use crate::db::{BatchDone, Cursor, StateRow, copiers};
 use crate::error::{Error, Result};
 use crate::schema::Migration;
 
@@ -70,15 +70,6 @@ fn next_slice(rows: u64, took: Duration) -> u64 {
 
 /// A slice's row count and last key (None: no rows).
 type SliceRange = (u64, Option<Vec<String>>);
-
-/// How many slices copy at once: `TURNOUT_COPIERS`, else two.
-fn copiers() -> usize {
-    std::env::var("TURNOUT_COPIERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
-        .clamp(1, 2)
-}
 
 /// Why a backfill slice did not commit: the copy itself (narrowed to a row when it is a
 /// value that does not fit) or anything else.
@@ -145,7 +136,7 @@ impl MySql {
 
     /// One batch of the engine's, committed in slices of about [`SLICE_TIME`], each with
     /// its checkpoint: a kill loses at most the slice that had not committed, and resume
-    /// copies it again from the last slice's cursor. The slices go by [`copiers`] at a
+    /// copies it again from the last slice's cursor. The slices go by [`copiers::count`] at a
     /// time over consecutive key ranges, each on its own connection.
     pub(super) async fn copy_next_batch(
         &self,
@@ -166,38 +157,26 @@ impl MySql {
                 fixed => fixed,
             }
             .clamp(1, limit - done.rows);
-            let second_want = match copiers() {
-                1 => 0,
-                _ => want.min(limit - done.rows - want),
-            };
+            let second_want = copiers::second_rows(copiers::count(), want, limit - done.rows);
             let base = done.clone();
-            let first_checkpoint = |d: &BatchDone| {
-                checkpoint(&BatchDone {
-                    rows: base.rows + d.rows,
-                    last: d.last.clone().or_else(|| base.last.clone()),
-                    rest: Duration::ZERO,
-                })
-            };
-            let (tell, told) = tokio::sync::oneshot::channel();
-            let first = self.copy_slice(
-                m,
-                done.last.as_ref(),
-                want,
-                Some(&first_checkpoint),
-                Some(tell),
-            );
-            // The second slice starts where the first one's range ends, as soon as the
-            // first has read it.
-            let second = async {
-                match told.await {
-                    Ok(Some(from)) if second_want > 0 => Some(
-                        self.copy_slice(m, Some(&from), second_want, None, None)
-                            .await,
-                    ),
-                    _ => None,
-                }
-            };
-            let (first, second) = tokio::join!(first, second);
+            let first_checkpoint = |d: &BatchDone| checkpoint(&copiers::within(&base, d));
+            let (first, second) = copiers::pair(
+                |tell| {
+                    self.copy_slice(
+                        m,
+                        base.last.as_ref(),
+                        want,
+                        Some(&first_checkpoint),
+                        Some(tell),
+                    )
+                },
+                second_want,
+                |from| async move {
+                    self.copy_slice(m, Some(&from), second_want, None, None)
+                        .await
+                },
+            )
+            .await;
             let (first, held) = first?;
             let second = second.transpose()?;
             // Only a full slice says how long `want` rows take; the tail says nothing. The
@@ -207,17 +186,9 @@ impl MySql {
                 self.slice_rows
                     .store(next_slice(want, held), Ordering::Relaxed);
             }
-            done.rows += first.rows;
-            if first.last.is_some() {
-                done.last = first.last;
-            }
-            let mut full = first.rows == want;
+            let mut full = copiers::add(&mut done, &first, want);
             if let Some((second, _)) = second {
-                done.rows += second.rows;
-                if second.last.is_some() {
-                    done.last = second.last;
-                }
-                full = full && second.rows == second_want;
+                full = copiers::add(&mut done, &second, second_want) && full;
                 // Its checkpoint only now that the first slice's rows are committed too: a
                 // crash before it copies the second range again, which keeps what the
                 // shadow holds.

@@ -51,10 +51,10 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 
 use super::errors::{db_message, is_conflict, is_lock_timeout, sqlstate};
-use super::sql::{COPIERS, Gen, full_cast, list, loose_cast, quote};
+use super::sql::{Gen, full_cast, list, loose_cast, quote};
 use super::state::save_in;
 use super::{Postgres, bind_texts, sql};
-use crate::db::{BatchDone, Cursor, StateRow, render_source};
+use crate::db::{BatchDone, Cursor, StateRow, copiers, render_source};
 use crate::error::{Error, Result};
 use crate::schema::Migration;
 
@@ -69,15 +69,6 @@ const SLICE_WAIT_ATTEMPTS: u32 = 300;
 /// How long one slice of a batch holds its rows: the longest an application write to one
 /// of them waits for the backfill.
 pub(super) const SLICE_TIME: Duration = Duration::from_millis(20);
-
-/// How many slices copy at once (at most [`COPIERS`]): `TURNOUT_COPIERS`, else two.
-fn copiers() -> usize {
-    std::env::var("TURNOUT_COPIERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(COPIERS)
-        .clamp(1, COPIERS)
-}
 
 /// The first slice's rows, before any slice has been timed.
 pub(super) const FIRST_SLICE_ROWS: u64 = 1_000;
@@ -146,7 +137,7 @@ impl Postgres {
 
     /// One batch of the engine's, committed in slices of about [`SLICE_TIME`] each with its
     /// checkpoint, so an application write that must wait for the backfill (see the module
-    /// doc) waits for one slice, not for the whole batch. The slices go by [`copiers`] at a
+    /// doc) waits for one slice, not for the whole batch. The slices go by [`copiers::count`] at a
     /// time over consecutive key ranges, each on its own connection.
     pub(super) async fn copy_next_batch(
         &self,
@@ -168,56 +159,37 @@ impl Postgres {
                 fixed => fixed,
             }
             .min(limit - done.rows);
-            let second_want = match copiers() {
-                1 => 0,
-                _ => want.min(limit - done.rows - want),
-            };
+            let second_want = copiers::second_rows(copiers::count(), want, limit - done.rows);
             let t0 = Instant::now();
             let base = done.clone();
-            let at = |d: &BatchDone| BatchDone {
-                rows: base.rows + d.rows,
-                last: d.last.clone().or_else(|| base.last.clone()),
-                rest: Duration::ZERO,
-            };
-            let first_checkpoint = |d: &BatchDone| checkpoint(&at(d));
-            let (tell, told) = tokio::sync::oneshot::channel();
-            let first = self.copy_slice(
-                m,
-                done.last.as_ref(),
-                want,
-                0,
-                Some(&first_checkpoint),
-                Some(tell),
-            );
-            // The second slice starts where the first one's range ends, as soon as the
-            // first has read it.
-            let second = async {
-                match told.await {
-                    Ok(Some(from)) if second_want > 0 => Some(
-                        self.copy_slice(m, Some(&from), second_want, 1, None, None)
-                            .await,
-                    ),
-                    _ => None,
-                }
-            };
-            let (first, second) = tokio::join!(first, second);
+            let first_checkpoint = |d: &BatchDone| checkpoint(&copiers::within(&base, d));
+            let (first, second) = copiers::pair(
+                |tell| {
+                    self.copy_slice(
+                        m,
+                        base.last.as_ref(),
+                        want,
+                        0,
+                        Some(&first_checkpoint),
+                        Some(tell),
+                    )
+                },
+                second_want,
+                |from| async move {
+                    self.copy_slice(m, Some(&from), second_want, 1, None, None)
+                        .await
+                },
+            )
+            .await;
             let first = first?;
             let second = second.transpose()?;
             if first.rows == want {
                 self.slice_rows
                     .store(next_slice(want, t0.elapsed()), Ordering::Relaxed);
             }
-            done.rows += first.rows;
-            if first.last.is_some() {
-                done.last = first.last;
-            }
-            let mut full = first.rows == want;
+            let mut full = copiers::add(&mut done, &first, want);
             if let Some(second) = second {
-                done.rows += second.rows;
-                if second.last.is_some() {
-                    done.last = second.last;
-                }
-                full = full && second.rows == second_want;
+                full = copiers::add(&mut done, &second, second_want) && full;
                 // Its checkpoint only now that the first slice's rows are committed too: a
                 // crash before it copies the second range again, which leaves out what
                 // the shadow holds.

@@ -8,10 +8,6 @@ use super::{Gen, LOCK_CLASS, list, literal, lock_wait, quote};
 /// copying, at most (see [`lock_wait`]): the slice gives way and is retried.
 const SLICE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// At most this many slices copy at once, each on its own connection over its own key
-/// range behind its own barrier; the forward trigger waits for every one.
-pub(in crate::db::postgres) const COPIERS: usize = 2;
-
 impl<'a> Gen<'a> {
     // --- backfill ------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@
 //! (`…_o<i>`, `…_opk`) and the new ones take the final names; rollback renames them back.
 
 mod backfill;
-pub(in crate::db::postgres) use backfill::COPIERS;
 mod blockers;
 mod carry;
 mod children;

@@ -2,9 +2,8 @@
 //! its counterpart, forward (live → shadow) before cutover and reverse (new → old) after,
 //! and the `INSERT … SELECT … ON CONFLICT` they share with the backfill.
 
-use super::backfill::COPIERS;
 use super::{Gen, has_identity_always, list, literal, loose_cast, quote};
-use crate::db::render_source;
+use crate::db::{copiers, render_source};
 use crate::plan::OnError;
 use crate::schema::Mapped;
 
@@ -65,7 +64,8 @@ impl<'a> Gen<'a> {
             // The shadow has no identity while rows are copied (see the module doc of `postgres`).
             overriding: false,
             deferred: Vec::new(),
-            barriers: (0..COPIERS).map(|c| self.barrier_key(c)).collect(),
+            // Each copier's slice holds its own barrier; a delete waits for every one.
+            barriers: (0..copiers::MAX).map(|c| self.barrier_key(c)).collect(),
             func: self.rel(&self.n.func("fwd")),
             trunc_func: self.rel(&self.n.trunc_func("fwd")),
             trigger: self.n.func("fwd"),
@@ -313,7 +313,7 @@ mod tests {
     fn only_the_forward_trigger_waits_for_the_backfill_barrier() {
         let m = migration();
         let g = Gen::new(&m, "public");
-        for copier in 0..COPIERS {
+        for copier in 0..copiers::MAX {
             let wait = format!("pg_advisory_xact_lock_shared({})", g.barrier_key(copier));
             assert_eq!(g.dual_write(&g.forward())[0].matches(&wait).count(), 2);
         }
