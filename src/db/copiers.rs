@@ -17,11 +17,15 @@ pub const MAX: usize = 2;
 /// How many slices copy at once: `TURNOUT_COPIERS` (1 or 2), else [`MAX`]. Read in release
 /// builds too, so the benchmark can compare one with two.
 pub fn count() -> usize {
-    std::env::var("TURNOUT_COPIERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MAX)
-        .clamp(1, MAX)
+    // Read once: asked before every pair of slices.
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::env::var("TURNOUT_COPIERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX)
+            .clamp(1, MAX)
+    })
 }
 
 /// The second slice's rows beside a first of `want`, with `room` rows left in the batch

@@ -220,7 +220,7 @@ impl MySql {
         after: Option<&Cursor>,
         limit: u64,
         checkpoint: Option<&(dyn Fn(&BatchDone) -> StateRow + Sync)>,
-        mut tell: Option<tokio::sync::oneshot::Sender<Option<Cursor>>>,
+        mut tell: Option<copiers::Tell>,
     ) -> Result<(BatchDone, Duration)> {
         let mut attempt = 0;
         let mut range = None;
@@ -241,6 +241,7 @@ impl MySql {
             }
         }
     }
+
     async fn copy_slice_once(
         &self,
         m: &Migration,
@@ -248,7 +249,7 @@ impl MySql {
         limit: u64,
         checkpoint: Option<&(dyn Fn(&BatchDone) -> StateRow + Sync)>,
         range: &mut Option<SliceRange>,
-        tell: &mut Option<tokio::sync::oneshot::Sender<Option<Cursor>>>,
+        tell: &mut Option<copiers::Tell>,
     ) -> Result<(BatchDone, Duration)> {
         let g = self.sql(m);
         let after = after.map(|c| cursor_values(c, m.key.len())).transpose()?;

@@ -30,11 +30,12 @@
 //! - A delete of R (or a change of its key) is the one write the slice could undo: its
 //!   trigger's `DELETE` cannot see the slice's uncommitted insert of R, which would then
 //!   commit a row the application deleted. So the slice holds an advisory lock (the
-//!   barrier, one per copier) exclusively for its whole transaction, and the forward trigger
-//!   takes every copier's shared before deleting from the shadow. A delete during a slice waits for that slice to
-//!   commit and then deletes what it copied; a slice opened after a delete waits until the
-//!   deleting transaction ends (its shared lock lasts as long), so its snapshot no longer
-//!   holds R. Either way the deleted row cannot come back.
+//!   barrier, one per copier) exclusively for its whole transaction, and the forward
+//!   trigger takes every copier's shared before deleting from the shadow. A delete during
+//!   a slice waits for that slice to commit and then deletes what it copied; a slice
+//!   opened after a delete waits until the deleting transaction ends (its shared lock
+//!   lasts as long), so its snapshot no longer holds R. Either way the deleted row cannot
+//!   come back.
 //! - The barrier is the slice's first statement, before it touches the shadow, so a
 //!   deleting transaction waiting for the barrier holds nothing the slice waits for unless
 //!   it also wrote a shadow row of the slice's range; for that cycle the slice's later waits
@@ -231,7 +232,7 @@ impl Postgres {
         limit: u64,
         copier: usize,
         checkpoint: Option<&(dyn Fn(&BatchDone) -> StateRow + Sync)>,
-        mut tell: Option<tokio::sync::oneshot::Sender<Option<Cursor>>>,
+        mut tell: Option<copiers::Tell>,
     ) -> Result<BatchDone> {
         let g = self.gen_for(m);
         let ctx = |e| Error::db(format!("backfill of {}", m.table), e);
@@ -267,10 +268,14 @@ impl Postgres {
                     read
                 }
             };
-            let Some((rows, last_text)) = bounds else {
-                if let Some(tell) = tell.take() {
-                    let _ = tell.send(None);
-                }
+            let last_cursor = bounds
+                .as_ref()
+                .map(|(_, text)| parse_cursor(text))
+                .transpose()?;
+            if let Some(tell) = tell.take() {
+                let _ = tell.send(last_cursor.clone());
+            }
+            let (Some((rows, _)), Some(last_cursor)) = (bounds, last_cursor) else {
                 let done = BatchDone {
                     rows: 0,
                     last: None,
@@ -282,10 +287,6 @@ impl Postgres {
                 tx.commit().await.map_err(ctx)?;
                 return Ok(done);
             };
-            let last_cursor = parse_cursor(&last_text)?;
-            if let Some(tell) = tell.take() {
-                let _ = tell.send(Some(last_cursor.clone()));
-            }
             let last = cursor_values(&last_cursor, m.key.len())?;
             let copy = if careful {
                 g.batch_copy(cursor.is_some())
